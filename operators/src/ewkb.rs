@@ -1,0 +1,259 @@
+//! EWKB, the bytes PostGIS sends and receives for `geometry`.
+//!
+//! PostGIS's binary input accepts (E)WKB directly, so a Binary column of EWKB
+//! can be sent by binary COPY with no cast. Layout: byte order (1 = little
+//! endian), a u32 type whose low bits are the geometry code and whose high
+//! bits flag Z (0x80000000), M (0x40000000) and an SRID (0x20000000), then the
+//! SRID as i32 if flagged, then the body. Only the outermost header carries
+//! the SRID.
+
+use geozero::wkb::{Ewkb, WkbDialect, WkbWriter};
+use geozero::{CoordDimensions, GeozeroGeometry, ToGeo, ToWkb};
+use schemas::geometry::GeometryKind;
+
+const Z_FLAG: u32 = 0x8000_0000;
+const M_FLAG: u32 = 0x4000_0000;
+const SRID_FLAG: u32 = 0x2000_0000;
+
+/// The parsed header of an (E)WKB value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub little_endian: bool,
+    /// Geometry code (1..=7), flags and ISO dimension offsets removed.
+    pub code: u32,
+    pub has_z: bool,
+    pub has_m: bool,
+    pub srid: Option<i32>,
+    /// Bytes taken by byte order, type and SRID.
+    pub len: usize,
+}
+
+impl Header {
+    /// The geometry kind, if the code is one PostGIS knows.
+    pub fn kind(&self) -> Option<GeometryKind> {
+        GeometryKind::from_wkb_code(self.code)
+    }
+}
+
+/// Reads an (E)WKB header (also ISO WKB's 1000/2000/3000 dimension codes).
+pub fn read_header(b: &[u8]) -> Result<Header, String> {
+    if b.len() < 5 {
+        return Err(format!("{} bytes is too short for WKB", b.len()));
+    }
+    let little_endian = match b[0] {
+        0 => false,
+        1 => true,
+        o => return Err(format!("byte order {o} is neither 0 nor 1")),
+    };
+    let u32_at = |i: usize| -> Result<u32, String> {
+        let raw: [u8; 4] = b
+            .get(i..i + 4)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| format!("truncated WKB ({} bytes)", b.len()))?;
+        Ok(if little_endian {
+            u32::from_le_bytes(raw)
+        } else {
+            u32::from_be_bytes(raw)
+        })
+    };
+    let ty = u32_at(1)?;
+    let iso = ty & 0x0fff_ffff;
+    let (code, iso_z, iso_m) = match iso / 1000 {
+        0 => (iso, false, false),
+        1 => (iso % 1000, true, false),
+        2 => (iso % 1000, false, true),
+        3 => (iso % 1000, true, true),
+        _ => return Err(format!("unknown WKB type {ty:#x}")),
+    };
+    if !(1..=7).contains(&code) {
+        return Err(format!("unknown WKB geometry type {code}"));
+    }
+    let (srid, len) = if ty & SRID_FLAG != 0 {
+        (Some(u32_at(5)? as i32), 9)
+    } else {
+        (None, 5)
+    };
+    Ok(Header {
+        little_endian,
+        code,
+        has_z: ty & Z_FLAG != 0 || iso_z,
+        has_m: ty & M_FLAG != 0 || iso_m,
+        srid,
+        len,
+    })
+}
+
+/// Appends a little-endian EWKB point.
+pub fn write_point(out: &mut Vec<u8>, x: f64, y: f64, srid: Option<i32>) {
+    out.push(1);
+    match srid {
+        Some(s) => {
+            out.extend_from_slice(&(1 | SRID_FLAG).to_le_bytes());
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        None => out.extend_from_slice(&1u32.to_le_bytes()),
+    }
+    out.extend_from_slice(&x.to_le_bytes());
+    out.extend_from_slice(&y.to_le_bytes());
+}
+
+/// Appends a little-endian 2D EWKB linestring.
+pub fn write_linestring(out: &mut Vec<u8>, vertices: &[(f64, f64)], srid: Option<i32>) {
+    out.reserve(13 + 16 * vertices.len());
+    out.push(1);
+    match srid {
+        Some(s) => {
+            out.extend_from_slice(&(2 | SRID_FLAG).to_le_bytes());
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        None => out.extend_from_slice(&2u32.to_le_bytes()),
+    }
+    out.extend_from_slice(&(vertices.len() as u32).to_le_bytes());
+    for (x, y) in vertices {
+        out.extend_from_slice(&x.to_le_bytes());
+        out.extend_from_slice(&y.to_le_bytes());
+    }
+}
+
+/// Appends `geom` with its SRID replaced by `srid` (header rewrite only; the body is copied).
+pub fn write_with_srid(out: &mut Vec<u8>, geom: &[u8], srid: Option<i32>) -> Result<(), String> {
+    let h = read_header(geom)?;
+    write_header(out, &h, h.code, srid);
+    out.extend_from_slice(&geom[h.len..]);
+    Ok(())
+}
+
+fn write_header(out: &mut Vec<u8>, h: &Header, code: u32, srid: Option<i32>) {
+    let mut ty = code;
+    if h.has_z {
+        ty |= Z_FLAG;
+    }
+    if h.has_m {
+        ty |= M_FLAG;
+    }
+    if srid.is_some() {
+        ty |= SRID_FLAG;
+    }
+    out.push(u8::from(h.little_endian));
+    let (tyb, sb) = if h.little_endian {
+        (ty.to_le_bytes(), srid.unwrap_or(0).to_le_bytes())
+    } else {
+        (ty.to_be_bytes(), srid.unwrap_or(0).to_be_bytes())
+    };
+    out.extend_from_slice(&tyb);
+    if srid.is_some() {
+        out.extend_from_slice(&sb);
+    }
+}
+
+/// Appends `ST_Multi(geom)`: a single Point/LineString/Polygon is wrapped in
+/// its multi type (byte-level, no re-parse); anything else is copied.
+pub fn write_multi(out: &mut Vec<u8>, geom: &[u8]) -> Result<(), String> {
+    let h = read_header(geom)?;
+    if !(1..=3).contains(&h.code) {
+        out.extend_from_slice(geom);
+        return Ok(());
+    }
+    write_header(out, &h, h.code + 3, h.srid);
+    let count = 1u32;
+    out.extend_from_slice(&if h.little_endian {
+        count.to_le_bytes()
+    } else {
+        count.to_be_bytes()
+    });
+    // The part: same byte order and dimensions, no SRID.
+    write_header(out, &h, h.code, None);
+    out.extend_from_slice(&geom[h.len..]);
+    Ok(())
+}
+
+/// Reads the coordinates of a 2D point, if `geom` is one.
+pub fn point_xy(geom: &[u8]) -> Option<(f64, f64)> {
+    let h = read_header(geom).ok()?;
+    if h.code != 1 || h.has_z || h.has_m {
+        return None;
+    }
+    let body = geom.get(h.len..h.len + 16)?;
+    let f = |s: &[u8]| {
+        let raw: [u8; 8] = s.try_into().ok()?;
+        Some(if h.little_endian {
+            f64::from_le_bytes(raw)
+        } else {
+            f64::from_be_bytes(raw)
+        })
+    };
+    Some((f(&body[..8])?, f(&body[8..])?))
+}
+
+/// Parses (E)WKB into a `geo` geometry.
+pub fn to_geo(geom: &[u8]) -> Result<geo::Geometry<f64>, String> {
+    Ewkb(geom).to_geo().map_err(|e| e.to_string())
+}
+
+/// Appends a `geo` geometry as 2D EWKB.
+pub fn write_geo(out: &mut Vec<u8>, geom: &geo::Geometry<f64>, srid: Option<i32>) -> Result<(), String> {
+    let bytes = geom
+        .to_ewkb(CoordDimensions::xy(), srid)
+        .map_err(|e| e.to_string())?;
+    out.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// Streams any geozero-readable geometry (GeoJSON, WKT, WKB) into 2D EWKB.
+/// On error `out` is left as it was.
+pub fn write_from<G: GeozeroGeometry>(out: &mut Vec<u8>, input: &G, srid: Option<i32>) -> Result<(), String> {
+    let start = out.len();
+    let mut writer = WkbWriter::with_opts(&mut *out, WkbDialect::Ewkb, CoordDimensions::xy(), srid, Vec::new());
+    let result = input.process_geom(&mut writer).map_err(|e| e.to_string());
+    if result.is_err() {
+        out.truncate(start);
+    } else if out.len() == start {
+        return Err("no geometry in input".into());
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_header_carries_srid() {
+        let mut b = Vec::new();
+        write_point(&mut b, -95.5, 29.75, Some(4326));
+        let h = read_header(&b).unwrap();
+        assert_eq!((h.code, h.srid, h.len), (1, Some(4326), 9));
+        assert_eq!(point_xy(&b), Some((-95.5, 29.75)));
+    }
+
+    #[test]
+    fn multi_wraps_single_geometries_and_keeps_srid() {
+        let mut p = Vec::new();
+        write_point(&mut p, 1.0, 2.0, Some(4326));
+        let mut m = Vec::new();
+        write_multi(&mut m, &p).unwrap();
+        let h = read_header(&m).unwrap();
+        assert_eq!((h.kind(), h.srid), (Some(GeometryKind::MultiPoint), Some(4326)));
+        match to_geo(&m).unwrap() {
+            geo::Geometry::MultiPoint(mp) => assert_eq!(mp.0[0].x_y(), (1.0, 2.0)),
+            other => panic!("not a multipoint: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_srid_rewrites_only_the_header() {
+        let mut p = Vec::new();
+        write_point(&mut p, 1.0, 2.0, None);
+        let mut q = Vec::new();
+        write_with_srid(&mut q, &p, Some(3857)).unwrap();
+        assert_eq!(read_header(&q).unwrap().srid, Some(3857));
+        assert_eq!(point_xy(&q), Some((1.0, 2.0)));
+    }
+
+    #[test]
+    fn garbage_is_rejected_with_a_reason() {
+        assert!(read_header(&[1, 2]).unwrap_err().contains("too short"));
+        assert!(read_header(&[7, 1, 0, 0, 0]).unwrap_err().contains("byte order"));
+        assert!(read_header(&[1, 99, 0, 0, 0]).unwrap_err().contains("type"));
+    }
+}

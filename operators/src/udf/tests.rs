@@ -1,0 +1,150 @@
+use std::sync::atomic::Ordering;
+
+use arrow::array::{Array, BinaryArray, Float64Array};
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use schemas::config::OnInvalidGeometry;
+use schemas::geometry::{GeometryInfo, GeometryKind};
+
+use super::*;
+use crate::error::GeometryError;
+use crate::ewkb;
+
+fn ctx(on_invalid: OnInvalidGeometry) -> (SessionContext, GeometryOptions) {
+    let options = GeometryOptions {
+        on_invalid,
+        ..Default::default()
+    };
+    let ctx = SessionContext::new();
+    register_all(&ctx, &options);
+    (ctx, options)
+}
+
+async fn query(ctx: &SessionContext, sql: &str) -> Result<RecordBatch> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok(arrow::compute::concat_batches(&batches[0].schema(), &batches)?)
+}
+
+fn geom_column(b: &RecordBatch, i: usize) -> &BinaryArray {
+    b.column(i).as_any().downcast_ref::<BinaryArray>().unwrap()
+}
+
+#[tokio::test]
+async fn point_and_makeline_build_ewkb_with_srid_and_tag_the_field() {
+    let (ctx, _) = ctx(OnInvalidGeometry::Error);
+    let b = query(
+        &ctx,
+        "SELECT st_makeline(st_point(-95.0, 29.0, 4326), st_point(-94.5, 29.5, 4326)) AS geom",
+    )
+    .await
+    .unwrap();
+    let info = GeometryInfo::from_field(b.schema().field(0)).unwrap();
+    assert_eq!(info, GeometryInfo { kind: GeometryKind::LineString, srid: Some(4326) });
+    let g = geom_column(&b, 0).value(0);
+    let h = ewkb::read_header(g).unwrap();
+    assert_eq!((h.kind(), h.srid), (Some(GeometryKind::LineString), Some(4326)));
+    match ewkb::to_geo(g).unwrap() {
+        geo::Geometry::LineString(l) => {
+            let pts: Vec<_> = l.coords().map(|c| (c.x, c.y)).collect();
+            assert_eq!(pts, vec![(-95.0, 29.0), (-94.5, 29.5)]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn nulls_propagate() {
+    let (ctx, _) = ctx(OnInvalidGeometry::Error);
+    let b = query(
+        &ctx,
+        "SELECT st_point(CAST(NULL AS DOUBLE), 1.0) AS a, st_geomfromgeojson(CAST(NULL AS VARCHAR)) AS b, \
+         st_area(st_geomfromtext(CAST(NULL AS VARCHAR))) AS c",
+    )
+    .await
+    .unwrap();
+    assert!((0..3).all(|i| b.column(i).is_null(0)));
+}
+
+#[tokio::test]
+async fn geojson_wkt_and_wkb_parse_to_the_same_polygon() {
+    let (ctx, _) = ctx(OnInvalidGeometry::Error);
+    let b = query(
+        &ctx,
+        r#"SELECT
+            st_geomfromgeojson('{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1],[0,0]]]}') AS a,
+            st_geomfromtext('POLYGON((0 0,1 0,1 1,0 1,0 0))', 4326) AS b,
+            st_geomfromwkb(st_geomfromtext('SRID=4326;POLYGON((0 0,1 0,1 1,0 1,0 0))')) AS c"#,
+    )
+    .await
+    .unwrap();
+    let a = geom_column(&b, 0).value(0).to_vec();
+    assert_eq!(ewkb::read_header(&a).unwrap().srid, Some(4326));
+    assert_eq!(geom_column(&b, 1).value(0), a.as_slice());
+    assert_eq!(geom_column(&b, 2).value(0), a.as_slice());
+}
+
+#[tokio::test]
+async fn multi_centroid_and_setsrid_follow_postgis() {
+    let (ctx, _) = ctx(OnInvalidGeometry::Error);
+    let b = query(
+        &ctx,
+        "SELECT st_multi(st_geomfromtext('POLYGON((0 0,2 0,2 2,0 2,0 0))', 4326)) AS m, \
+                st_centroid(st_geomfromtext('POLYGON((0 0,2 0,2 2,0 2,0 0))', 4326)) AS c, \
+                st_setsrid(st_point(1.0, 2.0), 3857) AS s, \
+                st_multi(st_point(1.0, 2.0, 4326)) AS mp",
+    )
+    .await
+    .unwrap();
+    let schema = b.schema();
+    // WKT's type is only known per value; a point's is known when planning.
+    assert_eq!(GeometryInfo::from_field(schema.field(0)).unwrap().kind, GeometryKind::Geometry);
+    assert_eq!(GeometryInfo::from_field(schema.field(3)).unwrap().kind, GeometryKind::MultiPoint);
+    assert_eq!(ewkb::read_header(geom_column(&b, 0).value(0)).unwrap().kind(), Some(GeometryKind::MultiPolygon));
+    assert_eq!(ewkb::point_xy(geom_column(&b, 1).value(0)), Some((1.0, 1.0)));
+    assert_eq!(GeometryInfo::from_field(schema.field(2)).unwrap().srid, Some(3857));
+    assert_eq!(ewkb::read_header(geom_column(&b, 2).value(0)).unwrap().srid, Some(3857));
+}
+
+#[tokio::test]
+async fn geodesic_length_of_one_degree_of_latitude() {
+    let (ctx, _) = ctx(OnInvalidGeometry::Error);
+    let b = query(&ctx, "SELECT st_length(st_geomfromtext('LINESTRING(-95 29, -95 30)', 4326)) AS l")
+        .await
+        .unwrap();
+    let l = b.column(0).as_any().downcast_ref::<Float64Array>().unwrap().value(0);
+    // One degree of latitude near 29.5°N on WGS84 is about 110.85 km.
+    assert!((l - 110_850.0).abs() < 100.0, "{l}");
+}
+
+#[tokio::test]
+async fn invalid_input_names_the_value_or_becomes_null_and_is_counted() {
+    let sql = "SELECT st_geomfromgeojson(column1) AS g FROM (VALUES ('{\"type\":\"Point\",\"coordinates\":[1,2]}'), ('not json'))";
+    let (strict, _) = ctx(OnInvalidGeometry::Error);
+    let err = query(&strict, sql).await.unwrap_err();
+    let found = datafusion_error_geometry(&err).expect("a GeometryError in the chain");
+    assert_eq!(found.row_in_batch, 1);
+    assert!(found.value.contains("not json"), "{}", found.value);
+
+    let (lenient, options) = ctx(OnInvalidGeometry::Null);
+    let b = query(&lenient, sql).await.unwrap();
+    assert!(!b.column(0).is_null(0) && b.column(0).is_null(1));
+    assert_eq!(options.invalid_count.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn wrong_argument_types_fail_at_plan_time() {
+    let (ctx, _) = ctx(OnInvalidGeometry::Error);
+    let err = ctx.sql("SELECT st_point('a', 'b')").await.unwrap_err().to_string();
+    assert!(err.contains("st_point(double, double, [srid])"), "{err}");
+}
+
+fn datafusion_error_geometry(e: &DataFusionError) -> Option<GeometryError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(g) = err.downcast_ref::<GeometryError>() {
+            return Some(g.clone());
+        }
+        cur = err.source();
+    }
+    None
+}

@@ -1,0 +1,90 @@
+use operators::GeometryError;
+
+use crate::postgres::encode::EncodeError;
+
+/// Everything that can fail while loading a table.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    #[error(transparent)]
+    Config(#[from] schemas::SchemaError),
+    /// The target could not be reached or refused the login.
+    #[error("cannot connect to Postgres at {target}: {message}")]
+    Connect { target: String, message: String },
+    /// A statement failed; `step` says which part of the refresh.
+    #[error("table {table}: {step}: {message}")]
+    Postgres {
+        table: String,
+        step: &'static str,
+        message: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A value Postgres would reject, caught before sending it.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A geometry function rejected a value.
+    #[error("table {table}, row {row}: {error}")]
+    InvalidGeometry { table: String, row: u64, error: GeometryError },
+    /// The transform failed to plan or run.
+    #[error("table {table}: transform: {message}")]
+    Transform { table: String, message: String },
+    /// The source could not be opened or read.
+    #[error("table {table}: source: {message}")]
+    Source { table: String, message: String },
+    /// The staged table does not hold what was read; the old table is kept.
+    #[error("table {table}: verification failed: read {read} rows but the staging table holds {staged}; the target was left unchanged")]
+    CountMismatch { table: String, read: u64, staged: u64 },
+    /// Another floe run holds this table.
+    #[error("table {table}: another floe run is loading {target} right now")]
+    Busy { table: String, target: String },
+    /// The ephemeral Postgres cluster could not be started.
+    #[error("ephemeral Postgres: {0}")]
+    Cluster(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl PipelineError {
+    /// Wraps a Postgres error with the table and the refresh step it broke.
+    pub fn postgres(table: &str, step: &'static str, source: tokio_postgres::Error) -> Self {
+        PipelineError::Postgres {
+            table: table.to_string(),
+            step,
+            message: describe_pg_error(&source),
+            source,
+        }
+    }
+}
+
+/// Postgres's own words (message, detail, hint, where) when the server sent them.
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; detail: {d}"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            if let Some(w) = db.where_() {
+                s.push_str(&format!("; where: {w}"));
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The Postgres side: connecting with safe session settings, the binary COPY
+//! encoder ([`encode`]) and the staged full refresh ([`refresh`]).
+
+pub mod encode;
+pub mod refresh;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemas::config::{LoadConfig, TargetConfig};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::describe_pg_error;
+use crate::PipelineError;
+
+/// A resolved Postgres target: driver config plus a printable, password-free name.
+#[derive(Clone)]
+pub struct Target {
+    config: tokio_postgres::Config,
+    display: String,
+    /// Schema holding the cache tables.
+    pub schema: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+impl Target {
+    /// Resolves the config's target: URL or parts, password from URL, env or file.
+    pub fn resolve(t: &TargetConfig) -> Result<Target, PipelineError> {
+        let invalid = |message: String| PipelineError::Connect {
+            target: "the configured target".into(),
+            message,
+        };
+        let mut config = match &t.url {
+            Some(url) => url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| invalid(format!("invalid target URL: {e}")))?,
+            None => tokio_postgres::Config::new(),
+        };
+        if let Some(h) = &t.host {
+            config.host(h);
+        }
+        if let Some(p) = t.port {
+            config.port(p);
+        }
+        if let Some(u) = &t.user {
+            config.user(u);
+        }
+        if let Some(d) = &t.dbname {
+            config.dbname(d);
+        }
+        if config.get_hosts().is_empty() {
+            config.host("127.0.0.1");
+        }
+        if config.get_user().is_none() {
+            config.user("postgres");
+        }
+        if config.get_password().is_none() {
+            if let Some(pw) = t.password().map_err(invalid)? {
+                config.password(pw.expose());
+            } else if let Ok(pw) = std::env::var("PGPASSWORD") {
+                config.password(pw);
+            }
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "127.0.0.1".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let display = format!(
+            "postgres://{}@{host}:{port}/{}",
+            config.get_user().unwrap_or("postgres"),
+            config.get_dbname().unwrap_or(config.get_user().unwrap_or("postgres"))
+        );
+        Ok(Target {
+            config,
+            display,
+            schema: t.schema.clone(),
+        })
+    }
+
+    /// The target without its password, for messages.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// Opens a session with floe's safety settings applied at connect time:
+    /// `idle_in_transaction_session_timeout` (a crashed floe never holds
+    /// locks for long), `statement_timeout`, `lock_timeout`, and an
+    /// `application_name` that says which table and run the session serves.
+    pub async fn connect(&self, application_name: &str, load: &LoadConfig) -> Result<Session, PipelineError> {
+        let mut config = self.config.clone();
+        config.application_name(application_name);
+        config.options(format!(
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            load.statement_timeout.as_millis(),
+            load.lock_timeout.as_millis(),
+            load.idle_in_transaction_timeout.as_millis()
+        ));
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| PipelineError::Connect {
+            target: self.display.clone(),
+            message: describe_pg_error(&e),
+        })?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("postgres connection ended: {e}");
+            }
+        });
+        Ok(Session {
+            client: Arc::new(client),
+            task,
+        })
+    }
+}
+
+/// One Postgres session. Dropping it closes the connection: a session is
+/// never handed back in an unknown state.
+pub struct Session {
+    pub client: Arc<Client>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

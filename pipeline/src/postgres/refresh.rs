@@ -1,0 +1,291 @@
+//! Full refresh by staging table and atomic swap.
+//!
+//! 1. Take a session advisory lock on the target (two floe runs never load
+//!    one table at once), drop staging tables left by crashed runs.
+//! 2. Create a staging table and COPY into it (outside any explicit
+//!    transaction: COPY is one statement, so nothing is held open while floe
+//!    waits on its source between batches... other than that statement).
+//! 3. Build the primary key and indexes after the load (faster than
+//!    maintaining them row by row), ANALYZE, and count the staged rows.
+//! 4. Swap in one short transaction: lock the old table (waiting at most
+//!    `lock_timeout` for readers), drop it, rename staging into its place,
+//!    carry over its grants.
+//!
+//! Readers see the old complete table until the swap commits and the new
+//! complete table after it; a statement blocked on the swap's lock re-resolves
+//! the name once it gets the lock, so it reads the new table. (A reader in a
+//! REPEATABLE READ transaction whose snapshot predates the load would see the
+//! new table as empty: cache readers should use READ COMMITTED, the default.)
+//! Any failure before the swap commits leaves the target as it was.
+
+use std::time::Duration;
+
+use schemas::config::IndexConfig;
+use schemas::pg::{quote_ident, quote_qualified, PgColumn};
+use tokio_postgres::Client;
+
+use crate::PipelineError;
+
+/// Session memory for building indexes after the load.
+const MAINTENANCE_WORK_MEM: &str = "256MB";
+
+/// What a refresh writes.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    /// floe's name for the table (for messages).
+    pub table: String,
+    pub schema: String,
+    /// The Postgres table.
+    pub target: String,
+    pub columns: Vec<PgColumn>,
+    pub primary_key: Vec<String>,
+    pub indexes: Vec<IndexConfig>,
+    pub lock_timeout: Duration,
+}
+
+impl TablePlan {
+    fn qualified(&self, name: &str) -> String {
+        quote_qualified(&self.schema, name)
+    }
+
+    /// The staging table's name for a run: target + `__floe_` + 8 id chars
+    /// (config limits targets to 48 bytes, so this stays within 63).
+    pub fn staging_name(&self, run_id: &str) -> String {
+        let tail: String = run_id.chars().rev().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
+        format!("{}{}{}", self.target, STAGING_MARK, tail.chars().rev().collect::<String>().to_lowercase())
+    }
+
+    /// `CREATE TABLE` for the staging table: columns only, constraints come after the load.
+    fn create_sql(&self, staging: &str) -> String {
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", quote_ident(&c.name), c.ty.sql()))
+            .collect();
+        format!("CREATE TABLE {} ({})", self.qualified(staging), cols.join(", "))
+    }
+
+    /// The COPY statement for the staging table.
+    pub fn copy_sql(&self, staging: &str) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            self.qualified(staging),
+            cols.join(", ")
+        )
+    }
+
+    /// Final index names, PostgreSQL's own convention: `<table>_<columns>_idx`.
+    fn index_name(&self, ix: &IndexConfig) -> String {
+        truncate_ident(format!("{}_{}_idx", self.target, ix.columns.join("_")))
+    }
+}
+
+/// Marks floe's staging tables: `<target>__floe_<run>`.
+pub const STAGING_MARK: &str = "__floe_";
+
+fn truncate_ident(mut s: String) -> String {
+    while s.len() > 63 {
+        s.pop();
+    }
+    s
+}
+
+fn pg<'a>(plan: &'a TablePlan, step: &'static str) -> impl Fn(tokio_postgres::Error) -> PipelineError + 'a {
+    move |e| PipelineError::postgres(&plan.table, step, e)
+}
+
+/// Prepares a load: PostGIS and schema, the table's advisory lock, cleanup of
+/// orphaned staging tables, and a fresh staging table. Returns its name.
+pub async fn prepare(client: &Client, plan: &TablePlan, run_id: &str) -> Result<String, PipelineError> {
+    if plan.columns.iter().any(|c| c.ty.needs_postgis()) {
+        client
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS postgis")
+            .await
+            .map_err(pg(plan, "creating the PostGIS extension"))?;
+    }
+    if plan.schema != "public" {
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&plan.schema)))
+            .await
+            .map_err(pg(plan, "creating the schema"))?;
+    }
+    let key = format!("floe:{}.{}", plan.schema, plan.target);
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
+        .await
+        .map_err(pg(plan, "taking the table's advisory lock"))?
+        .get(0);
+    if !locked {
+        return Err(PipelineError::Busy {
+            table: plan.table.clone(),
+            target: plan.target.clone(),
+        });
+    }
+    // Holding the lock, any staging table of this target is an orphan of a crashed run.
+    let orphans = client
+        .query(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r' AND starts_with(c.relname, $2)",
+            &[&plan.schema, &format!("{}{}", plan.target, STAGING_MARK)],
+        )
+        .await
+        .map_err(pg(plan, "looking for orphaned staging tables"))?;
+    for row in orphans {
+        let name: String = row.get(0);
+        tracing::info!(table = %plan.table, staging = %name, "dropping staging table left by an earlier run");
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", plan.qualified(&name)))
+            .await
+            .map_err(pg(plan, "dropping an orphaned staging table"))?;
+    }
+    let staging = plan.staging_name(run_id);
+    client
+        .batch_execute(&plan.create_sql(&staging))
+        .await
+        .map_err(pg(plan, "creating the staging table"))?;
+    Ok(staging)
+}
+
+/// Builds keys and indexes on the loaded staging table, analyzes it, and
+/// verifies it holds exactly `rows_read` rows. Returns the staged count.
+pub async fn build_and_verify(client: &Client, plan: &TablePlan, staging: &str, rows_read: u64) -> Result<u64, PipelineError> {
+    let table = plan.qualified(staging);
+    client
+        .batch_execute(&format!("SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"))
+        .await
+        .map_err(pg(plan, "setting maintenance_work_mem"))?;
+    if !plan.primary_key.is_empty() {
+        let cols: Vec<String> = plan.primary_key.iter().map(|c| quote_ident(c)).collect();
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {table} ADD CONSTRAINT {} PRIMARY KEY ({})",
+                quote_ident(&format!("{staging}_pkey")),
+                cols.join(", ")
+            ))
+            .await
+            .map_err(pg(plan, "building the primary key"))?;
+    }
+    for (i, ix) in plan.indexes.iter().enumerate() {
+        let cols: Vec<String> = ix.columns.iter().map(|c| quote_ident(c)).collect();
+        client
+            .batch_execute(&format!(
+                "CREATE INDEX {} ON {table} USING {} ({})",
+                quote_ident(&format!("{staging}_i{i}")),
+                ix.method,
+                cols.join(", ")
+            ))
+            .await
+            .map_err(pg(plan, "building an index"))?;
+    }
+    client
+        .batch_execute(&format!("ANALYZE {table}"))
+        .await
+        .map_err(pg(plan, "analyzing the staging table"))?;
+    let staged: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .map_err(pg(plan, "counting staged rows"))?
+        .get(0);
+    let staged = staged as u64;
+    if staged != rows_read {
+        return Err(PipelineError::CountMismatch {
+            table: plan.table.clone(),
+            read: rows_read,
+            staged,
+        });
+    }
+    Ok(staged)
+}
+
+/// Swaps the verified staging table into place in one short transaction.
+pub async fn swap(client: &Client, plan: &TablePlan, staging: &str) -> Result<(), PipelineError> {
+    let target = plan.qualified(&plan.target);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
+        .await
+        .map_err(pg(plan, "checking the target"))?
+        .get(0);
+    let result = async {
+        let mut begin = format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+            plan.lock_timeout.as_millis()
+        );
+        if exists {
+            begin.push_str(&format!("; LOCK TABLE {target} IN ACCESS EXCLUSIVE MODE"));
+        }
+        client
+            .batch_execute(&begin)
+            .await
+            .map_err(pg(plan, "locking the target for the swap (readers held it longer than lock_timeout)"))?;
+        let mut statements = Vec::new();
+        if exists {
+            // Privileges live on the relation: carry them over to its replacement.
+            let grants = client
+                .query(
+                    "SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, a.is_grantable \
+                     FROM pg_class c, LATERAL aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee \
+                     WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner",
+                    &[&target],
+                )
+                .await
+                .map_err(pg(plan, "reading the target's grants"))?;
+            for g in grants {
+                let (privilege, grantee, grantable): (String, String, bool) = (g.get(0), g.get(1), g.get(2));
+                statements.push(format!(
+                    "GRANT {privilege} ON {} TO {grantee}{}",
+                    plan.qualified(staging),
+                    if grantable { " WITH GRANT OPTION" } else { "" }
+                ));
+            }
+            statements.push(format!("DROP TABLE {target}"));
+        }
+        statements.push(format!(
+            "ALTER TABLE {} RENAME TO {}",
+            plan.qualified(staging),
+            quote_ident(&plan.target)
+        ));
+        if !plan.primary_key.is_empty() {
+            statements.push(format!(
+                "ALTER TABLE {target} RENAME CONSTRAINT {} TO {}",
+                quote_ident(&format!("{staging}_pkey")),
+                quote_ident(&truncate_ident(format!("{}_pkey", plan.target)))
+            ));
+        }
+        for (i, ix) in plan.indexes.iter().enumerate() {
+            statements.push(format!(
+                "ALTER INDEX {} RENAME TO {}",
+                plan.qualified(&format!("{staging}_i{i}")),
+                quote_ident(&plan.index_name(ix))
+            ));
+        }
+        statements.push("COMMIT".into());
+        client
+            .batch_execute(&statements.join("; "))
+            .await
+            .map_err(pg(plan, "swapping the staging table into place"))
+    }
+    .await;
+    if result.is_err() {
+        // Leave no aborted transaction behind; if the connection is gone the server already rolled back.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// Drops the staging table after a failure (best effort; the next run drops
+/// any that remain).
+pub async fn discard(client: &Client, plan: &TablePlan, staging: &str) {
+    let sql = format!("DROP TABLE IF EXISTS {}", plan.qualified(staging));
+    if let Err(e) = client.batch_execute(&sql).await {
+        tracing::warn!(table = %plan.table, staging, "could not drop staging table: {e}");
+    }
+}
+
+/// Releases the table's advisory lock (also released when the session ends).
+pub async fn release(client: &Client, plan: &TablePlan) {
+    let key = format!("floe:{}.{}", plan.schema, plan.target);
+    let _ = client
+        .execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&key])
+        .await;
+}

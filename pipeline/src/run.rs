@@ -1,0 +1,408 @@
+//! Running one table end to end: source → transform → encoder → COPY into
+//! staging → verify → swap, reporting what happened.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::{SinkExt, StreamExt};
+use operators::{GeometryError, GeometryOptions, TransformOptions};
+use schemas::config::{Config, SourceSpec, TableConfig};
+use schemas::pg::{PgColumn, PgType};
+use schemas::SchemaError;
+use serde::Serialize;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::Client;
+
+use crate::postgres::encode::{CopyEncoder, COPY_HEADER, COPY_TRAILER};
+use crate::postgres::refresh::{self, TablePlan};
+use crate::postgres::Target;
+use crate::PipelineError;
+
+/// Per-run choices that are not in the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Identifies this run in staging names and `application_name`.
+    pub run_id: String,
+    /// Read `<dir>/<SNOWFLAKE_TABLE>.parquet` instead of each table's configured source.
+    pub parquet_dir: Option<PathBuf>,
+}
+
+/// What happened to one table, in the shape the incumbent procedure returned.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// `success` or `failed`.
+    pub status: &'static str,
+    /// The Postgres table.
+    pub table: String,
+    /// The config's name for it.
+    pub name: String,
+    pub rows_synced: u64,
+    /// Rows in the target after the run (on failure: what the untouched target holds, if known).
+    pub final_count: Option<u64>,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Geometries set to NULL under `on_invalid_geometry = "null"`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub invalid_geometries: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A sortable, unique-enough run id: `20261124T023301Z-3f9a`.
+pub fn new_run_id() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let tag = (now.subsec_nanos() ^ std::process::id().rotate_left(16)) & 0xffff;
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{tag:04x}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Loads one table and reports, never panicking on bad input.
+pub async fn run_table(config: &Config, name: &str, target: &Target, options: &RunOptions, progress: &AtomicU64) -> TableReport {
+    let started = Instant::now();
+    let table_cfg = &config.tables[name];
+    let geometry = GeometryOptions {
+        on_invalid: table_cfg.on_invalid_geometry,
+        ..Default::default()
+    };
+    let result = load_table(config, name, target, options, &geometry, progress).await;
+    let invalid_geometries = geometry.invalid_count.load(Ordering::Relaxed);
+    if invalid_geometries > 0 {
+        tracing::warn!(table = name, invalid_geometries, "invalid geometries were written as NULL");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(loaded) => TableReport {
+            status: "success",
+            table: table_cfg.target.clone(),
+            name: name.to_string(),
+            rows_synced: loaded.rows,
+            final_count: Some(loaded.final_count),
+            seconds,
+            error: None,
+            invalid_geometries,
+        },
+        Err(e) => {
+            let final_count = current_count(config, table_cfg, target, options).await;
+            TableReport {
+                status: "failed",
+                table: table_cfg.target.clone(),
+                name: name.to_string(),
+                rows_synced: 0,
+                final_count,
+                seconds,
+                error: Some(e.to_string()),
+                invalid_geometries,
+            }
+        }
+    }
+}
+
+/// Rows in the target as it stands (after a failure: the untouched old table).
+async fn current_count(config: &Config, t: &TableConfig, target: &Target, options: &RunOptions) -> Option<u64> {
+    let session = target
+        .connect(&format!("floe/{}/{}/count", t.target, options.run_id), &config.load)
+        .await
+        .ok()?;
+    let q = schemas::pg::quote_qualified(&target.schema, &t.target);
+    let exists: bool = session
+        .client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
+        .await
+        .ok()?
+        .get(0);
+    if !exists {
+        return Some(0);
+    }
+    let n: i64 = session
+        .client
+        .query_one(&format!("SELECT count(*) FROM {q}"), &[])
+        .await
+        .ok()?
+        .get(0);
+    Some(n as u64)
+}
+
+struct Loaded {
+    rows: u64,
+    final_count: u64,
+}
+
+/// Plans the transform and the Postgres columns, then runs the refresh.
+async fn load_table(
+    config: &Config,
+    name: &str,
+    target: &Target,
+    options: &RunOptions,
+    geometry: &GeometryOptions,
+    progress: &AtomicU64,
+) -> Result<Loaded, PipelineError> {
+    let t = &config.tables[name];
+    let ctx = operators::session_context(&TransformOptions {
+        batch_size: config.load.batch_size,
+        geometry: geometry.clone(),
+    });
+    let source_err = |message: String| PipelineError::Source {
+        table: name.to_string(),
+        message,
+    };
+    let provider = match (&options.parquet_dir, t.source()) {
+        (Some(dir), _) => {
+            let sf = t.snowflake_table.as_deref().ok_or_else(|| {
+                source_err("--parquet needs the table's snowflake_table to name <DIR>/<SNOWFLAKE_TABLE>.parquet".into())
+            })?;
+            let path = dir.join(format!("{sf}.parquet"));
+            crate::source::parquet(&ctx, &path.to_string_lossy()).await.map_err(source_err)?
+        }
+        (None, Some(SourceSpec::Parquet(path))) => crate::source::parquet(&ctx, &path).await.map_err(source_err)?,
+        (None, Some(SourceSpec::Snowflake { .. })) => {
+            return Err(source_err(
+                "reading Snowflake is not available in this build yet; pass --parquet DIR or set `parquet` for the table".into(),
+            ))
+        }
+        (None, None) => return Err(source_err("no source configured".into())),
+    };
+    operators::register_source(&ctx, provider).map_err(|e| PipelineError::Transform {
+        table: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let df = ctx.sql(t.transform_sql()).await.map_err(|e| PipelineError::Transform {
+        table: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let columns = plan_columns(config, name, t, &schema)?;
+    let plan = TablePlan {
+        table: name.to_string(),
+        schema: target.schema.clone(),
+        target: t.target.clone(),
+        columns: columns.clone(),
+        primary_key: t.primary_key.clone(),
+        indexes: t.indexes.clone(),
+        lock_timeout: config.load.lock_timeout,
+    };
+    let mut encoder = CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?;
+
+    let session = target
+        .connect(&format!("floe/{}/{}", t.target, options.run_id), &config.load)
+        .await?;
+    let client = Arc::clone(&session.client);
+    let staging = refresh::prepare(&client, &plan, &options.run_id).await?;
+    let result = async {
+        let stream = df.execute_stream().await.map_err(|e| PipelineError::Transform {
+            table: name.to_string(),
+            message: e.to_string(),
+        })?;
+        let rows = copy_stream(
+            &client,
+            &plan,
+            &staging,
+            stream,
+            &mut encoder,
+            config.load.max_in_flight_bytes,
+            progress,
+        )
+        .await?;
+        let final_count = refresh::build_and_verify(&client, &plan, &staging, rows).await?;
+        refresh::swap(&client, &plan, &staging).await?;
+        Ok(Loaded { rows, final_count })
+    }
+    .await;
+    if result.is_err() {
+        refresh::discard(&client, &plan, &staging).await;
+    }
+    refresh::release(&client, &plan).await;
+    result
+}
+
+/// Decides each output column's Postgres type, checking the table's
+/// `columns`, `primary_key` and `indexes` against the transform's output.
+fn plan_columns(config: &Config, name: &str, t: &TableConfig, schema: &arrow::datatypes::SchemaRef) -> Result<Vec<PgColumn>, PipelineError> {
+    let invalid = |key: String, message: String| {
+        PipelineError::Config(SchemaError::ConfigInvalid {
+            path: config.path.clone(),
+            table: name.to_string(),
+            key,
+            message,
+        })
+    };
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let have = || format!("the transform outputs: {}", names.join(", "));
+    let declared = t
+        .column_types()
+        .map_err(|(k, e)| invalid(format!("columns.{k}"), e.to_string()))?;
+    for k in declared.keys() {
+        if !names.contains(&k.as_str()) {
+            return Err(invalid(format!("columns.{k}"), format!("no column `{k}`; {}", have())));
+        }
+    }
+    for k in &t.primary_key {
+        if !names.contains(&k.as_str()) {
+            return Err(invalid("primary_key".into(), format!("no column `{k}`; {}", have())));
+        }
+    }
+    for (i, ix) in t.indexes.iter().enumerate() {
+        if let Some(c) = ix.columns.iter().find(|c| !names.contains(&c.as_str())) {
+            return Err(invalid(format!("indexes[{i}].columns"), format!("no column `{c}`; {}", have())));
+        }
+    }
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = PgType::resolve(f, declared.get(f.name()).copied())
+                .map_err(|e| invalid(format!("columns.{}", f.name()), e.to_string()))?;
+            Ok(PgColumn {
+                name: f.name().clone(),
+                ty,
+                nullable: f.is_nullable(),
+            })
+        })
+        .collect()
+}
+
+/// One message from the encoder to the COPY writer.
+enum Frame {
+    /// Encoded bytes, holding their share of the in-flight budget until written.
+    Data(Bytes, OwnedSemaphorePermit),
+    /// Everything was sent: complete the COPY. Without it the COPY is aborted.
+    Finish,
+}
+
+/// Streams the transform's batches through the encoder into `COPY ... FROM
+/// STDIN` on `client`, with at most `budget` encoded bytes queued between the
+/// two. Returns the rows read (which the COPY's own count must equal).
+async fn copy_stream(
+    client: &Arc<Client>,
+    plan: &TablePlan,
+    staging: &str,
+    mut stream: SendableRecordBatchStream,
+    encoder: &mut CopyEncoder,
+    budget: usize,
+    progress: &AtomicU64,
+) -> Result<u64, PipelineError> {
+    let permits = Arc::new(Semaphore::new(budget));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let copy_sql = plan.copy_sql(staging);
+    let writer_client = Arc::clone(client);
+    let table = plan.table.clone();
+    let writer = tokio::spawn(async move {
+        let to_err = |step, e| PipelineError::postgres(&table, step, e);
+        let sink = writer_client
+            .copy_in::<_, Bytes>(&copy_sql)
+            .await
+            .map_err(|e| to_err("starting COPY", e))?;
+        let mut sink = Box::pin(sink);
+        while let Some(frame) = rx.recv().await {
+            match frame {
+                Frame::Data(bytes, permit) => {
+                    sink.send(bytes).await.map_err(|e| to_err("COPY", e))?;
+                    drop(permit);
+                }
+                Frame::Finish => {
+                    let n = sink.as_mut().finish().await.map_err(|e| to_err("completing COPY", e))?;
+                    return Ok(Some(n));
+                }
+            }
+        }
+        // The encoder side gave up: dropping the sink aborts the COPY.
+        Ok::<_, PipelineError>(None)
+    });
+
+    let produced = async {
+        let mut rows = 0u64;
+        let mut first = true;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| transform_error(&plan.table, rows, e))?;
+            let mut buf = BytesMut::with_capacity(batch.get_array_memory_size() / 2 + COPY_HEADER.len());
+            if first {
+                buf.extend_from_slice(COPY_HEADER);
+                first = false;
+            }
+            encoder.encode(&batch, &mut buf)?;
+            let cost = buf.len().clamp(1, budget) as u32;
+            let Ok(permit) = Arc::clone(&permits).acquire_many_owned(cost).await else {
+                return Ok(None);
+            };
+            if tx.send(Frame::Data(buf.freeze(), permit)).is_err() {
+                return Ok(None); // the writer failed; its error is the cause
+            }
+            rows += batch.num_rows() as u64;
+            progress.store(rows, Ordering::Relaxed);
+        }
+        let mut tail = BytesMut::new();
+        if first {
+            tail.extend_from_slice(COPY_HEADER);
+        }
+        tail.extend_from_slice(COPY_TRAILER);
+        let cost = tail.len() as u32;
+        if let Ok(permit) = Arc::clone(&permits).acquire_many_owned(cost).await {
+            if tx.send(Frame::Data(tail.freeze(), permit)).is_ok() {
+                let _ = tx.send(Frame::Finish);
+            }
+        }
+        Ok::<_, PipelineError>(Some(rows))
+    }
+    .await;
+    drop(tx);
+    let written = writer.await.map_err(|e| PipelineError::Transform {
+        table: plan.table.clone(),
+        message: format!("COPY writer task failed: {e}"),
+    })?;
+    match (produced, written) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(Some(read)), Ok(Some(copied))) if read == copied => Ok(read),
+        (Ok(Some(read)), Ok(Some(copied))) => Err(PipelineError::CountMismatch {
+            table: plan.table.clone(),
+            read,
+            staged: copied,
+        }),
+        (Ok(_), Ok(_)) => Err(PipelineError::Transform {
+            table: plan.table.clone(),
+            message: "COPY ended before all rows were sent".into(),
+        }),
+    }
+}
+
+/// Names the absolute row of a geometry error; passes other errors through.
+fn transform_error(table: &str, rows_before: u64, e: DataFusionError) -> PipelineError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = cur {
+        if let Some(g) = err.downcast_ref::<GeometryError>() {
+            return PipelineError::InvalidGeometry {
+                table: table.to_string(),
+                row: rows_before + g.row_in_batch as u64 + 1,
+                error: g.clone(),
+            };
+        }
+        cur = err.source();
+    }
+    PipelineError::Transform {
+        table: table.to_string(),
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,454 @@
+//! `floe.toml`: the target, load settings and one section per table.
+//!
+//! Parsing is strict (unknown keys are errors, so a typo never silently falls
+//! back to a default) and [`Config::validate`] checks what serde cannot,
+//! naming the file, the table and the key in every message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pg::PgType;
+use crate::SchemaError;
+
+/// A string that must never be printed: passwords, tokens.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself; call only where it is handed to a driver.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where run snapshots are kept (used by replay).
+    #[serde(default = "default_snapshot_dir")]
+    pub snapshot_dir: PathBuf,
+    #[serde(default)]
+    pub target: TargetConfig,
+    #[serde(default)]
+    pub load: LoadConfig,
+    /// Tables by floe name, in name order.
+    pub tables: BTreeMap<String, TableConfig>,
+    /// The file this came from (for messages); not part of the TOML.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn default_snapshot_dir() -> PathBuf {
+    PathBuf::from("snapshots")
+}
+
+/// The Postgres database floe writes to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// A libpq-style URL (`postgres://user@host:port/db`) or key=value string.
+    pub url: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub dbname: Option<String>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// A file holding the password (first line).
+    pub password_file: Option<PathBuf>,
+    /// The schema cache tables live in.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+}
+
+fn default_schema() -> String {
+    "public".into()
+}
+
+impl Default for TargetConfig {
+    /// As if the section were empty: local Postgres, schema `public`.
+    fn default() -> Self {
+        TargetConfig {
+            url: None,
+            host: None,
+            port: None,
+            user: None,
+            dbname: None,
+            password_env: None,
+            password_file: None,
+            schema: default_schema(),
+        }
+    }
+}
+
+impl TargetConfig {
+    /// A target given only by URL (`--target`, `FLOE_TARGET_URL`), keeping the schema.
+    pub fn with_url(&self, url: impl Into<String>) -> TargetConfig {
+        TargetConfig {
+            url: Some(url.into()),
+            host: None,
+            port: None,
+            user: None,
+            dbname: None,
+            password_env: self.password_env.clone(),
+            password_file: self.password_file.clone(),
+            schema: self.schema.clone(),
+        }
+    }
+
+    /// Reads the password from `password_env` or `password_file`, if configured.
+    pub fn password(&self) -> Result<Option<Secret>, String> {
+        if let Some(var) = &self.password_env {
+            if let Ok(v) = std::env::var(var) {
+                return Ok(Some(Secret::new(v)));
+            }
+        }
+        if let Some(file) = &self.password_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read password_file {}: {e}", file.display()))?;
+            let line = text.lines().next().unwrap_or("").to_string();
+            return Ok(Some(Secret::new(line)));
+        }
+        Ok(None)
+    }
+}
+
+/// How data moves: sizes, bounds and timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadConfig {
+    /// Rows per Arrow batch through the transform and encoder. 8192 keeps a
+    /// batch's encoded bytes in the low megabytes for the widest grid table.
+    pub batch_size: usize,
+    /// Upper bound on encoded COPY bytes queued between encoder and Postgres;
+    /// with `batch_size` this is what bounds floe's memory, not table size.
+    pub max_in_flight_bytes: usize,
+    /// How long the swap waits for readers' locks before giving up.
+    #[serde(with = "duration_text")]
+    pub lock_timeout: Duration,
+    /// Upper bound on any single statement (COPY, index build, swap).
+    #[serde(with = "duration_text")]
+    pub statement_timeout: Duration,
+    /// Postgres ends a session idle inside a transaction after this long, so a
+    /// crashed floe can never leave locks behind.
+    #[serde(with = "duration_text")]
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl Default for LoadConfig {
+    fn default() -> Self {
+        LoadConfig {
+            batch_size: 8192,
+            max_in_flight_bytes: 64 << 20,
+            lock_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(300),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What to do with a geometry that does not parse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalidGeometry {
+    /// Fail the table, naming row and value (the default: nothing is lost silently).
+    #[default]
+    Error,
+    /// Write NULL and count it; the run reports how many.
+    Null,
+}
+
+/// One table: where it comes from, how it is transformed, where it lands.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// The Snowflake table (also names `<DIR>/<SNOWFLAKE_TABLE>.parquet` for `--parquet DIR`).
+    pub snowflake_table: Option<String>,
+    /// The Snowflake query; defaults to `SELECT * FROM <snowflake_table>`.
+    pub query: Option<String>,
+    /// Read this parquet file, directory or glob instead of Snowflake.
+    pub parquet: Option<String>,
+    /// DataFusion SQL over a table named `source`; defaults to `SELECT * FROM source`.
+    pub transform: Option<String>,
+    /// The Postgres table (in `target.schema`).
+    pub target: String,
+    #[serde(default)]
+    pub primary_key: Vec<String>,
+    /// Postgres types for columns whose type cannot be inferred from Arrow.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    #[serde(default)]
+    pub indexes: Vec<IndexConfig>,
+    #[serde(default)]
+    pub on_invalid_geometry: OnInvalidGeometry,
+}
+
+/// A secondary index built after the load.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    pub columns: Vec<String>,
+    /// btree (default), gist, brin, hash, gin or spgist.
+    #[serde(default = "default_method")]
+    pub method: String,
+}
+
+fn default_method() -> String {
+    "btree".into()
+}
+
+const INDEX_METHODS: &[&str] = &["btree", "gist", "brin", "hash", "gin", "spgist"];
+
+/// Where a table's rows come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A Snowflake query.
+    Snowflake { table: Option<String>, query: String },
+    /// Parquet file(s): a path, a directory or a glob.
+    Parquet(String),
+}
+
+impl TableConfig {
+    /// The transform SQL (default: pass-through).
+    pub fn transform_sql(&self) -> &str {
+        self.transform.as_deref().unwrap_or("SELECT * FROM source")
+    }
+
+    /// The configured source.
+    pub fn source(&self) -> Option<SourceSpec> {
+        if let Some(p) = &self.parquet {
+            return Some(SourceSpec::Parquet(p.clone()));
+        }
+        let query = match (&self.query, &self.snowflake_table) {
+            (Some(q), _) => q.clone(),
+            (None, Some(t)) => format!("SELECT * FROM {t}"),
+            (None, None) => return None,
+        };
+        Some(SourceSpec::Snowflake {
+            table: self.snowflake_table.clone(),
+            query,
+        })
+    }
+
+    /// Parsed column type overrides.
+    pub fn column_types(&self) -> Result<BTreeMap<String, PgType>, (String, SchemaError)> {
+        self.columns
+            .iter()
+            .map(|(k, v)| v.parse().map(|t| (k.clone(), t)).map_err(|e| (k.clone(), e)))
+            .collect()
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, SchemaError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SchemaError::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, SchemaError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| SchemaError::ConfigParse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.path = path.to_path_buf();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, table: &str, key: &str, message: impl Into<String>) -> SchemaError {
+        SchemaError::ConfigInvalid {
+            path: self.path.clone(),
+            table: table.to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), SchemaError> {
+        if self.tables.is_empty() {
+            return Err(SchemaError::ConfigParse {
+                path: self.path.clone(),
+                message: "no tables: add at least one [tables.<name>] section".into(),
+            });
+        }
+        if self.target.schema.is_empty() {
+            return Err(self.invalid("-", "target.schema", "is empty"));
+        }
+        if self.load.batch_size == 0 {
+            return Err(self.invalid("-", "load.batch_size", "must be at least 1"));
+        }
+        if self.load.max_in_flight_bytes < 1 << 20 {
+            return Err(self.invalid("-", "load.max_in_flight_bytes", "must be at least 1048576 (1 MiB)"));
+        }
+        let mut targets = BTreeMap::new();
+        for (name, t) in &self.tables {
+            if t.source().is_none() {
+                return Err(self.invalid(
+                    name,
+                    "snowflake_table",
+                    "no source: set snowflake_table (or query), or parquet",
+                ));
+            }
+            if t.target.is_empty() || t.target.len() > 48 {
+                return Err(self.invalid(name, "target", "must be 1 to 48 bytes (floe adds suffixes for staging)"));
+            }
+            if let Some(other) = targets.insert(t.target.as_str(), name.as_str()) {
+                return Err(self.invalid(name, "target", format!("`{}` is also the target of table `{other}`", t.target)));
+            }
+            if t.transform_sql().trim().is_empty() {
+                return Err(self.invalid(name, "transform", "is empty"));
+            }
+            if let Err((col, e)) = t.column_types() {
+                return Err(self.invalid(name, &format!("columns.{col}"), e.to_string()));
+            }
+            for (i, ix) in t.indexes.iter().enumerate() {
+                if ix.columns.is_empty() {
+                    return Err(self.invalid(name, &format!("indexes[{i}].columns"), "is empty"));
+                }
+                if !INDEX_METHODS.contains(&ix.method.as_str()) {
+                    return Err(self.invalid(
+                        name,
+                        &format!("indexes[{i}].method"),
+                        format!("`{}` is not one of {}", ix.method, INDEX_METHODS.join(", ")),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds a table by config name, Postgres table name or Snowflake table name (any case).
+    pub fn find_table(&self, name: &str) -> Option<(&str, &TableConfig)> {
+        self.tables
+            .iter()
+            .find(|(k, t)| {
+                k.as_str() == name
+                    || t.target == name
+                    || t
+                        .snowflake_table
+                        .as_deref()
+                        .is_some_and(|s| s.eq_ignore_ascii_case(name))
+            })
+            .map(|(k, t)| (k.as_str(), t))
+    }
+}
+
+/// Durations written as text: `10s`, `250ms`, `5m`, `1h`.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `10s`, `250ms`, `5m`, `1h` (also used for CLI flags).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 10s, 250ms, 5m)"))?;
+    Ok(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}`: unknown unit (use ms, s, m or h)")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[tables.t]
+parquet = "x.parquet"
+target = "t_cache"
+"#;
+
+    fn parse(text: &str) -> Result<Config, SchemaError> {
+        Config::parse(text, Path::new("floe.toml"))
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_said() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.load.batch_size, 8192);
+        assert_eq!(c.target.schema, "public");
+        let t = &c.tables["t"];
+        assert_eq!(t.transform_sql(), "SELECT * FROM source");
+        assert_eq!(t.source(), Some(SourceSpec::Parquet("x.parquet".into())));
+    }
+
+    #[test]
+    fn snowflake_query_defaults_to_the_whole_table() {
+        let c = parse("[tables.t]\nsnowflake_table = \"TOPO\"\ntarget = \"t\"\n").unwrap();
+        assert_eq!(
+            c.tables["t"].source(),
+            Some(SourceSpec::Snowflake {
+                table: Some("TOPO".into()),
+                query: "SELECT * FROM TOPO".into()
+            })
+        );
+        assert!(c.find_table("topo").is_some());
+        assert!(c.find_table("t").is_some());
+    }
+
+    #[test]
+    fn errors_name_file_table_and_key() {
+        let bad_type = format!("{MINIMAL}columns = {{ v = \"numeric(6,9)\" }}\n");
+        let e = parse(&bad_type).unwrap_err().to_string();
+        assert!(e.contains("floe.toml") && e.contains("`t`") && e.contains("columns.v"), "{e}");
+
+        let bad_method = format!("{MINIMAL}indexes = [{{ columns = [\"g\"], method = \"rtree\" }}]\n");
+        let e = parse(&bad_method).unwrap_err().to_string();
+        assert!(e.contains("indexes[0].method") && e.contains("rtree"), "{e}");
+
+        let typo = format!("{MINIMAL}primery_key = [\"id\"]\n");
+        let e = parse(&typo).unwrap_err().to_string();
+        assert!(e.contains("primery_key") && e.contains("floe.toml"), "{e}");
+
+        let no_source = "[tables.t]\ntarget = \"t\"\n";
+        let e = parse(no_source).unwrap_err().to_string();
+        assert!(e.contains("no source"), "{e}");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

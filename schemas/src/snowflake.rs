@@ -1,0 +1,138 @@
+//! Snowflake's logical types, and the Arrow types a decoded result carries.
+//!
+//! One mapping serves the generator (which writes parquet shaped exactly like
+//! a decoded Snowflake result), the Snowflake client's decoder and the
+//! emulator, so a table read from Snowflake and the same table replayed from
+//! parquet have one Arrow schema.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use arrow_schema::{DataType, Field, TimeUnit};
+
+use crate::geometry::{json_metadata, EXTENSION_NAME_KEY};
+
+/// Field metadata key holding the Snowflake type a column came from
+/// (e.g. `NUMBER(6,2)`, `GEOGRAPHY`), so snapshots and errors can say it.
+pub const SNOWFLAKE_TYPE_KEY: &str = "floe.snowflake_type";
+
+/// The session time zone floe assumes for TIMESTAMP_LTZ (the grid's service
+/// territory); Snowflake's own default is America/Los_Angeles.
+pub const DEFAULT_SESSION_TIME_ZONE: &str = "America/Chicago";
+
+/// A Snowflake column type as a result's `rowtype` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnowflakeType {
+    /// NUMBER(precision, scale).
+    Number(u8, i8),
+    /// FLOAT / DOUBLE / REAL (all 64-bit in Snowflake).
+    Float,
+    /// VARCHAR(length).
+    Varchar(u32),
+    Boolean,
+    Date,
+    /// TIMESTAMP_NTZ(scale): wall-clock time, no zone.
+    TimestampNtz(u8),
+    /// TIMESTAMP_LTZ(scale): an instant shown in the session's zone.
+    TimestampLtz(u8),
+    /// TIMESTAMP_TZ(scale): an instant with its own offset.
+    TimestampTz(u8),
+    Variant,
+    Object,
+    Array,
+    Binary,
+    Geography,
+    Geometry,
+}
+
+impl SnowflakeType {
+    /// The Arrow type of this column after floe decodes it.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            SnowflakeType::Number(_, 0) => DataType::Int64,
+            SnowflakeType::Number(p, s) => DataType::Decimal128(p, s),
+            SnowflakeType::Float => DataType::Float64,
+            SnowflakeType::Varchar(_) => DataType::Utf8,
+            SnowflakeType::Boolean => DataType::Boolean,
+            SnowflakeType::Date => DataType::Date32,
+            SnowflakeType::TimestampNtz(s) => DataType::Timestamp(time_unit(s), None),
+            SnowflakeType::TimestampLtz(s) => {
+                DataType::Timestamp(time_unit(s), Some(DEFAULT_SESSION_TIME_ZONE.into()))
+            }
+            SnowflakeType::TimestampTz(s) => DataType::Timestamp(time_unit(s), Some("UTC".into())),
+            SnowflakeType::Variant | SnowflakeType::Object | SnowflakeType::Array => DataType::Utf8,
+            SnowflakeType::Binary => DataType::Binary,
+            // GEOGRAPHY arrives in the session's output format; GeoJSON text by default.
+            SnowflakeType::Geography | SnowflakeType::Geometry => DataType::Utf8,
+        }
+    }
+
+    /// The decoded Arrow field, tagged with the Snowflake type (and as JSON for
+    /// semi-structured types, so the sink maps it to jsonb).
+    pub fn arrow_field(self, name: &str, nullable: bool) -> Field {
+        let mut md: HashMap<String, String> = HashMap::new();
+        if matches!(
+            self,
+            SnowflakeType::Variant | SnowflakeType::Object | SnowflakeType::Array
+        ) {
+            md.extend(json_metadata());
+        }
+        md.insert(SNOWFLAKE_TYPE_KEY.to_string(), self.to_string());
+        debug_assert!(!md.contains_key(EXTENSION_NAME_KEY) || md.len() == 2);
+        Field::new(name, self.arrow_type(), nullable).with_metadata(md)
+    }
+}
+
+/// Snowflake's fractional-seconds scale → the coarsest Arrow unit that holds it.
+fn time_unit(scale: u8) -> TimeUnit {
+    match scale {
+        0 => TimeUnit::Second,
+        1..=3 => TimeUnit::Millisecond,
+        4..=6 => TimeUnit::Microsecond,
+        _ => TimeUnit::Nanosecond,
+    }
+}
+
+impl fmt::Display for SnowflakeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnowflakeType::Number(p, s) => write!(f, "NUMBER({p},{s})"),
+            SnowflakeType::Float => f.write_str("FLOAT"),
+            SnowflakeType::Varchar(n) => write!(f, "VARCHAR({n})"),
+            SnowflakeType::Boolean => f.write_str("BOOLEAN"),
+            SnowflakeType::Date => f.write_str("DATE"),
+            SnowflakeType::TimestampNtz(s) => write!(f, "TIMESTAMP_NTZ({s})"),
+            SnowflakeType::TimestampLtz(s) => write!(f, "TIMESTAMP_LTZ({s})"),
+            SnowflakeType::TimestampTz(s) => write!(f, "TIMESTAMP_TZ({s})"),
+            SnowflakeType::Variant => f.write_str("VARIANT"),
+            SnowflakeType::Object => f.write_str("OBJECT"),
+            SnowflakeType::Array => f.write_str("ARRAY"),
+            SnowflakeType::Binary => f.write_str("BINARY"),
+            SnowflakeType::Geography => f.write_str("GEOGRAPHY"),
+            SnowflakeType::Geometry => f.write_str("GEOMETRY"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::is_json_field;
+
+    #[test]
+    fn decoded_types_follow_snowflake_precision_and_scale() {
+        assert_eq!(SnowflakeType::Number(38, 0).arrow_type(), DataType::Int64);
+        assert_eq!(SnowflakeType::Number(6, 2).arrow_type(), DataType::Decimal128(6, 2));
+        assert_eq!(
+            SnowflakeType::TimestampNtz(9).arrow_type(),
+            DataType::Timestamp(TimeUnit::Nanosecond, None)
+        );
+        assert_eq!(
+            SnowflakeType::TimestampTz(3).arrow_type(),
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+        );
+        let v = SnowflakeType::Variant.arrow_field("ATTRIBUTES", true);
+        assert!(is_json_field(&v));
+        assert_eq!(v.metadata()[SNOWFLAKE_TYPE_KEY], "VARIANT");
+    }
+}

@@ -1,0 +1,70 @@
+//! `floe`: keeps PostGIS caches in sync with Snowflake, Arrow all the way.
+
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Arrow-native streaming ETL that mirrors Snowflake tables into PostGIS.
+#[derive(Debug, Parser)]
+#[command(name = "floe", version, about, long_about = None)]
+struct Cli {
+    /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate the grid tables as parquet, shaped like decoded Snowflake results.
+    Generate(cmd::generate::Args),
+    /// Refresh PostGIS cache tables: read, transform, COPY into staging, verify, swap.
+    Run(cmd::run::Args),
+    /// Generate data, start a throwaway PostGIS, load every table and query it.
+    Demo(cmd::demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Generate(args) => cmd::generate::run(args),
+            Command::Run(args) => cmd::run::run(args).await,
+            Command::Demo(args) => cmd::demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

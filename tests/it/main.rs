@@ -1,0 +1,9 @@
+//! Integration tests against a real PostgreSQL + PostGIS (an ephemeral
+//! cluster per test binary; see `support`).
+
+mod cli;
+mod grid;
+mod refresh;
+mod support;
+mod types;
+mod udf_postgis;

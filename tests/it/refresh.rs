@@ -1,0 +1,168 @@
+//! Atomicity of the full refresh: readers see the old or the new table,
+//! never an empty or partial one; a failure midway changes nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn readers_only_ever_see_the_old_or_the_new_table() {
+    let url = fresh_db("atomic_swap").await;
+    let config = shipped_config();
+    assert_success(&run(&config, "topology", &url, Some(grid_dir())).await);
+
+    let bigger = tempfile::tempdir().unwrap();
+    let new_rows = GRID_ROWS + 13_000;
+    pipeline::generate::generate(&pipeline::generate::GenerateOptions {
+        out: bigger.path().to_path_buf(),
+        tables: vec![&schemas::datasets::TOPOLOGY],
+        rows: Some(new_rows),
+        seed: 7,
+    })
+    .unwrap();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (url, done) = (url.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let client = connect(&url).await;
+            let mut seen = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let n: i64 = client
+                    .query_one("SELECT count(*) FROM topology_connections_cache", &[])
+                    .await
+                    .expect("a reader never gets an error during the refresh")
+                    .get(0);
+                seen.push(n as u64);
+            }
+            seen
+        })
+    };
+    let report = run(&config, "topology", &url, Some(bigger.path())).await;
+    done.store(true, Ordering::Relaxed);
+    let seen = reader.await.unwrap();
+    assert_success(&report);
+    assert!(seen.len() >= 5, "the reader ran only {} queries during the refresh", seen.len());
+    assert!(seen.iter().all(|n| *n == GRID_ROWS || *n == new_rows), "reader saw counts other than old/new: {seen:?}");
+    assert_eq!(seen.first(), Some(&GRID_ROWS), "the old table stays readable while the new one loads");
+    let client = connect(&url).await;
+    let (n, _) = fingerprint(&client, "topology_connections_cache").await;
+    assert_eq!(n as u64, new_rows);
+    assert!(staging_tables(&client).await.is_empty());
+}
+
+/// A two-column table of `rows` rows; `bad` replaces one row's GeoJSON.
+fn points_parquet(path: &std::path::Path, rows: i64, bad: Option<(i64, &str)>) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("ID", DataType::Int64, false),
+        Field::new("LOCATION", DataType::Utf8, false),
+    ]));
+    let ids: Vec<i64> = (1..=rows).collect();
+    let geo: Vec<String> = ids
+        .iter()
+        .map(|i| match bad {
+            Some((row, text)) if *i == row => text.to_string(),
+            _ => format!(r#"{{"type":"Point","coordinates":[-95.{i:05},29.5]}}"#),
+        })
+        .collect();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(ids)) as ArrayRef,
+            Arc::new(StringArray::from(geo)) as ArrayRef,
+        ],
+    )
+    .unwrap();
+    write_parquet(path, &[batch]);
+}
+
+const POINTS: &str = r#"primary_key = ["id"]
+transform = "SELECT id, location, st_geomfromgeojson(location) AS geom FROM source"
+columns = { geom = "geometry(Point,4326)" }
+indexes = [{ columns = ["geom"], method = "gist" }]"#;
+
+#[tokio::test]
+async fn a_failure_midway_leaves_the_old_table_intact() {
+    let url = fresh_db("failure_midway").await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.parquet");
+    points_parquet(&good, 10_000, None);
+    assert_success(&run(&parquet_config(&good, "points_cache", POINTS), "t", &url, None).await);
+    let client = connect(&url).await;
+    let before = fingerprint(&client, "points_cache").await;
+    assert_eq!(before.0, 10_000);
+
+    // Invalid geometry at row 15000: the first 8192-row batch is already in COPY when it is found.
+    let bad_geometry = dir.path().join("bad_geometry.parquet");
+    points_parquet(&bad_geometry, 20_000, Some((15_000, "{\"type\":\"Point\",\"coordinates\":[oops]}")));
+    let r = run(&parquet_config(&bad_geometry, "points_cache", POINTS), "t", &url, None).await;
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(e.contains("row 15000") && e.contains("oops") && e.contains("st_geomfromgeojson"), "{e}");
+    assert_eq!(r.final_count, Some(10_000), "the report says what the untouched target holds");
+    assert_eq!(fingerprint(&client, "points_cache").await, before);
+
+    // A NUL byte in text at row 12345, caught by the encoder.
+    let nul = dir.path().join("nul.parquet");
+    points_parquet(&nul, 20_000, Some((12_345, "{\"type\":\"Point\",\"coordinates\":[1,2]}\u{0}")));
+    let r = run(&parquet_config(&nul, "points_cache", &POINTS.replace("st_geomfromgeojson(location)", "st_point(1.0, 2.0, 4326)")), "t", &url, None).await;
+    let e = r.error.unwrap();
+    assert!(e.contains("points_cache") && e.contains("column location") && e.contains("row 12345") && e.contains("id=12345") && e.contains("NUL"), "{e}");
+    assert_eq!(fingerprint(&client, "points_cache").await, before);
+
+    // A duplicate primary key, found by Postgres when the key is built after the load.
+    let dup_dir = tempfile::tempdir().unwrap();
+    points_parquet(&dup_dir.path().join("a.parquet"), 100, None);
+    points_parquet(&dup_dir.path().join("b.parquet"), 100, None);
+    let glob = format!("{}/*.parquet", dup_dir.path().display());
+    let r = run(&parquet_config(std::path::Path::new(&glob), "points_cache", POINTS), "t", &url, None).await;
+    let e = r.error.unwrap();
+    assert!(e.contains("primary key") && e.contains("duplicate"), "{e}");
+    assert_eq!(fingerprint(&client, "points_cache").await, before);
+
+    assert!(staging_tables(&client).await.is_empty(), "failed runs drop their staging tables");
+    let idle: i64 = client
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(idle, 0, "no session is left idle in transaction");
+}
+
+#[tokio::test]
+async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
+    let url = fresh_db("grants_and_nulls").await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.parquet");
+    points_parquet(&good, 1_000, None);
+    assert_success(&run(&parquet_config(&good, "points_cache", POINTS), "t", &url, None).await);
+    let client = connect(&url).await;
+    client
+        .batch_execute("CREATE ROLE map_reader; GRANT SELECT ON points_cache TO map_reader")
+        .await
+        .unwrap();
+
+    let bad = dir.path().join("bad.parquet");
+    points_parquet(&bad, 1_000, Some((10, "not geojson")));
+    let lenient = format!("{POINTS}\non_invalid_geometry = \"null\"");
+    let r = run(&parquet_config(&bad, "points_cache", &lenient), "t", &url, None).await;
+    assert_success(&r);
+    assert_eq!(r.invalid_geometries, 1);
+    let nulls: i64 = client
+        .query_one("SELECT count(*) FROM points_cache WHERE geom IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nulls, 1);
+    let can_read: bool = client
+        .query_one("SELECT has_table_privilege('map_reader', 'points_cache', 'SELECT')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(can_read, "the replaced table keeps the old table's grants");
+}

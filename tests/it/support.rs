@@ -1,0 +1,130 @@
+//! Shared test harness: one ephemeral PostGIS cluster per test binary (a
+//! fresh database per test, so tests run in parallel without seeing each
+//! other), and grid data generated once.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
+
+use pipeline::cluster::EphemeralCluster;
+use pipeline::postgres::Target;
+use pipeline::run::{new_run_id, run_table, RunOptions, TableReport};
+use schemas::config::Config;
+use tokio_postgres::{Client, NoTls};
+
+static CLUSTER: OnceLock<EphemeralCluster> = OnceLock::new();
+static GRID: OnceLock<(tempfile::TempDir, u64)> = OnceLock::new();
+
+/// Rows per grid table in tests: several batches of 8192, seconds to load.
+pub const GRID_ROWS: u64 = 20_000;
+
+/// The cluster; started on first use, gone when the test process ends.
+pub fn cluster() -> &'static EphemeralCluster {
+    CLUSTER.get_or_init(|| {
+        let c = EphemeralCluster::start().unwrap_or_else(|e| {
+            panic!("these tests need PostgreSQL 15 and PostGIS (`bash .ci/run` installs them): {e}")
+        });
+        c.stop_when_process_exits().expect("cleanup watchdog");
+        c
+    })
+}
+
+/// A new, empty database named after the test; returns its URL.
+pub async fn fresh_db(name: &str) -> String {
+    let cluster = cluster();
+    let admin = connect(&cluster.url()).await;
+    // Two statements: a multi-statement string would run as one transaction block.
+    for sql in [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
+        admin.batch_execute(&sql).await.expect("create test database");
+    }
+    cluster.url_for(name)
+}
+
+/// A plain client for assertions (UTC, so timestamptz text is stable).
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect to test cluster");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client.batch_execute("SET TimeZone = 'UTC'").await.expect("set time zone");
+    client
+}
+
+/// The grid tables, generated once per test binary at [`GRID_ROWS`].
+pub fn grid_dir() -> &'static Path {
+    let (dir, _) = GRID.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        pipeline::generate::generate(&pipeline::generate::GenerateOptions {
+            out: dir.path().to_path_buf(),
+            tables: Vec::new(),
+            rows: Some(GRID_ROWS),
+            seed: 42,
+        })
+        .expect("generate grid tables");
+        (dir, GRID_ROWS)
+    });
+    dir.path()
+}
+
+/// The shipped config.
+pub fn shipped_config() -> Config {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("floe.toml");
+    Config::load(&path).expect("shipped floe.toml is valid")
+}
+
+/// Runs one table of `config` into `url`.
+pub async fn run(config: &Config, table: &str, url: &str, parquet_dir: Option<&Path>) -> TableReport {
+    let target = Target::resolve(&config.target.with_url(url)).expect("target");
+    let options = RunOptions {
+        run_id: new_run_id(),
+        parquet_dir: parquet_dir.map(Path::to_path_buf),
+    };
+    run_table(config, table, &target, &options, &AtomicU64::new(0)).await
+}
+
+/// Asserts a run succeeded, showing its error otherwise.
+pub fn assert_success(r: &TableReport) {
+    assert_eq!(r.status, "success", "{} failed: {:?}", r.table, r.error);
+}
+
+/// Tables whose name marks them as floe staging tables.
+pub async fn staging_tables(client: &Client) -> Vec<String> {
+    client
+        .query("SELECT relname::text FROM pg_class WHERE relkind = 'r' AND relname LIKE '%\\_\\_floe\\_%'", &[])
+        .await
+        .expect("list staging tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Order-independent fingerprint of a table's content.
+pub async fn fingerprint(client: &Client, table: &str) -> (i64, String) {
+    let row = client
+        .query_one(
+            &format!("SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') FROM {table} t"),
+            &[],
+        )
+        .await
+        .expect("fingerprint");
+    (row.get(0), row.get(1))
+}
+
+/// Writes batches to a parquet file.
+pub fn write_parquet(path: &Path, batches: &[arrow::record_batch::RecordBatch]) {
+    let file = std::fs::File::create(path).expect("create parquet");
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batches[0].schema(), None).expect("writer");
+    for b in batches {
+        w.write(b).expect("write batch");
+    }
+    w.close().expect("close parquet");
+}
+
+/// A config with one parquet-sourced table.
+pub fn parquet_config(path: &Path, target: &str, extra: &str) -> Config {
+    let text = format!(
+        "[tables.t]\nparquet = \"{}\"\ntarget = \"{target}\"\n{extra}\n",
+        path.display()
+    );
+    Config::parse(&text, Path::new("test.toml")).expect("test config")
+}
