@@ -17,7 +17,13 @@ pub enum OutputFormat {
 }
 
 /// Runs the tables one after another; prints a table (text) or a JSON array.
-pub async fn run_tables(config: &Config, tables: &[String], target: &Target, options: &RunOptions, format: OutputFormat) -> Vec<TableReport> {
+pub async fn run_tables(
+    config: &Config,
+    tables: &[String],
+    target: &Target,
+    options: &RunOptions,
+    format: OutputFormat,
+) -> Vec<TableReport> {
     let mut reports = Vec::with_capacity(tables.len());
     let show_progress = std::io::stderr().is_terminal();
     for name in tables {
@@ -63,12 +69,24 @@ fn spinner(name: &str, rows: Arc<AtomicU64>) -> (ProgressBar, tokio::task::JoinH
 
 fn print_text_row(r: &TableReport, header: bool) {
     if header {
-        println!("{:<8} {:<28} {:>12} {:>12} {:>9}", "status", "table", "rows_synced", "final_count", "seconds");
+        println!(
+            "{:<8} {:<28} {:>12} {:>12} {:>9}",
+            "status", "table", "rows_synced", "final_count", "seconds"
+        );
     }
-    let count = r.final_count.map(|c| c.to_string()).unwrap_or_else(|| "?".into());
-    println!("{:<8} {:<28} {:>12} {:>12} {:>9.2}", r.status, r.table, r.rows_synced, count, r.seconds);
+    let count = r
+        .final_count
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "?".into());
+    println!(
+        "{:<8} {:<28} {:>12} {:>12} {:>9.2}",
+        r.status, r.table, r.rows_synced, count, r.seconds
+    );
     if r.invalid_geometries > 0 {
-        println!("         {} invalid geometries written as NULL", r.invalid_geometries);
+        println!(
+            "         {} invalid geometries written as NULL",
+            r.invalid_geometries
+        );
     }
     if let Some(e) = &r.error {
         println!("         error: {e}");

@@ -191,7 +191,11 @@ pub fn to_geo(geom: &[u8]) -> Result<geo::Geometry<f64>, String> {
 }
 
 /// Appends a `geo` geometry as 2D EWKB.
-pub fn write_geo(out: &mut Vec<u8>, geom: &geo::Geometry<f64>, srid: Option<i32>) -> Result<(), String> {
+pub fn write_geo(
+    out: &mut Vec<u8>,
+    geom: &geo::Geometry<f64>,
+    srid: Option<i32>,
+) -> Result<(), String> {
     let bytes = geom
         .to_ewkb(CoordDimensions::xy(), srid)
         .map_err(|e| e.to_string())?;
@@ -201,9 +205,19 @@ pub fn write_geo(out: &mut Vec<u8>, geom: &geo::Geometry<f64>, srid: Option<i32>
 
 /// Streams any geozero-readable geometry (GeoJSON, WKT, WKB) into 2D EWKB.
 /// On error `out` is left as it was.
-pub fn write_from<G: GeozeroGeometry>(out: &mut Vec<u8>, input: &G, srid: Option<i32>) -> Result<(), String> {
+pub fn write_from<G: GeozeroGeometry>(
+    out: &mut Vec<u8>,
+    input: &G,
+    srid: Option<i32>,
+) -> Result<(), String> {
     let start = out.len();
-    let mut writer = WkbWriter::with_opts(&mut *out, WkbDialect::Ewkb, CoordDimensions::xy(), srid, Vec::new());
+    let mut writer = WkbWriter::with_opts(
+        &mut *out,
+        WkbDialect::Ewkb,
+        CoordDimensions::xy(),
+        srid,
+        Vec::new(),
+    );
     let result = input.process_geom(&mut writer).map_err(|e| e.to_string());
     if result.is_err() {
         out.truncate(start);
@@ -233,7 +247,10 @@ mod tests {
         let mut m = Vec::new();
         write_multi(&mut m, &p).unwrap();
         let h = read_header(&m).unwrap();
-        assert_eq!((h.kind(), h.srid), (Some(GeometryKind::MultiPoint), Some(4326)));
+        assert_eq!(
+            (h.kind(), h.srid),
+            (Some(GeometryKind::MultiPoint), Some(4326))
+        );
         match to_geo(&m).unwrap() {
             geo::Geometry::MultiPoint(mp) => assert_eq!(mp.0[0].x_y(), (1.0, 2.0)),
             other => panic!("not a multipoint: {other:?}"),
@@ -253,7 +270,9 @@ mod tests {
     #[test]
     fn garbage_is_rejected_with_a_reason() {
         assert!(read_header(&[1, 2]).unwrap_err().contains("too short"));
-        assert!(read_header(&[7, 1, 0, 0, 0]).unwrap_err().contains("byte order"));
+        assert!(read_header(&[7, 1, 0, 0, 0])
+            .unwrap_err()
+            .contains("byte order"));
         assert!(read_header(&[1, 99, 0, 0, 0]).unwrap_err().contains("type"));
     }
 }

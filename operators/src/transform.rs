@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
+use datafusion::catalog::TableProvider;
 use datafusion::common::Column;
 use datafusion::datasource::provider_as_source;
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
-use datafusion::error::DataFusionError;
 
 use crate::error::OperatorError;
 use crate::udf::{register_all, GeometryOptions};
@@ -45,7 +45,10 @@ pub fn session_context(options: &TransformOptions) -> SessionContext {
 /// Snowflake reports upper-case names; Postgres folds unquoted names to lower
 /// case and so does DataFusion's SQL. Lower-casing once here lets a transform
 /// be written the way the target table reads (`SELECT connection_id ...`).
-pub fn register_source(ctx: &SessionContext, provider: Arc<dyn TableProvider>) -> Result<(), OperatorError> {
+pub fn register_source(
+    ctx: &SessionContext,
+    provider: Arc<dyn TableProvider>,
+) -> Result<(), OperatorError> {
     let schema = provider.schema();
     let mut seen = HashSet::new();
     let mut exprs = Vec::with_capacity(schema.fields().len());

@@ -41,7 +41,10 @@ pub fn find_bin_dir() -> Result<PathBuf, PipelineError> {
         return if has_tools(&d) {
             Ok(d)
         } else {
-            Err(err(format!("FLOE_PG_BIN={} has no initdb/pg_ctl", d.display())))
+            Err(err(format!(
+                "FLOE_PG_BIN={} has no initdb/pg_ctl",
+                d.display()
+            )))
         };
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
@@ -74,7 +77,8 @@ pub fn find_bin_dir() -> Result<PathBuf, PipelineError> {
 
 /// The `postgres` user's uid and gid, from /etc/passwd.
 fn postgres_user() -> Result<(u32, u32), PipelineError> {
-    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| err(format!("cannot read /etc/passwd: {e}")))?;
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| err(format!("cannot read /etc/passwd: {e}")))?;
     passwd
         .lines()
         .find_map(|l| {
@@ -107,15 +111,23 @@ impl EphemeralCluster {
     pub fn start() -> Result<Self, PipelineError> {
         let bin = find_bin_dir()?;
         check_postgis(&bin)?;
-        let run_as = if is_root() { Some(postgres_user()?) } else { None };
+        let run_as = if is_root() {
+            Some(postgres_user()?)
+        } else {
+            None
+        };
         let dir = tempfile::Builder::new()
             .prefix("floe-pg-")
             .tempdir()
             .map_err(|e| err(format!("cannot create a temporary directory: {e}")))?;
         let data = dir.path().join("data");
         if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(|e| err(format!("cannot hand {} to the postgres user: {e}", dir.path().display())))?;
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
+                err(format!(
+                    "cannot hand {} to the postgres user: {e}",
+                    dir.path().display()
+                ))
+            })?;
         }
         let mut cluster = EphemeralCluster {
             bin,
@@ -128,7 +140,17 @@ impl EphemeralCluster {
         let data = cluster.data.to_string_lossy().to_string();
         cluster.run(
             "initdb",
-            &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"],
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
         )?;
         // A port can be taken between probing and binding; try a few.
         let mut last = None;
@@ -154,13 +176,21 @@ impl EphemeralCluster {
         );
         let data = self.data.to_string_lossy().to_string();
         let log = self.log_path().to_string_lossy().to_string();
-        self.run("pg_ctl", &["start", "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts])
-            .map(|_| ())
-            .map_err(|e| err(format!("{e}; server log: {}", self.log_tail())))
+        self.run(
+            "pg_ctl",
+            &[
+                "start", "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts,
+            ],
+        )
+        .map(|_| ())
+        .map_err(|e| err(format!("{e}; server log: {}", self.log_tail())))
     }
 
     fn log_path(&self) -> PathBuf {
-        self.data.parent().unwrap_or(Path::new("/tmp")).join("postgres.log")
+        self.data
+            .parent()
+            .unwrap_or(Path::new("/tmp"))
+            .join("postgres.log")
     }
 
     fn log_tail(&self) -> String {
@@ -175,7 +205,9 @@ impl EphemeralCluster {
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid).gid(gid).current_dir("/");
         }
-        let out = cmd.output().map_err(|e| err(format!("cannot run {tool}: {e}; {INSTALL_HINT}")))?;
+        let out = cmd
+            .output()
+            .map_err(|e| err(format!("cannot run {tool}: {e}; {INSTALL_HINT}")))?;
         if !out.status.success() {
             return Err(err(format!(
                 "{tool} failed: {}",
@@ -246,7 +278,11 @@ impl EphemeralCluster {
         }
         self.stopped = true;
         let data = self.data.to_string_lossy().to_string();
-        self.run("pg_ctl", &["stop", "-D", &data, "-m", "fast", "-w", "-t", "30"]).map(|_| ())
+        self.run(
+            "pg_ctl",
+            &["stop", "-D", &data, "-m", "fast", "-w", "-t", "30"],
+        )
+        .map(|_| ())
     }
 }
 
@@ -268,14 +304,25 @@ fn check_postgis(bin: &Path) -> Result<(), PipelineError> {
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
     let candidates: Vec<PathBuf> = share
         .into_iter()
-        .chain(bin.parent().and_then(|v| v.file_name()).map(|v| PathBuf::from("/usr/share/postgresql").join(v)))
+        .chain(
+            bin.parent()
+                .and_then(|v| v.file_name())
+                .map(|v| PathBuf::from("/usr/share/postgresql").join(v)),
+        )
         .collect();
-    if candidates.iter().any(|s| s.join("extension/postgis.control").exists()) {
+    if candidates
+        .iter()
+        .any(|s| s.join("extension/postgis.control").exists())
+    {
         return Ok(());
     }
     Err(err(format!(
         "PostGIS is not installed for the PostgreSQL in {} (looked in {}); {INSTALL_HINT}",
         bin.display(),
-        candidates.iter().map(|c| c.join("extension").display().to_string()).collect::<Vec<_>>().join(", ")
+        candidates
+            .iter()
+            .map(|c| c.join("extension").display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )))
 }

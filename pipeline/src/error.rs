@@ -7,7 +7,7 @@ use crate::postgres::encode::EncodeError;
 #[non_exhaustive]
 pub enum PipelineError {
     #[error(transparent)]
-    Config(#[from] schemas::SchemaError),
+    Config(#[from] Box<schemas::SchemaError>),
     /// The target could not be reached or refused the login.
     #[error("cannot connect to Postgres at {target}: {message}")]
     Connect { target: String, message: String },
@@ -25,7 +25,11 @@ pub enum PipelineError {
     Encode(#[from] EncodeError),
     /// A geometry function rejected a value.
     #[error("table {table}, row {row}: {error}")]
-    InvalidGeometry { table: String, row: u64, error: GeometryError },
+    InvalidGeometry {
+        table: String,
+        row: u64,
+        error: Box<GeometryError>,
+    },
     /// The transform failed to plan or run.
     #[error("table {table}: transform: {message}")]
     Transform { table: String, message: String },
@@ -34,7 +38,11 @@ pub enum PipelineError {
     Source { table: String, message: String },
     /// The staged table does not hold what was read; the old table is kept.
     #[error("table {table}: verification failed: read {read} rows but the staging table holds {staged}; the target was left unchanged")]
-    CountMismatch { table: String, read: u64, staged: u64 },
+    CountMismatch {
+        table: String,
+        read: u64,
+        staged: u64,
+    },
     /// Another floe run holds this table.
     #[error("table {table}: another floe run is loading {target} right now")]
     Busy { table: String, target: String },
@@ -47,6 +55,12 @@ pub enum PipelineError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<schemas::SchemaError> for PipelineError {
+    fn from(e: schemas::SchemaError) -> Self {
+        PipelineError::Config(Box::new(e))
+    }
 }
 
 impl PipelineError {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder, StringBuilder,
-    TimestampNanosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder,
+    StringBuilder, TimestampNanosecondBuilder,
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -146,9 +146,12 @@ pub fn write_table(d: &Dataset, rows: u64, seed: u64, path: &Path) -> Result<(),
     }
     let tmp = path.with_extension("parquet.tmp");
     let file = File::create(&tmp).map_err(io(path))?;
-    let mut writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props.build())).map_err(pq(path))?;
+    let mut writer =
+        ArrowWriter::try_new(file, Arc::clone(&schema), Some(props.build())).map_err(pq(path))?;
     // Mixing the table's name into the seed keeps tables independent.
-    let name_hash = d.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let name_hash = d.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let mut rng = Rng::new(seed ^ name_hash);
     let mut start = 0u64;
     while start < rows {
@@ -162,7 +165,13 @@ pub fn write_table(d: &Dataset, rows: u64, seed: u64, path: &Path) -> Result<(),
     Ok(())
 }
 
-fn make_batch(d: &Dataset, schema: &SchemaRef, start: u64, n: usize, rng: &mut Rng) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn make_batch(
+    d: &Dataset,
+    schema: &SchemaRef,
+    start: u64,
+    n: usize,
+    rng: &mut Rng,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let columns = match d.name {
         "topology" => topology(start, n, rng),
         "assets" => assets(start, n, rng),
@@ -189,16 +198,54 @@ fn make_batch(d: &Dataset, schema: &SchemaRef, start: u64, n: usize, rng: &mut R
     RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
-const ASSET_TYPES: &[&str] = &["POLE", "TRANSFORMER", "SWITCH", "METER", "SUBSTATION", "FUSE", "RECLOSER", "CAPACITOR"];
+const ASSET_TYPES: &[&str] = &[
+    "POLE",
+    "TRANSFORMER",
+    "SWITCH",
+    "METER",
+    "SUBSTATION",
+    "FUSE",
+    "RECLOSER",
+    "CAPACITOR",
+];
 const PHASES: &[&str] = &["A", "B", "C", "AB", "BC", "AC", "ABC"];
 const VOLTAGES_CENTI_KV: &[i128] = &[416, 1247, 1320, 2494, 3450, 6900, 13800];
 const STATUSES: &[&str] = &["IN_SERVICE", "PLANNED", "MAINTENANCE", "RETIRED"];
-const SPECIES: &[&str] = &["Live Oak", "Loblolly Pine", "Pecan", "Cedar Elm", "Yaupon Holly", "Chinese Tallow", "Bald Cypress", "Sweetgum"];
-const KVA_DECI: &[i128] = &[250, 375, 500, 750, 1000, 1670, 2500, 5000, 7500, 15000, 25000];
+const SPECIES: &[&str] = &[
+    "Live Oak",
+    "Loblolly Pine",
+    "Pecan",
+    "Cedar Elm",
+    "Yaupon Holly",
+    "Chinese Tallow",
+    "Bald Cypress",
+    "Sweetgum",
+];
+const KVA_DECI: &[i128] = &[
+    250, 375, 500, 750, 1000, 1670, 2500, 5000, 7500, 15000, 25000,
+];
 const VOLTAGE_CLASSES: &[&str] = &["DISTRIBUTION", "SUBTRANSMISSION", "TRANSMISSION"];
-const BUILDING_TYPES: &[&str] = &["residential", "commercial", "industrial", "retail", "school", "church", "warehouse", "garage"];
+const BUILDING_TYPES: &[&str] = &[
+    "residential",
+    "commercial",
+    "industrial",
+    "retail",
+    "school",
+    "church",
+    "warehouse",
+    "garage",
+];
 /// Names with accents, umlauts and non-Latin scripts, as real asset registers have.
-const NAME_STEMS: &[&str] = &["Pole", "Señal Norte", "Übergabestation", "Poste Élan", "Río Bravo Tap", "変電所", "Østre Feeder", "Crossing"];
+const NAME_STEMS: &[&str] = &[
+    "Pole",
+    "Señal Norte",
+    "Übergabestation",
+    "Poste Élan",
+    "Río Bravo Tap",
+    "変電所",
+    "Østre Feeder",
+    "Crossing",
+];
 const CONDUCTORS: &[&str] = &["ACSR", "AAC", "XLPE", "Copper"];
 
 fn asset_id(i: u64) -> String {
@@ -214,14 +261,23 @@ fn utc_nanos(rng: &mut Rng) -> i64 {
 fn decimal(values: Vec<Option<i128>>, p: u8, s: i8) -> ArrayRef {
     let mut b = Decimal128Builder::with_capacity(values.len());
     b.extend(values);
-    Arc::new(b.finish().with_precision_and_scale(p, s).expect("generator precision is valid"))
+    Arc::new(
+        b.finish()
+            .with_precision_and_scale(p, s)
+            .expect("generator precision is valid"),
+    )
 }
 
 fn topology(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
     let mut id = Int64Builder::with_capacity(n);
     let (mut from_id, mut to_id) = (StringBuilder::new(), StringBuilder::new());
     let (mut from_ty, mut to_ty) = (StringBuilder::new(), StringBuilder::new());
-    let (mut circuit, mut feeder, mut sub, mut phase) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut circuit, mut feeder, mut sub, mut phase) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     let mut volt = Vec::with_capacity(n);
     let (mut flat, mut flon, mut tlat, mut tlon, mut len) = (
         Float64Builder::with_capacity(n),
@@ -251,9 +307,15 @@ fn topology(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
         sub.append_value(format!("SUB-{:03}", c / 8));
         phase.append_value(rng.pick(PHASES));
         volt.push(Some(*rng.pick(VOLTAGES_CENTI_KV)));
-        let (la, lo) = (rng.range(LAT.0 + 0.01, LAT.1 - 0.01), rng.range(LON.0 + 0.01, LON.1 - 0.01));
+        let (la, lo) = (
+            rng.range(LAT.0 + 0.01, LAT.1 - 0.01),
+            rng.range(LON.0 + 0.01, LON.1 - 0.01),
+        );
         // A short span in a random direction, never zero length.
-        let (dla, dlo) = (rng.range(0.0002, 0.004) * sign(rng), rng.range(0.0002, 0.004) * sign(rng));
+        let (dla, dlo) = (
+            rng.range(0.0002, 0.004) * sign(rng),
+            rng.range(0.0002, 0.004) * sign(rng),
+        );
         flat.append_value(la);
         flon.append_value(lo);
         tlat.append_value(la + dla);
@@ -314,8 +376,15 @@ fn sign(rng: &mut Rng) -> f64 {
 }
 
 fn assets(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
-    let (mut id, mut ty, mut name) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
-    let (mut lat, mut lon) = (Float64Builder::with_capacity(n), Float64Builder::with_capacity(n));
+    let (mut id, mut ty, mut name) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
+    let (mut lat, mut lon) = (
+        Float64Builder::with_capacity(n),
+        Float64Builder::with_capacity(n),
+    );
     let (mut circuit, mut status) = (StringBuilder::new(), StringBuilder::new());
     let mut commissioned = TimestampNanosecondBuilder::with_capacity(n);
     let mut props = StringBuilder::new();
@@ -332,7 +401,8 @@ fn assets(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
         if rng.chance(0.02) {
             commissioned.append_null();
         } else {
-            commissioned.append_value(utc_nanos(rng) - rng.below(30 * 365) as i64 * 86_400_000_000_000);
+            commissioned
+                .append_value(utc_nanos(rng) - rng.below(30 * 365) as i64 * 86_400_000_000_000);
         }
         if rng.chance(0.05) {
             props.append_null();
@@ -395,7 +465,15 @@ fn push_coord(out: &mut String, v: f64) {
 /// Appends a closed ring `[[x,y],...]` of `vertices` distinct points around a
 /// centre: strictly increasing angles make it star-shaped, hence simple.
 /// `reverse` gives clockwise order (holes).
-fn push_ring(out: &mut String, rng: &mut Rng, cx: f64, cy: f64, r: f64, vertices: usize, reverse: bool) {
+fn push_ring(
+    out: &mut String,
+    rng: &mut Rng,
+    cx: f64,
+    cy: f64,
+    r: f64,
+    vertices: usize,
+    reverse: bool,
+) {
     let mut pts = Vec::with_capacity(vertices + 1);
     for k in 0..vertices {
         let angle = std::f64::consts::TAU * (k as f64 + rng.unit() * 0.5) / vertices as f64;
@@ -438,7 +516,10 @@ fn vegetation(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
             trimmed.append_value(19_000 + rng.below(1_800) as i32);
         }
         g.clear();
-        let (cx, cy) = (rng.range(LON.0 + 0.01, LON.1 - 0.01), rng.range(LAT.0 + 0.01, LAT.1 - 0.01));
+        let (cx, cy) = (
+            rng.range(LON.0 + 0.01, LON.1 - 0.01),
+            rng.range(LAT.0 + 0.01, LAT.1 - 0.01),
+        );
         let r = rng.range(0.0005, 0.003);
         if rng.chance(0.1) {
             // Two parts side by side, far enough apart never to touch.
@@ -470,7 +551,10 @@ fn transformers(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
     let mut kva = Vec::with_capacity(n);
     let mut phase = StringBuilder::new();
     let mut load = Float64Builder::with_capacity(n);
-    let (mut lat, mut lon) = (Float64Builder::with_capacity(n), Float64Builder::with_capacity(n));
+    let (mut lat, mut lon) = (
+        Float64Builder::with_capacity(n),
+        Float64Builder::with_capacity(n),
+    );
     let mut feeder = StringBuilder::new();
     let mut reading = TimestampNanosecondBuilder::with_capacity(n);
     for k in 0..n as u64 {
@@ -500,7 +584,11 @@ fn transformers(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
 }
 
 fn power_lines(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
-    let (mut id, mut circuit, mut class) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut id, mut circuit, mut class) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     let mut route = StringBuilder::with_capacity(n, n * 2000);
     let mut g = String::with_capacity(16_384);
     for k in 0..n as u64 {
@@ -509,7 +597,10 @@ fn power_lines(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
         class.append_value(rng.pick(VOLTAGE_CLASSES));
         // A wandering route of 2–400 vertices, each step 50–200 m.
         let vertices = 2 + rng.below(399) as usize;
-        let (mut x, mut y) = (rng.range(LON.0 + 0.2, LON.1 - 0.2), rng.range(LAT.0 + 0.2, LAT.1 - 0.2));
+        let (mut x, mut y) = (
+            rng.range(LON.0 + 0.2, LON.1 - 0.2),
+            rng.range(LAT.0 + 0.2, LAT.1 - 0.2),
+        );
         let mut heading = rng.range(0.0, std::f64::consts::TAU);
         g.clear();
         g.push_str(r#"{"type":"LineString","coordinates":["#);
@@ -562,7 +653,10 @@ fn buildings(start: u64, n: usize, rng: &mut Rng) -> Vec<ArrayRef> {
         } else {
             levels.append_value(1 + rng.below(40) as i64);
         }
-        let (cx, cy) = (rng.range(LON.0 + 0.001, LON.1 - 0.001), rng.range(LAT.0 + 0.001, LAT.1 - 0.001));
+        let (cx, cy) = (
+            rng.range(LON.0 + 0.001, LON.1 - 0.001),
+            rng.range(LAT.0 + 0.001, LAT.1 - 0.001),
+        );
         let r = rng.range(0.00005, 0.0002);
         // 4–40 positions including the closing one.
         let outer = 3 + rng.below(37) as usize;
@@ -610,7 +704,11 @@ mod tests {
             write_table(&datasets::VEGETATION, 2_000, seed, &p).unwrap();
             std::fs::read(p).unwrap()
         };
-        let (a, b, c) = (write("a.parquet", 7), write("b.parquet", 7), write("c.parquet", 8));
+        let (a, b, c) = (
+            write("a.parquet", 7),
+            write("b.parquet", 7),
+            write("c.parquet", 8),
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

@@ -58,7 +58,9 @@ fn is_zero(n: &u64) -> bool {
 
 /// A sortable, unique-enough run id: `20261124T023301Z-3f9a`.
 pub fn new_run_id() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil-from-days.
@@ -81,7 +83,13 @@ pub fn new_run_id() -> String {
 }
 
 /// Loads one table and reports, never panicking on bad input.
-pub async fn run_table(config: &Config, name: &str, target: &Target, options: &RunOptions, progress: &AtomicU64) -> TableReport {
+pub async fn run_table(
+    config: &Config,
+    name: &str,
+    target: &Target,
+    options: &RunOptions,
+    progress: &AtomicU64,
+) -> TableReport {
     let started = Instant::now();
     let table_cfg = &config.tables[name];
     let geometry = GeometryOptions {
@@ -91,7 +99,11 @@ pub async fn run_table(config: &Config, name: &str, target: &Target, options: &R
     let result = load_table(config, name, target, options, &geometry, progress).await;
     let invalid_geometries = geometry.invalid_count.load(Ordering::Relaxed);
     if invalid_geometries > 0 {
-        tracing::warn!(table = name, invalid_geometries, "invalid geometries were written as NULL");
+        tracing::warn!(
+            table = name,
+            invalid_geometries,
+            "invalid geometries were written as NULL"
+        );
     }
     let seconds = started.elapsed().as_secs_f64();
     match result {
@@ -122,9 +134,17 @@ pub async fn run_table(config: &Config, name: &str, target: &Target, options: &R
 }
 
 /// Rows in the target as it stands (after a failure: the untouched old table).
-async fn current_count(config: &Config, t: &TableConfig, target: &Target, options: &RunOptions) -> Option<u64> {
+async fn current_count(
+    config: &Config,
+    t: &TableConfig,
+    target: &Target,
+    options: &RunOptions,
+) -> Option<u64> {
     let session = target
-        .connect(&format!("floe/{}/{}/count", t.target, options.run_id), &config.load)
+        .connect(
+            &format!("floe/{}/{}/count", t.target, options.run_id),
+            &config.load,
+        )
         .await
         .ok()?;
     let q = schemas::pg::quote_qualified(&target.schema, &t.target);
@@ -189,10 +209,13 @@ async fn load_table(
         table: name.to_string(),
         message: e.to_string(),
     })?;
-    let df = ctx.sql(t.transform_sql()).await.map_err(|e| PipelineError::Transform {
-        table: name.to_string(),
-        message: e.to_string(),
-    })?;
+    let df = ctx
+        .sql(t.transform_sql())
+        .await
+        .map_err(|e| PipelineError::Transform {
+            table: name.to_string(),
+            message: e.to_string(),
+        })?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let columns = plan_columns(config, name, t, &schema)?;
     let plan = TablePlan {
@@ -207,15 +230,21 @@ async fn load_table(
     let mut encoder = CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?;
 
     let session = target
-        .connect(&format!("floe/{}/{}", t.target, options.run_id), &config.load)
+        .connect(
+            &format!("floe/{}/{}", t.target, options.run_id),
+            &config.load,
+        )
         .await?;
     let client = Arc::clone(&session.client);
     let staging = refresh::prepare(&client, &plan, &options.run_id).await?;
     let result = async {
-        let stream = df.execute_stream().await.map_err(|e| PipelineError::Transform {
-            table: name.to_string(),
-            message: e.to_string(),
-        })?;
+        let stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| PipelineError::Transform {
+                table: name.to_string(),
+                message: e.to_string(),
+            })?;
         let rows = copy_stream(
             &client,
             &plan,
@@ -240,9 +269,14 @@ async fn load_table(
 
 /// Decides each output column's Postgres type, checking the table's
 /// `columns`, `primary_key` and `indexes` against the transform's output.
-fn plan_columns(config: &Config, name: &str, t: &TableConfig, schema: &arrow::datatypes::SchemaRef) -> Result<Vec<PgColumn>, PipelineError> {
+fn plan_columns(
+    config: &Config,
+    name: &str,
+    t: &TableConfig,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<Vec<PgColumn>, PipelineError> {
     let invalid = |key: String, message: String| {
-        PipelineError::Config(SchemaError::ConfigInvalid {
+        PipelineError::from(SchemaError::ConfigInvalid {
             path: config.path.clone(),
             table: name.to_string(),
             key,
@@ -256,17 +290,26 @@ fn plan_columns(config: &Config, name: &str, t: &TableConfig, schema: &arrow::da
         .map_err(|(k, e)| invalid(format!("columns.{k}"), e.to_string()))?;
     for k in declared.keys() {
         if !names.contains(&k.as_str()) {
-            return Err(invalid(format!("columns.{k}"), format!("no column `{k}`; {}", have())));
+            return Err(invalid(
+                format!("columns.{k}"),
+                format!("no column `{k}`; {}", have()),
+            ));
         }
     }
     for k in &t.primary_key {
         if !names.contains(&k.as_str()) {
-            return Err(invalid("primary_key".into(), format!("no column `{k}`; {}", have())));
+            return Err(invalid(
+                "primary_key".into(),
+                format!("no column `{k}`; {}", have()),
+            ));
         }
     }
     for (i, ix) in t.indexes.iter().enumerate() {
         if let Some(c) = ix.columns.iter().find(|c| !names.contains(&c.as_str())) {
-            return Err(invalid(format!("indexes[{i}].columns"), format!("no column `{c}`; {}", have())));
+            return Err(invalid(
+                format!("indexes[{i}].columns"),
+                format!("no column `{c}`; {}", have()),
+            ));
         }
     }
     schema
@@ -323,7 +366,11 @@ async fn copy_stream(
                     drop(permit);
                 }
                 Frame::Finish => {
-                    let n = sink.as_mut().finish().await.map_err(|e| to_err("completing COPY", e))?;
+                    let n = sink
+                        .as_mut()
+                        .finish()
+                        .await
+                        .map_err(|e| to_err("completing COPY", e))?;
                     return Ok(Some(n));
                 }
             }
@@ -337,7 +384,8 @@ async fn copy_stream(
         let mut first = true;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| transform_error(&plan.table, rows, e))?;
-            let mut buf = BytesMut::with_capacity(batch.get_array_memory_size() / 2 + COPY_HEADER.len());
+            let mut buf =
+                BytesMut::with_capacity(batch.get_array_memory_size() / 2 + COPY_HEADER.len());
             if first {
                 buf.extend_from_slice(COPY_HEADER);
                 first = false;
@@ -396,7 +444,7 @@ fn transform_error(table: &str, rows_before: u64, e: DataFusionError) -> Pipelin
             return PipelineError::InvalidGeometry {
                 table: table.to_string(),
                 row: rows_before + g.row_in_batch as u64 + 1,
-                error: g.clone(),
+                error: Box::new(g.clone()),
             };
         }
         cur = err.source();

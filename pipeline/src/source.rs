@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::execution::context::SessionContext;
 
 /// Opens parquet at `path` (file, directory or glob) as a table provider.
@@ -33,6 +35,7 @@ pub async fn parquet(ctx: &SessionContext, path: &str) -> Result<Arc<dyn TablePr
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);
-    let table = ListingTable::try_new(config).map_err(|e| format!("cannot open parquet {path}: {e}"))?;
+    let table =
+        ListingTable::try_new(config).map_err(|e| format!("cannot open parquet {path}: {e}"))?;
     Ok(Arc::new(table))
 }

@@ -217,7 +217,10 @@ const INDEX_METHODS: &[&str] = &["btree", "gist", "brin", "hash", "gin", "spgist
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
     /// A Snowflake query.
-    Snowflake { table: Option<String>, query: String },
+    Snowflake {
+        table: Option<String>,
+        query: String,
+    },
     /// Parquet file(s): a path, a directory or a glob.
     Parquet(String),
 }
@@ -248,7 +251,11 @@ impl TableConfig {
     pub fn column_types(&self) -> Result<BTreeMap<String, PgType>, (String, SchemaError)> {
         self.columns
             .iter()
-            .map(|(k, v)| v.parse().map(|t| (k.clone(), t)).map_err(|e| (k.clone(), e)))
+            .map(|(k, v)| {
+                v.parse()
+                    .map(|t| (k.clone(), t))
+                    .map_err(|e| (k.clone(), e))
+            })
             .collect()
     }
 }
@@ -298,7 +305,11 @@ impl Config {
             return Err(self.invalid("-", "load.batch_size", "must be at least 1"));
         }
         if self.load.max_in_flight_bytes < 1 << 20 {
-            return Err(self.invalid("-", "load.max_in_flight_bytes", "must be at least 1048576 (1 MiB)"));
+            return Err(self.invalid(
+                "-",
+                "load.max_in_flight_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
         }
         let mut targets = BTreeMap::new();
         for (name, t) in &self.tables {
@@ -310,10 +321,18 @@ impl Config {
                 ));
             }
             if t.target.is_empty() || t.target.len() > 48 {
-                return Err(self.invalid(name, "target", "must be 1 to 48 bytes (floe adds suffixes for staging)"));
+                return Err(self.invalid(
+                    name,
+                    "target",
+                    "must be 1 to 48 bytes (floe adds suffixes for staging)",
+                ));
             }
             if let Some(other) = targets.insert(t.target.as_str(), name.as_str()) {
-                return Err(self.invalid(name, "target", format!("`{}` is also the target of table `{other}`", t.target)));
+                return Err(self.invalid(
+                    name,
+                    "target",
+                    format!("`{}` is also the target of table `{other}`", t.target),
+                ));
             }
             if t.transform_sql().trim().is_empty() {
                 return Err(self.invalid(name, "transform", "is empty"));
@@ -344,8 +363,7 @@ impl Config {
             .find(|(k, t)| {
                 k.as_str() == name
                     || t.target == name
-                    || t
-                        .snowflake_table
+                    || t.snowflake_table
                         .as_deref()
                         .is_some_and(|s| s.eq_ignore_ascii_case(name))
             })
@@ -424,11 +442,18 @@ target = "t_cache"
     fn errors_name_file_table_and_key() {
         let bad_type = format!("{MINIMAL}columns = {{ v = \"numeric(6,9)\" }}\n");
         let e = parse(&bad_type).unwrap_err().to_string();
-        assert!(e.contains("floe.toml") && e.contains("`t`") && e.contains("columns.v"), "{e}");
+        assert!(
+            e.contains("floe.toml") && e.contains("`t`") && e.contains("columns.v"),
+            "{e}"
+        );
 
-        let bad_method = format!("{MINIMAL}indexes = [{{ columns = [\"g\"], method = \"rtree\" }}]\n");
+        let bad_method =
+            format!("{MINIMAL}indexes = [{{ columns = [\"g\"], method = \"rtree\" }}]\n");
         let e = parse(&bad_method).unwrap_err().to_string();
-        assert!(e.contains("indexes[0].method") && e.contains("rtree"), "{e}");
+        assert!(
+            e.contains("indexes[0].method") && e.contains("rtree"),
+            "{e}"
+        );
 
         let typo = format!("{MINIMAL}primery_key = [\"id\"]\n");
         let e = parse(&typo).unwrap_err().to_string();

@@ -180,7 +180,10 @@ mod tests {
                 assert_eq!(find(n).map(|f| f.name), Some(d.name), "{n}");
             }
         }
-        assert_eq!(find("flux_ops_center_topology").map(|d| d.name), Some("topology"));
+        assert_eq!(
+            find("flux_ops_center_topology").map(|d| d.name),
+            Some("topology")
+        );
         assert!(find("nope").is_none());
     }
 }

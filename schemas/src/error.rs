@@ -33,6 +33,8 @@ pub enum SchemaError {
         pg: String,
     },
     /// An Arrow type with no Postgres counterpart.
-    #[error("column `{column}`: Arrow type {arrow} has no Postgres mapping; cast it in the transform")]
+    #[error(
+        "column `{column}`: Arrow type {arrow} has no Postgres mapping; cast it in the transform"
+    )]
     Unsupported { column: String, arrow: String },
 }

@@ -191,7 +191,13 @@ mod tests {
     #[test]
     fn multi_of_single_kinds() {
         assert_eq!(GeometryKind::Polygon.to_multi(), GeometryKind::MultiPolygon);
-        assert_eq!(GeometryKind::MultiPoint.to_multi(), GeometryKind::MultiPoint);
-        assert_eq!("linestring".parse::<GeometryKind>(), Ok(GeometryKind::LineString));
+        assert_eq!(
+            GeometryKind::MultiPoint.to_multi(),
+            GeometryKind::MultiPoint
+        );
+        assert_eq!(
+            "linestring".parse::<GeometryKind>(),
+            Ok(GeometryKind::LineString)
+        );
     }
 }

@@ -34,7 +34,10 @@ pub enum PgType {
     Timestamptz,
     Jsonb,
     /// `geometry(<kind>,<srid>)`; `geometry` alone when kind is `Geometry` and srid is `None`.
-    Geometry { kind: GeometryKind, srid: Option<i32> },
+    Geometry {
+        kind: GeometryKind,
+        srid: Option<i32>,
+    },
 }
 
 impl PgType {
@@ -158,11 +161,19 @@ impl FromStr for PgType {
         let unknown = || SchemaError::UnknownPgType(s.to_string());
         let norm = s.trim().to_ascii_lowercase();
         let (base, args) = match norm.find('(') {
-            Some(i) if norm.ends_with(')') => (norm[..i].trim(), Some(&norm[i + 1..norm.len() - 1])),
+            Some(i) if norm.ends_with(')') => {
+                (norm[..i].trim(), Some(&norm[i + 1..norm.len() - 1]))
+            }
             Some(_) => return Err(unknown()),
             None => (norm.as_str(), None),
         };
-        let simple = |t: PgType| if args.is_none() { Ok(t) } else { Err(unknown()) };
+        let simple = |t: PgType| {
+            if args.is_none() {
+                Ok(t)
+            } else {
+                Err(unknown())
+            }
+        };
         match base {
             "bool" | "boolean" => simple(PgType::Bool),
             "int2" | "smallint" => simple(PgType::Int2),
@@ -180,12 +191,20 @@ impl FromStr for PgType {
                 None => Ok(PgType::Numeric(None)),
                 Some(a) => {
                     let mut parts = a.split(',').map(str::trim);
-                    let p: u8 = parts.next().and_then(|v| v.parse().ok()).ok_or_else(unknown)?;
+                    let p: u8 = parts
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(unknown)?;
                     let sc: i8 = match parts.next() {
                         Some(v) => v.parse().map_err(|_| unknown())?,
                         None => 0,
                     };
-                    if parts.next().is_some() || p == 0 || p > NUMERIC_MAX_PRECISION || sc < 0 || sc as u8 > p {
+                    if parts.next().is_some()
+                        || p == 0
+                        || p > NUMERIC_MAX_PRECISION
+                        || sc < 0
+                        || sc as u8 > p
+                    {
                         return Err(unknown());
                     }
                     Ok(PgType::Numeric(Some((p, sc))))
@@ -258,14 +277,28 @@ mod tests {
             ("NUMERIC(8, 1)", "numeric(8,1)"),
             ("jsonb", "jsonb"),
             ("geometry(LineString,4326)", "geometry(LineString,4326)"),
-            ("geometry(multipolygon, 4326)", "geometry(MultiPolygon,4326)"),
+            (
+                "geometry(multipolygon, 4326)",
+                "geometry(MultiPolygon,4326)",
+            ),
             ("geometry", "geometry"),
             ("timestamp with time zone", "timestamptz"),
             ("int", "integer"),
         ] {
-            assert_eq!(text.parse::<PgType>().unwrap().to_string(), printed, "{text}");
+            assert_eq!(
+                text.parse::<PgType>().unwrap().to_string(),
+                printed,
+                "{text}"
+            );
         }
-        for bad in ["numeric(0,1)", "numeric(6,7)", "geometry(Blob,4326)", "varchar2", "text(3)", "numeric(6"] {
+        for bad in [
+            "numeric(0,1)",
+            "numeric(6,7)",
+            "geometry(Blob,4326)",
+            "varchar2",
+            "text(3)",
+            "numeric(6",
+        ] {
             assert!(bad.parse::<PgType>().is_err(), "{bad} should not parse");
         }
     }
@@ -274,19 +307,31 @@ mod tests {
     fn infers_from_arrow_fields() {
         let json = Field::new("a", DataType::Utf8, true).with_metadata(json_metadata());
         assert_eq!(PgType::infer(&json).unwrap(), PgType::Jsonb);
-        let ts = Field::new("t", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), true);
+        let ts = Field::new(
+            "t",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            true,
+        );
         assert_eq!(PgType::infer(&ts).unwrap(), PgType::Timestamptz);
         let dec = Field::new("d", DataType::Decimal128(6, 2), true);
         assert_eq!(PgType::infer(&dec).unwrap(), PgType::Numeric(Some((6, 2))));
         let list = Field::new("l", DataType::new_list(DataType::Int32, true), true);
-        assert!(PgType::infer(&list).unwrap_err().to_string().contains("`l`"));
+        assert!(PgType::infer(&list)
+            .unwrap_err()
+            .to_string()
+            .contains("`l`"));
     }
 
     #[test]
     fn overrides_are_checked_against_arrow() {
         let f = Field::new("levels", DataType::Int64, true);
-        assert_eq!(PgType::resolve(&f, Some(PgType::Int4)).unwrap(), PgType::Int4);
-        let err = PgType::resolve(&f, Some(PgType::Jsonb)).unwrap_err().to_string();
+        assert_eq!(
+            PgType::resolve(&f, Some(PgType::Int4)).unwrap(),
+            PgType::Int4
+        );
+        let err = PgType::resolve(&f, Some(PgType::Jsonb))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("levels") && err.contains("jsonb"), "{err}");
     }
 }

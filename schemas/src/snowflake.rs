@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn decoded_types_follow_snowflake_precision_and_scale() {
         assert_eq!(SnowflakeType::Number(38, 0).arrow_type(), DataType::Int64);
-        assert_eq!(SnowflakeType::Number(6, 2).arrow_type(), DataType::Decimal128(6, 2));
+        assert_eq!(
+            SnowflakeType::Number(6, 2).arrow_type(),
+            DataType::Decimal128(6, 2)
+        );
         assert_eq!(
             SnowflakeType::TimestampNtz(9).arrow_type(),
             DataType::Timestamp(TimeUnit::Nanosecond, None)

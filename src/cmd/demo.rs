@@ -44,11 +44,20 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // The demo always uses the shipped config unless told otherwise, whatever the working directory holds.
     let config = match &args.config {
         Some(p) => super::load_config(Some(p))?,
-        None => schemas::config::Config::parse(super::EMBEDDED_CONFIG, &PathBuf::from("<embedded floe.toml>"))?,
+        None => schemas::config::Config::parse(
+            super::EMBEDDED_CONFIG,
+            &PathBuf::from("<embedded floe.toml>"),
+        )?,
     };
-    let data = tempfile::Builder::new().prefix("floe-demo-").tempdir().context("creating a temporary directory")?;
+    let data = tempfile::Builder::new()
+        .prefix("floe-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
     let started = Instant::now();
-    eprintln!("generating the grid tables into {} ...", data.path().display());
+    eprintln!(
+        "generating the grid tables into {} ...",
+        data.path().display()
+    );
     let generated = generate(&GenerateOptions {
         out: data.path().to_path_buf(),
         tables: Vec::new(),
@@ -56,7 +65,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         seed: 42,
     })?;
     let total: u64 = generated.iter().map(|g| g.rows).sum();
-    eprintln!("generated {total} rows in {:.1}s; starting PostGIS ...", started.elapsed().as_secs_f64());
+    eprintln!(
+        "generated {total} rows in {:.1}s; starting PostGIS ...",
+        started.elapsed().as_secs_f64()
+    );
     let cluster = tokio::task::spawn_blocking(EphemeralCluster::start).await??;
     let target = Target::resolve(&config.target.with_url(cluster.url()))?;
     let options = RunOptions {
@@ -67,11 +79,19 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
     let ok = reports.iter().all(|r| r.status == "success");
 
-    if ok && config.find_table("assets_cache").is_some() && config.find_table("topology_connections_cache").is_some() {
+    if ok
+        && config.find_table("assets_cache").is_some()
+        && config.find_table("topology_connections_cache").is_some()
+    {
         let session = target.connect("floe/demo", &config.load).await?;
-        let rows = session.client.query(NEAR_SUBSTATION, &[]).await.context("running the demo query")?;
+        let rows = session
+            .client
+            .query(NEAR_SUBSTATION, &[])
+            .await
+            .context("running the demo query")?;
         if let Some(r) = rows.first() {
-            let (id, name, at, n): (String, String, String, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            let (id, name, at, n): (String, String, String, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
             println!();
             println!("Connections within 500 m of substation {id} \"{name}\" at {at}: {n}");
         }
@@ -81,9 +101,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         let url = cluster.url();
         let (_, dir) = cluster.keep();
         println!("PostGIS is still running: {url}");
-        println!("(data in {}; stop it with: pg_ctl stop -D {}/data)", dir.display(), dir.display());
+        println!(
+            "(data in {}; stop it with: pg_ctl stop -D {}/data)",
+            dir.display(),
+            dir.display()
+        );
     } else {
         drop(cluster);
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -18,7 +18,10 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
         None if Path::new("floe.toml").exists() => Ok(Config::load(Path::new("floe.toml"))?),
-        None => Ok(Config::parse(EMBEDDED_CONFIG, &PathBuf::from("<embedded floe.toml>"))?),
+        None => Ok(Config::parse(
+            EMBEDDED_CONFIG,
+            &PathBuf::from("<embedded floe.toml>"),
+        )?),
     }
 }
 
@@ -48,7 +51,11 @@ pub fn select_datasets(names: &[String]) -> Result<Vec<&'static Dataset>> {
             datasets::find(n).with_context(|| {
                 format!(
                     "no grid table `{n}`; known: {}",
-                    datasets::ALL.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
+                    datasets::ALL
+                        .iter()
+                        .map(|d| d.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })
         })

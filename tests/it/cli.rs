@@ -26,7 +26,10 @@ fn a_bad_config_says_which_file_table_and_key() {
     let o = floe(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("bad.toml") && e.contains("`topology`") && e.contains("columns.v"), "{e}");
+    assert!(
+        e.contains("bad.toml") && e.contains("`topology`") && e.contains("columns.v"),
+        "{e}"
+    );
     assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
 }
 
@@ -35,7 +38,10 @@ fn an_unknown_table_lists_the_known_ones() {
     let o = floe(&["run", "--table", "nope", "--parquet", "/tmp"]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("no table `nope`") && e.contains("topology"), "{e}");
+    assert!(
+        e.contains("no table `nope`") && e.contains("topology"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -58,7 +64,10 @@ fn an_unreachable_target_fails_the_table_with_one_line() {
     assert_eq!(t["status"], "failed");
     assert_eq!(t["table"], "topology_connections_cache");
     let e = t["error"].as_str().unwrap();
-    assert!(e.contains("cannot connect to Postgres at postgres://floe@127.0.0.1") && !e.contains('\n'), "{e}");
+    assert!(
+        e.contains("cannot connect to Postgres at postgres://floe@127.0.0.1") && !e.contains('\n'),
+        "{e}"
+    );
     let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
     assert!(!all.contains("s3cret-pw"), "the password leaked: {all}");
 }
@@ -66,10 +75,21 @@ fn an_unreachable_target_fails_the_table_with_one_line() {
 #[test]
 fn a_missing_parquet_file_is_named() {
     let empty = tempfile::tempdir().unwrap();
-    let o = floe(&["run", "--table", "assets", "--parquet", empty.path().to_str().unwrap()]);
+    let o = floe(&[
+        "run",
+        "--table",
+        "assets",
+        "--parquet",
+        empty.path().to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("failed") && out.contains("parquet file not found") && out.contains("FLUX_OPS_CENTER_ASSETS.parquet"), "{out}");
+    assert!(
+        out.contains("failed")
+            && out.contains("parquet file not found")
+            && out.contains("FLUX_OPS_CENTER_ASSETS.parquet"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -94,8 +114,20 @@ async fn run_reports_json_per_table_and_accepts_every_table_name() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let tables: Vec<&str> = report.as_array().unwrap().iter().map(|t| t["table"].as_str().unwrap()).collect();
-    assert_eq!(tables, vec!["transformers_cache", "transformers_cache", "power_lines_cache"]);
+    let tables: Vec<&str> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tables,
+        vec![
+            "transformers_cache",
+            "transformers_cache",
+            "power_lines_cache"
+        ]
+    );
     for t in report.as_array().unwrap() {
         assert_eq!(t["status"], "success");
         assert_eq!(t["rows_synced"], GRID_ROWS);
@@ -108,11 +140,27 @@ async fn run_reports_json_per_table_and_accepts_every_table_name() {
 fn generate_is_deterministic() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for d in [&a, &b] {
-        let o = floe(&["generate", "--out", d.path().to_str().unwrap(), "--table", "assets", "--table", "GRID_POWER_LINES", "--rows", "3000", "--seed", "9"]);
+        let o = floe(&[
+            "generate",
+            "--out",
+            d.path().to_str().unwrap(),
+            "--table",
+            "assets",
+            "--table",
+            "GRID_POWER_LINES",
+            "--rows",
+            "3000",
+            "--seed",
+            "9",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
     for f in ["FLUX_OPS_CENTER_ASSETS.parquet", "GRID_POWER_LINES.parquet"] {
-        assert_eq!(std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(a.path().join(f)).unwrap(),
+            std::fs::read(b.path().join(f)).unwrap(),
+            "{f}"
+        );
     }
     assert_eq!(std::fs::read_dir(a.path()).unwrap().count(), 2);
 }

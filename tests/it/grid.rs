@@ -26,7 +26,11 @@ fn read_parquet(table: &str) -> RecordBatch {
 /// The key's SQL literal for row `i`.
 fn key_literal(b: &RecordBatch, col: usize, i: usize) -> String {
     match b.column(col).data_type() {
-        DataType::Int64 => b.column(col).as_primitive::<Int64Type>().value(i).to_string(),
+        DataType::Int64 => b
+            .column(col)
+            .as_primitive::<Int64Type>()
+            .value(i)
+            .to_string(),
         _ => format!("'{}'", b.column(col).as_string::<i32>().value(i)),
     }
 }
@@ -55,10 +59,15 @@ async fn compare_sample(client: &Client, d: &datasets::Dataset, key: &str) {
                 continue;
             }
             let a = b.column(c);
-            let sql = |expr: &str| format!("SELECT ({expr}) FROM {} WHERE {key} = {k}", d.target_table);
+            let sql =
+                |expr: &str| format!("SELECT ({expr}) FROM {} WHERE {key} = {k}", d.target_table);
             let ctx = format!("{}.{name} row {i}", d.target_table);
             if a.is_null(i) {
-                let null: bool = client.query_one(&sql(&format!("{name} IS NULL")), &[]).await.unwrap().get(0);
+                let null: bool = client
+                    .query_one(&sql(&format!("{name} IS NULL")), &[])
+                    .await
+                    .unwrap()
+                    .get(0);
                 assert!(null, "{ctx}: expected NULL");
                 compared += 1;
                 continue;
@@ -66,24 +75,45 @@ async fn compare_sample(client: &Client, d: &datasets::Dataset, key: &str) {
             match a.data_type() {
                 DataType::Float64 => {
                     let got: f64 = client.query_one(&sql(&name), &[]).await.unwrap().get(0);
-                    assert_eq!(got, a.as_primitive::<arrow::datatypes::Float64Type>().value(i), "{ctx}");
+                    assert_eq!(
+                        got,
+                        a.as_primitive::<arrow::datatypes::Float64Type>().value(i),
+                        "{ctx}"
+                    );
                 }
                 DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-                    let want = a.as_primitive::<arrow::datatypes::TimestampNanosecondType>().value(i) / 1_000;
+                    let want = a
+                        .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                        .value(i)
+                        / 1_000;
                     let got: i64 = client
-                        .query_one(&sql(&format!("(EXTRACT(EPOCH FROM {name}) * 1000000)::bigint")), &[])
+                        .query_one(
+                            &sql(&format!("(EXTRACT(EPOCH FROM {name}) * 1000000)::bigint")),
+                            &[],
+                        )
                         .await
                         .unwrap()
                         .get(0);
                     assert_eq!(got, want, "{ctx}");
                 }
                 DataType::Date32 => {
-                    let got: i32 = client.query_one(&sql(&format!("{name} - DATE '1970-01-01'")), &[]).await.unwrap().get(0);
-                    assert_eq!(got, a.as_primitive::<arrow::datatypes::Date32Type>().value(i), "{ctx}");
+                    let got: i32 = client
+                        .query_one(&sql(&format!("{name} - DATE '1970-01-01'")), &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    assert_eq!(
+                        got,
+                        a.as_primitive::<arrow::datatypes::Date32Type>().value(i),
+                        "{ctx}"
+                    );
                 }
                 DataType::Utf8 if schemas::geometry::is_json_field(field) => {
                     let same: bool = client
-                        .query_one(&sql(&format!("{name} = $1::text::jsonb")), &[&a.as_string::<i32>().value(i)])
+                        .query_one(
+                            &sql(&format!("{name} = $1::text::jsonb")),
+                            &[&a.as_string::<i32>().value(i)],
+                        )
                         .await
                         .unwrap()
                         .get(0);
@@ -91,14 +121,22 @@ async fn compare_sample(client: &Client, d: &datasets::Dataset, key: &str) {
                 }
                 _ => {
                     let want = arrow::util::display::array_value_to_string(a, i).unwrap();
-                    let got: String = client.query_one(&sql(&format!("{name}::text")), &[]).await.unwrap().get(0);
+                    let got: String = client
+                        .query_one(&sql(&format!("{name}::text")), &[])
+                        .await
+                        .unwrap()
+                        .get(0);
                     assert_eq!(got, want, "{ctx}");
                 }
             }
             compared += 1;
         }
     }
-    assert!(compared > 50, "{}: only {compared} values compared", d.target_table);
+    assert!(
+        compared > 50,
+        "{}: only {compared} values compared",
+        d.target_table
+    );
 }
 
 /// Counts rows whose `column` is not a valid geometry of `kind` with SRID 4326.
@@ -121,13 +159,23 @@ async fn every_grid_table_loads_with_valid_geometry_and_exact_values() {
     let url = fresh_db("grid_tables").await;
     let config = shipped_config();
     let client = connect(&url).await;
-    let geometry_columns: &[(&str, &str, &[(&str, &str)])] = &[
+    // (table, primary key, geometry columns with their expected type)
+    type Expectation<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let geometry_columns: &[Expectation] = &[
         ("topology", "connection_id", &[("geom", "LINESTRING")]),
         ("assets", "asset_id", &[("geom", "POINT")]),
         ("vegetation", "zone_id", &[("geom", "MULTIPOLYGON")]),
         ("transformers", "transformer_id", &[("geom", "POINT")]),
-        ("power_lines", "line_id", &[("geom", "LINESTRING"), ("geom_simplified", "LINESTRING")]),
-        ("building_footprints", "building_id", &[("geom", "POLYGON"), ("centroid", "POINT")]),
+        (
+            "power_lines",
+            "line_id",
+            &[("geom", "LINESTRING"), ("geom_simplified", "LINESTRING")],
+        ),
+        (
+            "building_footprints",
+            "building_id",
+            &[("geom", "POLYGON"), ("centroid", "POINT")],
+        ),
     ];
     for (name, key, geoms) in geometry_columns {
         let d = datasets::find(name).unwrap();
@@ -142,12 +190,19 @@ async fn every_grid_table_loads_with_valid_geometry_and_exact_values() {
         assert_eq!(count as u64, GRID_ROWS, "{name}");
         assert_eq!(report.final_count, Some(GRID_ROWS));
         for (column, kind) in *geoms {
-            assert_eq!(bad_geometries(&client, d.target_table, column, kind).await, 0, "{name}.{column}");
+            assert_eq!(
+                bad_geometries(&client, d.target_table, column, kind).await,
+                0,
+                "{name}.{column}"
+            );
         }
         compare_sample(&client, d, key).await;
         // The primary key and the GiST index are in place under their final names.
         let indexes: Vec<String> = client
-            .query("SELECT indexname::text FROM pg_indexes WHERE tablename = $1 ORDER BY 1", &[&d.target_table])
+            .query(
+                "SELECT indexname::text FROM pg_indexes WHERE tablename = $1 ORDER BY 1",
+                &[&d.target_table],
+            )
             .await
             .unwrap()
             .iter()
@@ -155,7 +210,10 @@ async fn every_grid_table_loads_with_valid_geometry_and_exact_values() {
             .collect();
         assert_eq!(
             indexes,
-            vec![format!("{}_geom_idx", d.target_table), format!("{}_pkey", d.target_table)],
+            vec![
+                format!("{}_geom_idx", d.target_table),
+                format!("{}_pkey", d.target_table)
+            ],
             "{name}"
         );
     }
@@ -173,7 +231,10 @@ async fn every_grid_table_loads_with_valid_geometry_and_exact_values() {
         .get(0);
     assert_eq!(misplaced, 0);
     let off_point: i64 = client
-        .query_one("SELECT count(*) FROM assets_cache WHERE ST_X(geom) <> lon OR ST_Y(geom) <> lat", &[])
+        .query_one(
+            "SELECT count(*) FROM assets_cache WHERE ST_X(geom) <> lon OR ST_Y(geom) <> lat",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -187,7 +248,10 @@ async fn every_grid_table_loads_with_valid_geometry_and_exact_values() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(area_off, 0, "vegetation area_m2 disagrees with ST_Area(geography)");
+    assert_eq!(
+        area_off, 0,
+        "vegetation area_m2 disagrees with ST_Area(geography)"
+    );
     let length_off: i64 = client
         .query_one(
             "SELECT count(*) FROM power_lines_cache WHERE abs(length_km * 1000 - ST_Length(geom::geography)) > 1e-6 * length_km * 1000",
@@ -196,7 +260,10 @@ async fn every_grid_table_loads_with_valid_geometry_and_exact_values() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(length_off, 0, "power line length_km disagrees with ST_Length(geography)");
+    assert_eq!(
+        length_off, 0,
+        "power line length_km disagrees with ST_Length(geography)"
+    );
     let centroid_off: i64 = client
         .query_one("SELECT count(*) FROM building_footprints WHERE ST_Distance(centroid, ST_Centroid(geom)) > 1e-9", &[])
         .await

@@ -47,9 +47,20 @@ async fn readers_only_ever_see_the_old_or_the_new_table() {
     done.store(true, Ordering::Relaxed);
     let seen = reader.await.unwrap();
     assert_success(&report);
-    assert!(seen.len() >= 5, "the reader ran only {} queries during the refresh", seen.len());
-    assert!(seen.iter().all(|n| *n == GRID_ROWS || *n == new_rows), "reader saw counts other than old/new: {seen:?}");
-    assert_eq!(seen.first(), Some(&GRID_ROWS), "the old table stays readable while the new one loads");
+    assert!(
+        seen.len() >= 5,
+        "the reader ran only {} queries during the refresh",
+        seen.len()
+    );
+    assert!(
+        seen.iter().all(|n| *n == GRID_ROWS || *n == new_rows),
+        "reader saw counts other than old/new: {seen:?}"
+    );
+    assert_eq!(
+        seen.first(),
+        Some(&GRID_ROWS),
+        "the old table stays readable while the new one loads"
+    );
     let client = connect(&url).await;
     let (n, _) = fingerprint(&client, "topology_connections_cache").await;
     assert_eq!(n as u64, new_rows);
@@ -92,27 +103,73 @@ async fn a_failure_midway_leaves_the_old_table_intact() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.parquet");
     points_parquet(&good, 10_000, None);
-    assert_success(&run(&parquet_config(&good, "points_cache", POINTS), "t", &url, None).await);
+    assert_success(
+        &run(
+            &parquet_config(&good, "points_cache", POINTS),
+            "t",
+            &url,
+            None,
+        )
+        .await,
+    );
     let client = connect(&url).await;
     let before = fingerprint(&client, "points_cache").await;
     assert_eq!(before.0, 10_000);
 
     // Invalid geometry at row 15000: the first 8192-row batch is already in COPY when it is found.
     let bad_geometry = dir.path().join("bad_geometry.parquet");
-    points_parquet(&bad_geometry, 20_000, Some((15_000, "{\"type\":\"Point\",\"coordinates\":[oops]}")));
-    let r = run(&parquet_config(&bad_geometry, "points_cache", POINTS), "t", &url, None).await;
+    points_parquet(
+        &bad_geometry,
+        20_000,
+        Some((15_000, "{\"type\":\"Point\",\"coordinates\":[oops]}")),
+    );
+    let r = run(
+        &parquet_config(&bad_geometry, "points_cache", POINTS),
+        "t",
+        &url,
+        None,
+    )
+    .await;
     assert_eq!(r.status, "failed");
     let e = r.error.unwrap();
-    assert!(e.contains("row 15000") && e.contains("oops") && e.contains("st_geomfromgeojson"), "{e}");
-    assert_eq!(r.final_count, Some(10_000), "the report says what the untouched target holds");
+    assert!(
+        e.contains("row 15000") && e.contains("oops") && e.contains("st_geomfromgeojson"),
+        "{e}"
+    );
+    assert_eq!(
+        r.final_count,
+        Some(10_000),
+        "the report says what the untouched target holds"
+    );
     assert_eq!(fingerprint(&client, "points_cache").await, before);
 
     // A NUL byte in text at row 12345, caught by the encoder.
     let nul = dir.path().join("nul.parquet");
-    points_parquet(&nul, 20_000, Some((12_345, "{\"type\":\"Point\",\"coordinates\":[1,2]}\u{0}")));
-    let r = run(&parquet_config(&nul, "points_cache", &POINTS.replace("st_geomfromgeojson(location)", "st_point(1.0, 2.0, 4326)")), "t", &url, None).await;
+    points_parquet(
+        &nul,
+        20_000,
+        Some((12_345, "{\"type\":\"Point\",\"coordinates\":[1,2]}\u{0}")),
+    );
+    let r = run(
+        &parquet_config(
+            &nul,
+            "points_cache",
+            &POINTS.replace("st_geomfromgeojson(location)", "st_point(1.0, 2.0, 4326)"),
+        ),
+        "t",
+        &url,
+        None,
+    )
+    .await;
     let e = r.error.unwrap();
-    assert!(e.contains("points_cache") && e.contains("column location") && e.contains("row 12345") && e.contains("id=12345") && e.contains("NUL"), "{e}");
+    assert!(
+        e.contains("points_cache")
+            && e.contains("column location")
+            && e.contains("row 12345")
+            && e.contains("id=12345")
+            && e.contains("NUL"),
+        "{e}"
+    );
     assert_eq!(fingerprint(&client, "points_cache").await, before);
 
     // A duplicate primary key, found by Postgres when the key is built after the load.
@@ -120,14 +177,26 @@ async fn a_failure_midway_leaves_the_old_table_intact() {
     points_parquet(&dup_dir.path().join("a.parquet"), 100, None);
     points_parquet(&dup_dir.path().join("b.parquet"), 100, None);
     let glob = format!("{}/*.parquet", dup_dir.path().display());
-    let r = run(&parquet_config(std::path::Path::new(&glob), "points_cache", POINTS), "t", &url, None).await;
+    let r = run(
+        &parquet_config(std::path::Path::new(&glob), "points_cache", POINTS),
+        "t",
+        &url,
+        None,
+    )
+    .await;
     let e = r.error.unwrap();
     assert!(e.contains("primary key") && e.contains("duplicate"), "{e}");
     assert_eq!(fingerprint(&client, "points_cache").await, before);
 
-    assert!(staging_tables(&client).await.is_empty(), "failed runs drop their staging tables");
+    assert!(
+        staging_tables(&client).await.is_empty(),
+        "failed runs drop their staging tables"
+    );
     let idle: i64 = client
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -140,7 +209,15 @@ async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.parquet");
     points_parquet(&good, 1_000, None);
-    assert_success(&run(&parquet_config(&good, "points_cache", POINTS), "t", &url, None).await);
+    assert_success(
+        &run(
+            &parquet_config(&good, "points_cache", POINTS),
+            "t",
+            &url,
+            None,
+        )
+        .await,
+    );
     let client = connect(&url).await;
     client
         .batch_execute("CREATE ROLE map_reader; GRANT SELECT ON points_cache TO map_reader")
@@ -150,7 +227,13 @@ async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
     let bad = dir.path().join("bad.parquet");
     points_parquet(&bad, 1_000, Some((10, "not geojson")));
     let lenient = format!("{POINTS}\non_invalid_geometry = \"null\"");
-    let r = run(&parquet_config(&bad, "points_cache", &lenient), "t", &url, None).await;
+    let r = run(
+        &parquet_config(&bad, "points_cache", &lenient),
+        "t",
+        &url,
+        None,
+    )
+    .await;
     assert_success(&r);
     assert_eq!(r.invalid_geometries, 1);
     let nulls: i64 = client
@@ -160,7 +243,10 @@ async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
         .get(0);
     assert_eq!(nulls, 1);
     let can_read: bool = client
-        .query_one("SELECT has_table_privilege('map_reader', 'points_cache', 'SELECT')", &[])
+        .query_one(
+            "SELECT has_table_privilege('map_reader', 'points_cache', 'SELECT')",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

@@ -34,19 +34,30 @@ pub async fn fresh_db(name: &str) -> String {
     let cluster = cluster();
     let admin = connect(&cluster.url()).await;
     // Two statements: a multi-statement string would run as one transaction block.
-    for sql in [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
-        admin.batch_execute(&sql).await.expect("create test database");
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .expect("create test database");
     }
     cluster.url_for(name)
 }
 
 /// A plain client for assertions (UTC, so timestamptz text is stable).
 pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect to test cluster");
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to test cluster");
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    client.batch_execute("SET TimeZone = 'UTC'").await.expect("set time zone");
+    client
+        .batch_execute("SET TimeZone = 'UTC'")
+        .await
+        .expect("set time zone");
     client
 }
 
@@ -73,7 +84,12 @@ pub fn shipped_config() -> Config {
 }
 
 /// Runs one table of `config` into `url`.
-pub async fn run(config: &Config, table: &str, url: &str, parquet_dir: Option<&Path>) -> TableReport {
+pub async fn run(
+    config: &Config,
+    table: &str,
+    url: &str,
+    parquet_dir: Option<&Path>,
+) -> TableReport {
     let target = Target::resolve(&config.target.with_url(url)).expect("target");
     let options = RunOptions {
         run_id: new_run_id(),
@@ -113,7 +129,8 @@ pub async fn fingerprint(client: &Client, table: &str) -> (i64, String) {
 /// Writes batches to a parquet file.
 pub fn write_parquet(path: &Path, batches: &[arrow::record_batch::RecordBatch]) {
     let file = std::fs::File::create(path).expect("create parquet");
-    let mut w = parquet::arrow::ArrowWriter::try_new(file, batches[0].schema(), None).expect("writer");
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(file, batches[0].schema(), None).expect("writer");
     for b in batches {
         w.write(b).expect("write batch");
     }

@@ -59,7 +59,9 @@ fn kind_name(g: &geo::Geometry<f64>) -> &'static str {
     match g {
         geo::Geometry::Point(_) => "Point",
         geo::Geometry::Line(_) | geo::Geometry::LineString(_) => "LineString",
-        geo::Geometry::Polygon(_) | geo::Geometry::Rect(_) | geo::Geometry::Triangle(_) => "Polygon",
+        geo::Geometry::Polygon(_) | geo::Geometry::Rect(_) | geo::Geometry::Triangle(_) => {
+            "Polygon"
+        }
         geo::Geometry::MultiPoint(_) => "MultiPoint",
         geo::Geometry::MultiLineString(_) => "MultiLineString",
         geo::Geometry::MultiPolygon(_) => "MultiPolygon",

@@ -20,7 +20,8 @@ use datafusion::common::{plan_err, Result, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::{
-    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
 };
 use schemas::config::OnInvalidGeometry;
 use schemas::geometry::{GeometryInfo, GeometryKind};
@@ -57,7 +58,10 @@ impl Arg {
     fn accepts(self, dt: &DataType) -> bool {
         match self {
             Arg::Number | Arg::Srid => dt.is_numeric() || dt.is_null(),
-            Arg::Text => matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null),
+            Arg::Text => matches!(
+                dt,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
+            ),
             Arg::Geometry => matches!(
                 dt,
                 DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::Null
@@ -123,7 +127,9 @@ impl Function {
             Function::GeomFromText => (&[Text], &[Srid]),
             Function::GeomFromWkb => (&[Geometry], &[Srid]),
             Function::SetSrid => (&[Geometry, Srid], &[]),
-            Function::Multi | Function::Centroid | Function::Area | Function::Length => (&[Geometry], &[]),
+            Function::Multi | Function::Centroid | Function::Area | Function::Length => {
+                (&[Geometry], &[])
+            }
             Function::Simplify => (&[Geometry, Number], &[]),
         }
     }
@@ -200,7 +206,12 @@ impl ScalarUDFImpl for GeoUdf {
         if n < req.len() || n > req.len() + opt.len() {
             return plan_err!("{} takes {} arguments, got {n}", f.usage(), req.len());
         }
-        for (i, (field, want)) in args.arg_fields.iter().zip(req.iter().chain(opt)).enumerate() {
+        for (i, (field, want)) in args
+            .arg_fields
+            .iter()
+            .zip(req.iter().chain(opt))
+            .enumerate()
+        {
             if !want.accepts(field.data_type()) {
                 return plan_err!(
                     "{}: argument {} (`{}`) is {}, expected {:?}",
@@ -219,16 +230,28 @@ impl ScalarUDFImpl for GeoUdf {
         let geometry = match f {
             Function::Point => info(
                 GeometryKind::Point,
-                if n == 2 { Some(0) } else { literal_srid(args.scalar_arguments.get(2)) },
+                if n == 2 {
+                    Some(0)
+                } else {
+                    literal_srid(args.scalar_arguments.get(2))
+                },
             ),
             Function::MakeLine => {
-                let other = args.arg_fields.get(1).and_then(|a| arg_geometry(a)).and_then(|g| g.srid);
-                info(GeometryKind::LineString, input_srid.filter(|s| Some(*s) == other))
+                let other = args
+                    .arg_fields
+                    .get(1)
+                    .and_then(|a| arg_geometry(a))
+                    .and_then(|g| g.srid);
+                info(
+                    GeometryKind::LineString,
+                    input_srid.filter(|s| Some(*s) == other),
+                )
             }
             Function::GeomFromGeoJson => info(GeometryKind::Geometry, Some(4326)),
-            Function::GeomFromText | Function::GeomFromWkb => {
-                info(GeometryKind::Geometry, literal_srid(args.scalar_arguments.get(1)))
-            }
+            Function::GeomFromText | Function::GeomFromWkb => info(
+                GeometryKind::Geometry,
+                literal_srid(args.scalar_arguments.get(1)),
+            ),
             Function::SetSrid => info(input_kind, literal_srid(args.scalar_arguments.get(1))),
             Function::Multi => info(input_kind.to_multi(), input_srid),
             Function::Centroid => info(GeometryKind::Point, input_srid),

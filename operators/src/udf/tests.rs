@@ -22,7 +22,10 @@ fn ctx(on_invalid: OnInvalidGeometry) -> (SessionContext, GeometryOptions) {
 
 async fn query(ctx: &SessionContext, sql: &str) -> Result<RecordBatch> {
     let batches = ctx.sql(sql).await?.collect().await?;
-    Ok(arrow::compute::concat_batches(&batches[0].schema(), &batches)?)
+    Ok(arrow::compute::concat_batches(
+        &batches[0].schema(),
+        &batches,
+    )?)
 }
 
 fn geom_column(b: &RecordBatch, i: usize) -> &BinaryArray {
@@ -39,10 +42,19 @@ async fn point_and_makeline_build_ewkb_with_srid_and_tag_the_field() {
     .await
     .unwrap();
     let info = GeometryInfo::from_field(b.schema().field(0)).unwrap();
-    assert_eq!(info, GeometryInfo { kind: GeometryKind::LineString, srid: Some(4326) });
+    assert_eq!(
+        info,
+        GeometryInfo {
+            kind: GeometryKind::LineString,
+            srid: Some(4326)
+        }
+    );
     let g = geom_column(&b, 0).value(0);
     let h = ewkb::read_header(g).unwrap();
-    assert_eq!((h.kind(), h.srid), (Some(GeometryKind::LineString), Some(4326)));
+    assert_eq!(
+        (h.kind(), h.srid),
+        (Some(GeometryKind::LineString), Some(4326))
+    );
     match ewkb::to_geo(g).unwrap() {
         geo::Geometry::LineString(l) => {
             let pts: Vec<_> = l.coords().map(|c| (c.x, c.y)).collect();
@@ -97,21 +109,49 @@ async fn multi_centroid_and_setsrid_follow_postgis() {
     .unwrap();
     let schema = b.schema();
     // WKT's type is only known per value; a point's is known when planning.
-    assert_eq!(GeometryInfo::from_field(schema.field(0)).unwrap().kind, GeometryKind::Geometry);
-    assert_eq!(GeometryInfo::from_field(schema.field(3)).unwrap().kind, GeometryKind::MultiPoint);
-    assert_eq!(ewkb::read_header(geom_column(&b, 0).value(0)).unwrap().kind(), Some(GeometryKind::MultiPolygon));
-    assert_eq!(ewkb::point_xy(geom_column(&b, 1).value(0)), Some((1.0, 1.0)));
-    assert_eq!(GeometryInfo::from_field(schema.field(2)).unwrap().srid, Some(3857));
-    assert_eq!(ewkb::read_header(geom_column(&b, 2).value(0)).unwrap().srid, Some(3857));
+    assert_eq!(
+        GeometryInfo::from_field(schema.field(0)).unwrap().kind,
+        GeometryKind::Geometry
+    );
+    assert_eq!(
+        GeometryInfo::from_field(schema.field(3)).unwrap().kind,
+        GeometryKind::MultiPoint
+    );
+    assert_eq!(
+        ewkb::read_header(geom_column(&b, 0).value(0))
+            .unwrap()
+            .kind(),
+        Some(GeometryKind::MultiPolygon)
+    );
+    assert_eq!(
+        ewkb::point_xy(geom_column(&b, 1).value(0)),
+        Some((1.0, 1.0))
+    );
+    assert_eq!(
+        GeometryInfo::from_field(schema.field(2)).unwrap().srid,
+        Some(3857)
+    );
+    assert_eq!(
+        ewkb::read_header(geom_column(&b, 2).value(0)).unwrap().srid,
+        Some(3857)
+    );
 }
 
 #[tokio::test]
 async fn geodesic_length_of_one_degree_of_latitude() {
     let (ctx, _) = ctx(OnInvalidGeometry::Error);
-    let b = query(&ctx, "SELECT st_length(st_geomfromtext('LINESTRING(-95 29, -95 30)', 4326)) AS l")
-        .await
-        .unwrap();
-    let l = b.column(0).as_any().downcast_ref::<Float64Array>().unwrap().value(0);
+    let b = query(
+        &ctx,
+        "SELECT st_length(st_geomfromtext('LINESTRING(-95 29, -95 30)', 4326)) AS l",
+    )
+    .await
+    .unwrap();
+    let l = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap()
+        .value(0);
     // One degree of latitude near 29.5°N on WGS84 is about 110.85 km.
     assert!((l - 110_850.0).abs() < 100.0, "{l}");
 }
@@ -134,7 +174,11 @@ async fn invalid_input_names_the_value_or_becomes_null_and_is_counted() {
 #[tokio::test]
 async fn wrong_argument_types_fail_at_plan_time() {
     let (ctx, _) = ctx(OnInvalidGeometry::Error);
-    let err = ctx.sql("SELECT st_point('a', 'b')").await.unwrap_err().to_string();
+    let err = ctx
+        .sql("SELECT st_point('a', 'b')")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("st_point(double, double, [srid])"), "{err}");
 }
 

@@ -23,7 +23,8 @@ use arrow::array::{
 use arrow::buffer::NullBuffer;
 use arrow::compute::cast;
 use arrow::datatypes::{
-    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, SchemaRef, TimeUnit,
+    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, SchemaRef,
+    TimeUnit,
 };
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::array_value_to_string;
@@ -49,9 +50,22 @@ const PG_TS_MIN: i64 = -211_813_488_000_000_000;
 const PG_TS_END: i64 = 9_223_371_331_200_000_000;
 
 /// A value Postgres would reject, or a column floe cannot encode.
+///
+/// Boxed so results stay small on the hot path; fields are read through `Deref`.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("table {table}, column {column}, row {row}{key}: value {value}: {reason}")]
-pub struct EncodeError {
+#[error("{0}")]
+pub struct EncodeError(Box<EncodeErrorDetail>);
+
+impl std::ops::Deref for EncodeError {
+    type Target = EncodeErrorDetail;
+    fn deref(&self) -> &EncodeErrorDetail {
+        &self.0
+    }
+}
+
+/// What [`EncodeError`] says.
+#[derive(Debug, Clone)]
+pub struct EncodeErrorDetail {
     pub table: String,
     pub column: String,
     /// 1-based row number in the table's stream (0 when not about a row).
@@ -60,6 +74,16 @@ pub struct EncodeError {
     pub key: String,
     pub value: String,
     pub reason: String,
+}
+
+impl std::fmt::Display for EncodeErrorDetail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table {}, column {}, row {}{}: value {}: {}",
+            self.table, self.column, self.row, self.key, self.value, self.reason
+        )
+    }
 }
 
 /// A problem with one row of one column, before table context is added.
@@ -93,28 +117,51 @@ pub struct CopyEncoder {
 impl CopyEncoder {
     /// Plans the encoding of `schema` into `columns` (same order and count),
     /// checking every pair once. `key` names primary-key columns for messages.
-    pub fn new(table: &str, schema: &SchemaRef, columns: Vec<PgColumn>, key: &[String]) -> Result<Self, EncodeError> {
-        let fail = |column: &str, reason: String| EncodeError {
-            table: table.to_string(),
-            column: column.to_string(),
-            row: 0,
-            key: String::new(),
-            value: String::new(),
-            reason,
+    pub fn new(
+        table: &str,
+        schema: &SchemaRef,
+        columns: Vec<PgColumn>,
+        key: &[String],
+    ) -> Result<Self, EncodeError> {
+        let fail = |column: &str, reason: String| {
+            EncodeError(Box::new(EncodeErrorDetail {
+                table: table.to_string(),
+                column: column.to_string(),
+                row: 0,
+                key: String::new(),
+                value: String::new(),
+                reason,
+            }))
         };
         if schema.fields().len() != columns.len() {
-            return Err(fail("*", format!("{} Arrow columns for {} Postgres columns", schema.fields().len(), columns.len())));
+            return Err(fail(
+                "*",
+                format!(
+                    "{} Arrow columns for {} Postgres columns",
+                    schema.fields().len(),
+                    columns.len()
+                ),
+            ));
         }
         if columns.len() > i16::MAX as usize {
-            return Err(fail("*", format!("{} columns is more than COPY allows", columns.len())));
+            return Err(fail(
+                "*",
+                format!("{} columns is more than COPY allows", columns.len()),
+            ));
         }
         for (f, c) in schema.fields().iter().zip(&columns) {
             if !c.ty.accepts(f.data_type()) {
-                return Err(fail(&c.name, format!("cannot write Arrow {} as {}", f.data_type(), c.ty)));
+                return Err(fail(
+                    &c.name,
+                    format!("cannot write Arrow {} as {}", f.data_type(), c.ty),
+                ));
             }
             if let (DataType::Decimal128(_, s), PgType::Numeric(_)) = (f.data_type(), c.ty) {
                 if *s < 0 {
-                    return Err(fail(&c.name, format!("negative decimal scale {s}; cast in the transform")));
+                    return Err(fail(
+                        &c.name,
+                        format!("negative decimal scale {s}; cast in the transform"),
+                    ));
                 }
             }
         }
@@ -145,7 +192,9 @@ impl CopyEncoder {
         let mut owned: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
         for (i, col) in self.columns.iter().enumerate() {
             let array = batch.column(i);
-            if let Some(prepared) = prepare(array, col.ty).map_err(|e| self.row_error(batch, i, e))? {
+            if let Some(prepared) =
+                prepare(array, col.ty).map_err(|e| self.row_error(batch, i, e))?
+            {
                 owned.push(prepared);
             } else {
                 owned.push(Arc::clone(array));
@@ -159,7 +208,8 @@ impl CopyEncoder {
         self.sizes.clear();
         self.sizes.resize(n, 2);
         for (i, w) in writers.iter_mut().enumerate() {
-            w.sizes(&mut self.sizes).map_err(|e| self.row_error(batch, i, e))?;
+            w.sizes(&mut self.sizes)
+                .map_err(|e| self.row_error(batch, i, e))?;
         }
         let start = out.len();
         let total: usize = self.sizes.iter().sum();
@@ -197,14 +247,14 @@ impl CopyEncoder {
                 .collect();
             format!(", key ({})", parts.join(", "))
         };
-        EncodeError {
+        EncodeError(Box::new(EncodeErrorDetail {
             table: self.table.clone(),
             column: self.columns[column].name.clone(),
             row: self.rows + e.row as u64 + 1,
             key,
             value: e.value,
             reason: e.reason,
-        }
+        }))
     }
 }
 
@@ -212,7 +262,9 @@ impl CopyEncoder {
 fn prepare(array: &ArrayRef, ty: PgType) -> Result<Option<ArrayRef>, RowError> {
     let dt = array.data_type();
     let target = match (ty, dt) {
-        (PgType::Int2, DataType::Int16) | (PgType::Int4, DataType::Int32) | (PgType::Int8, DataType::Int64) => None,
+        (PgType::Int2, DataType::Int16)
+        | (PgType::Int4, DataType::Int32)
+        | (PgType::Int8, DataType::Int64) => None,
         (PgType::Int2 | PgType::Int4 | PgType::Int8, _) => Some(DataType::Int64),
         (PgType::Float4, DataType::Float32) | (PgType::Float8, DataType::Float64) => None,
         (PgType::Float4, _) => Some(DataType::Float32),
@@ -333,7 +385,11 @@ impl<A: ByteValues, C: Fn(usize, &[u8]) -> Result<(), RowError>> ColumnWriter fo
                 let v = self.array.value_bytes(i);
                 (self.check)(i, v)?;
                 if v.len() + self.prefix.len() > i32::MAX as usize {
-                    return Err(RowError::new(i, format!("{} bytes", v.len()), "value larger than Postgres's 1 GB field limit"));
+                    return Err(RowError::new(
+                        i,
+                        format!("{} bytes", v.len()),
+                        "value larger than Postgres's 1 GB field limit",
+                    ));
                 }
                 *s += 4 + self.prefix.len() + v.len();
             }
@@ -385,7 +441,11 @@ impl ColumnWriter for Prepared<'_> {
         let mut start = 0;
         for (i, s) in sizes.iter_mut().enumerate() {
             let end = self.ends[i];
-            *s += if is_null(self.nulls, i) { 4 } else { 4 + end - start };
+            *s += if is_null(self.nulls, i) {
+                4
+            } else {
+                4 + end - start
+            };
             start = end;
         }
         Ok(())
@@ -414,14 +474,22 @@ impl ColumnWriter for Prepared<'_> {
 fn check_text(i: usize, v: &[u8]) -> Result<(), RowError> {
     match memchr::memchr(0, v) {
         None => Ok(()),
-        Some(at) => Err(RowError::new(i, show_text(v), format!("text contains a NUL byte at offset {at}, which Postgres does not allow"))),
+        Some(at) => Err(RowError::new(
+            i,
+            show_text(v),
+            format!("text contains a NUL byte at offset {at}, which Postgres does not allow"),
+        )),
     }
 }
 
 fn check_json(i: usize, v: &[u8]) -> Result<(), RowError> {
     check_text(i, v)?;
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(v) {
-        return Err(RowError::new(i, show_text(v), format!("not valid JSON for jsonb: {e}")));
+        return Err(RowError::new(
+            i,
+            show_text(v),
+            format!("not valid JSON for jsonb: {e}"),
+        ));
     }
     if memchr::memmem::find(v, b"\\u0000").is_some() {
         return Err(RowError::new(i, show_text(v), "jsonb cannot hold \\u0000"));
@@ -429,21 +497,31 @@ fn check_json(i: usize, v: &[u8]) -> Result<(), RowError> {
     Ok(())
 }
 
-fn check_geometry(kind: GeometryKind, srid: Option<i32>) -> impl Fn(usize, &[u8]) -> Result<(), RowError> {
+fn check_geometry(
+    kind: GeometryKind,
+    srid: Option<i32>,
+) -> impl Fn(usize, &[u8]) -> Result<(), RowError> {
     move |i, v| {
-        let h = operators::ewkb::read_header(v).map_err(|r| RowError::new(i, operators::error::show_bytes(v), r))?;
+        let h = operators::ewkb::read_header(v)
+            .map_err(|r| RowError::new(i, operators::error::show_bytes(v), r))?;
         let bad = |reason: String| RowError::new(i, operators::error::show_bytes(v), reason);
         let got = h.kind().map(|k| k.name()).unwrap_or("unknown");
         if kind != GeometryKind::Geometry && h.code != kind.wkb_code() {
-            return Err(bad(format!("geometry type {got} does not match column type {kind}")));
+            return Err(bad(format!(
+                "geometry type {got} does not match column type {kind}"
+            )));
         }
         if h.has_z || h.has_m {
-            return Err(bad(format!("{got} has Z or M coordinates; the column is 2D")));
+            return Err(bad(format!(
+                "{got} has Z or M coordinates; the column is 2D"
+            )));
         }
         if let Some(want) = srid.filter(|s| *s != 0) {
             let have = h.srid.unwrap_or(0);
             if have != want {
-                return Err(bad(format!("geometry SRID {have} does not match column SRID {want} (use st_setsrid)")));
+                return Err(bad(format!(
+                    "geometry SRID {have} does not match column SRID {want} (use st_setsrid)"
+                )));
             }
         }
         Ok(())
@@ -506,7 +584,11 @@ fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 
                 if (PG_DATE_MIN..PG_DATE_END).contains(&days) {
                     Ok((days as i32).to_be_bytes())
                 } else {
-                    Err(RowError::new(i, format!("{} days since 1970-01-01", v.value(i)), "date out of Postgres's range (4713 BC to 5874897 AD)"))
+                    Err(RowError::new(
+                        i,
+                        format!("{} days since 1970-01-01", v.value(i)),
+                        "date out of Postgres's range (4713 BC to 5874897 AD)",
+                    ))
                 }
             })
         }
@@ -514,10 +596,22 @@ fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 
             let unit = *unit;
             // Every timestamp unit is an i64 count; read it as one.
             let v = match unit {
-                TimeUnit::Second => a.as_primitive::<arrow::datatypes::TimestampSecondType>().values().clone(),
-                TimeUnit::Millisecond => a.as_primitive::<arrow::datatypes::TimestampMillisecondType>().values().clone(),
-                TimeUnit::Microsecond => a.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().values().clone(),
-                TimeUnit::Nanosecond => a.as_primitive::<arrow::datatypes::TimestampNanosecondType>().values().clone(),
+                TimeUnit::Second => a
+                    .as_primitive::<arrow::datatypes::TimestampSecondType>()
+                    .values()
+                    .clone(),
+                TimeUnit::Millisecond => a
+                    .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                    .values()
+                    .clone(),
+                TimeUnit::Microsecond => a
+                    .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                    .values()
+                    .clone(),
+                TimeUnit::Nanosecond => a
+                    .as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                    .values()
+                    .clone(),
             };
             fixed::<8>(a, move |i| {
                 let raw = v[i];
@@ -530,7 +624,11 @@ fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 
                 };
                 match micros.and_then(|m| m.checked_sub(PG_EPOCH_MICROS)) {
                     Some(pg) if (PG_TS_MIN..PG_TS_END).contains(&pg) => Ok(pg.to_be_bytes()),
-                    _ => Err(RowError::new(i, format!("{raw} {unit:?}s since 1970-01-01"), "timestamp out of Postgres's range (4713 BC to 294276 AD)")),
+                    _ => Err(RowError::new(
+                        i,
+                        format!("{raw} {unit:?}s since 1970-01-01"),
+                        "timestamp out of Postgres's range (4713 BC to 294276 AD)",
+                    )),
                 }
             })
         }
@@ -562,9 +660,14 @@ fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 
                 if !v.is_null(i) {
                     let f = v.value(i);
                     if !f.is_finite() {
-                        return Err(RowError::new(i, f, "NaN and infinity cannot be stored in a numeric column"));
+                        return Err(RowError::new(
+                            i,
+                            f,
+                            "NaN and infinity cannot be stored in a numeric column",
+                        ));
                     }
-                    let (digits, scale) = float_to_decimal(f).ok_or_else(|| RowError::new(i, f, "too large for numeric conversion"))?;
+                    let (digits, scale) = float_to_decimal(f)
+                        .ok_or_else(|| RowError::new(i, f, "too large for numeric conversion"))?;
                     check_numeric_fits(i, digits, scale, typmod, || f.to_string())?;
                     write_numeric(&mut p.bytes, digits, scale);
                 }
@@ -581,10 +684,22 @@ fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 
         (PgType::Bytea, DataType::Binary) => var(a.as_binary::<i32>(), b"", |_, _| Ok(())),
         (PgType::Bytea, DataType::LargeBinary) => var(a.as_binary::<i64>(), b"", |_, _| Ok(())),
         (PgType::Bytea, DataType::BinaryView) => var(a.as_binary_view(), b"", |_, _| Ok(())),
-        (PgType::Geometry { kind, srid }, DataType::Binary) => var(a.as_binary::<i32>(), b"", check_geometry(kind, srid)),
-        (PgType::Geometry { kind, srid }, DataType::LargeBinary) => var(a.as_binary::<i64>(), b"", check_geometry(kind, srid)),
-        (PgType::Geometry { kind, srid }, DataType::BinaryView) => var(a.as_binary_view(), b"", check_geometry(kind, srid)),
-        (ty, dt) => return Err(RowError::new(0, dt, format!("no encoder for Arrow {dt} as {ty}"))),
+        (PgType::Geometry { kind, srid }, DataType::Binary) => {
+            var(a.as_binary::<i32>(), b"", check_geometry(kind, srid))
+        }
+        (PgType::Geometry { kind, srid }, DataType::LargeBinary) => {
+            var(a.as_binary::<i64>(), b"", check_geometry(kind, srid))
+        }
+        (PgType::Geometry { kind, srid }, DataType::BinaryView) => {
+            var(a.as_binary_view(), b"", check_geometry(kind, srid))
+        }
+        (ty, dt) => {
+            return Err(RowError::new(
+                0,
+                dt,
+                format!("no encoder for Arrow {dt} as {ty}"),
+            ))
+        }
     })
 }
 
@@ -599,7 +714,11 @@ fn check_numeric_fits(
 ) -> Result<(), RowError> {
     let Some((p, s)) = typmod else { return Ok(()) };
     let int_part = value.unsigned_abs() / 10u128.pow(scale);
-    let int_digits = if int_part == 0 { 0 } else { int_part.ilog10() + 1 };
+    let int_digits = if int_part == 0 {
+        0
+    } else {
+        int_part.ilog10() + 1
+    };
     let allowed = (p as i32 - s as i32).max(0) as u32;
     // Rounding to s digits can carry into a new integer digit (9.995 → 10.00).
     let carries = scale > s as u32 && {
@@ -608,7 +727,13 @@ fn check_numeric_fits(
         rounded != int_part
     };
     if int_digits > allowed || (carries && int_digits + 1 > allowed) {
-        return Err(RowError::new(i, show(), format!("does not fit numeric({p},{s}): at most {allowed} digits before the decimal point")));
+        return Err(RowError::new(
+            i,
+            show(),
+            format!(
+                "does not fit numeric({p},{s}): at most {allowed} digits before the decimal point"
+            ),
+        ));
     }
     Ok(())
 }
@@ -616,7 +741,9 @@ fn check_numeric_fits(
 /// The shortest decimal that round-trips `f`, as (unscaled digits, scale).
 fn float_to_decimal(f: f64) -> Option<(i128, u32)> {
     let text = format!("{f}");
-    let (neg, body) = text.strip_prefix('-').map_or((false, text.as_str()), |b| (true, b));
+    let (neg, body) = text
+        .strip_prefix('-')
+        .map_or((false, text.as_str()), |b| (true, b));
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
     let digits: i128 = format!("{int}{frac}").parse().ok()?;
     Some((if neg { -digits } else { digits }, frac.len() as u32))
@@ -663,7 +790,10 @@ fn write_numeric(out: &mut Vec<u8>, value: i128, scale: u32) {
     let (weight, sign) = if digits.is_empty() {
         (0i16, 0u16)
     } else {
-        (ni as i16 - 1 - lead as i16, if value < 0 { 0x4000 } else { 0 })
+        (
+            ni as i16 - 1 - lead as i16,
+            if value < 0 { 0x4000 } else { 0 },
+        )
     };
     out.extend_from_slice(&(digits.len() as i16).to_be_bytes());
     out.extend_from_slice(&weight.to_be_bytes());

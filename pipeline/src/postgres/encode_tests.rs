@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryArray, Date32Array, Decimal128Array, Float64Array, Int64Array, StringArray, StringViewArray,
-    TimestampNanosecondArray,
+    ArrayRef, BinaryArray, Date32Array, Decimal128Array, Float64Array, Int64Array, StringArray,
+    StringViewArray, TimestampNanosecondArray,
 };
 use arrow::datatypes::{Field, Schema};
 
@@ -13,7 +13,11 @@ fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
         .iter()
         .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
         .collect();
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|(_, a)| a).collect()).unwrap()
+    RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap()
 }
 
 fn encode(b: &RecordBatch, types: &[PgType]) -> Result<Vec<u8>, EncodeError> {
@@ -22,7 +26,11 @@ fn encode(b: &RecordBatch, types: &[PgType]) -> Result<Vec<u8>, EncodeError> {
         .fields()
         .iter()
         .zip(types)
-        .map(|(f, t)| PgColumn { name: f.name().clone(), ty: *t, nullable: true })
+        .map(|(f, t)| PgColumn {
+            name: f.name().clone(),
+            ty: *t,
+            nullable: true,
+        })
         .collect();
     let mut enc = CopyEncoder::new("t", &b.schema(), cols, &["id".to_string()])?;
     let mut out = BytesMut::new();
@@ -37,14 +45,22 @@ fn numeric(value: i128, scale: u32) -> Vec<u8> {
 }
 
 fn words(b: &[u8]) -> Vec<i16> {
-    b.chunks(2).map(|c| i16::from_be_bytes([c[0], c[1]])).collect()
+    b.chunks(2)
+        .map(|c| i16::from_be_bytes([c[0], c[1]]))
+        .collect()
 }
 
 #[test]
 fn rows_are_field_count_then_length_prefixed_values() {
     let b = batch(vec![
-        ("id", Arc::new(Int64Array::from(vec![Some(1), None])) as ArrayRef),
-        ("name", Arc::new(StringArray::from(vec![Some("ab"), Some("")])) as ArrayRef),
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![Some(1), None])) as ArrayRef,
+        ),
+        (
+            "name",
+            Arc::new(StringArray::from(vec![Some("ab"), Some("")])) as ArrayRef,
+        ),
     ]);
     let got = encode(&b, &[PgType::Int8, PgType::Text]).unwrap();
     let mut want = Vec::new();
@@ -71,60 +87,126 @@ fn numeric_digits_weight_and_scale() {
     assert_eq!(words(&numeric(100_000_000, 0)), vec![1, 2, 0, 0, 1]);
     // 0 keeps its display scale and has no digits
     assert_eq!(words(&numeric(0, 2)), vec![0, 0, 0, 2]);
-    // 0.00012 → groups 0000 | 0001 2000 → weight -2
-    assert_eq!(words(&numeric(12, 5)), vec![2, -2, 0, 5, 1, 2000]);
+    // 0.00012 = 1·10000^-1 + 2000·10000^-2 → weight -1
+    assert_eq!(words(&numeric(12, 5)), vec![2, -1, 0, 5, 1, 2000]);
+    // 0.000000012 = 0000|0001|2000 after the point → leading zero group dropped, weight -2
+    assert_eq!(words(&numeric(12, 9)), vec![2, -2, 0, 9, 1, 2000]);
     // the largest Decimal128(38, 38) fraction does not overflow
-    assert_eq!(numeric(99_999_999_999_999_999_999_999_999_999_999_999_999, 38)[..2], 10i16.to_be_bytes());
+    assert_eq!(
+        numeric(99_999_999_999_999_999_999_999_999_999_999_999_999, 38)[..2],
+        10i16.to_be_bytes()
+    );
 }
 
 #[test]
 fn floats_become_their_shortest_decimal() {
     assert_eq!(float_to_decimal(0.1), Some((1, 1)));
     assert_eq!(float_to_decimal(-2.5), Some((-25, 1)));
-    assert_eq!(float_to_decimal(1e20), Some((100_000_000_000_000_000_000, 0)));
+    assert_eq!(
+        float_to_decimal(1e20),
+        Some((100_000_000_000_000_000_000, 0))
+    );
 }
 
 #[test]
 fn utf8view_and_utf8_encode_identically() {
-    let plain = batch(vec![("s", Arc::new(StringArray::from(vec![Some("Zürich"), None, Some("a much longer string than twelve bytes")])) as ArrayRef)]);
-    let view = batch(vec![("s", Arc::new(StringViewArray::from(vec![Some("Zürich"), None, Some("a much longer string than twelve bytes")])) as ArrayRef)]);
-    assert_eq!(encode(&plain, &[PgType::Text]).unwrap(), encode(&view, &[PgType::Text]).unwrap());
+    let plain = batch(vec![(
+        "s",
+        Arc::new(StringArray::from(vec![
+            Some("Zürich"),
+            None,
+            Some("a much longer string than twelve bytes"),
+        ])) as ArrayRef,
+    )]);
+    let view = batch(vec![(
+        "s",
+        Arc::new(StringViewArray::from(vec![
+            Some("Zürich"),
+            None,
+            Some("a much longer string than twelve bytes"),
+        ])) as ArrayRef,
+    )]);
+    assert_eq!(
+        encode(&plain, &[PgType::Text]).unwrap(),
+        encode(&view, &[PgType::Text]).unwrap()
+    );
 }
 
 #[test]
 fn a_nul_byte_is_named_with_row_and_key() {
     let b = batch(vec![
         ("id", Arc::new(Int64Array::from(vec![7, 8])) as ArrayRef),
-        ("name", Arc::new(StringArray::from(vec!["ok", "bad\0value"])) as ArrayRef),
+        (
+            "name",
+            Arc::new(StringArray::from(vec!["ok", "bad\0value"])) as ArrayRef,
+        ),
     ]);
     let e = encode(&b, &[PgType::Int8, PgType::Text]).unwrap_err();
     assert_eq!((e.column.as_str(), e.row), ("name", 2));
     let msg = e.to_string();
-    assert!(msg.contains("table t") && msg.contains("id=8") && msg.contains("NUL"), "{msg}");
+    assert!(
+        msg.contains("table t") && msg.contains("id=8") && msg.contains("NUL"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn values_postgres_would_reject_are_caught() {
-    let nan = batch(vec![("v", Arc::new(Float64Array::from(vec![1.5, f64::NAN])) as ArrayRef)]);
+    let nan = batch(vec![(
+        "v",
+        Arc::new(Float64Array::from(vec![1.5, f64::NAN])) as ArrayRef,
+    )]);
     let e = encode(&nan, &[PgType::Numeric(Some((6, 2)))]).unwrap_err();
     assert_eq!(e.row, 2);
     assert!(e.reason.contains("NaN"), "{e}");
 
-    let big = batch(vec![("v", Arc::new(Decimal128Array::from(vec![12345678]).with_precision_and_scale(10, 2).unwrap()) as ArrayRef)]);
+    let big = batch(vec![(
+        "v",
+        Arc::new(
+            Decimal128Array::from(vec![12345678])
+                .with_precision_and_scale(10, 2)
+                .unwrap(),
+        ) as ArrayRef,
+    )]);
     let e = encode(&big, &[PgType::Numeric(Some((6, 2)))]).unwrap_err();
-    assert!(e.reason.contains("numeric(6,2)") && e.value == "123456.78", "{e}");
+    assert!(
+        e.reason.contains("numeric(6,2)") && e.value == "123456.78",
+        "{e}"
+    );
 
-    let rounds_up = batch(vec![("v", Arc::new(Decimal128Array::from(vec![99995]).with_precision_and_scale(5, 3).unwrap()) as ArrayRef)]);
-    assert!(encode(&rounds_up, &[PgType::Numeric(Some((3, 2)))]).is_err(), "99.995 rounds to 100.00");
+    let rounds_up = batch(vec![(
+        "v",
+        Arc::new(
+            Decimal128Array::from(vec![99995])
+                .with_precision_and_scale(5, 3)
+                .unwrap(),
+        ) as ArrayRef,
+    )]);
+    assert!(
+        encode(&rounds_up, &[PgType::Numeric(Some((3, 2)))]).is_err(),
+        "99.995 rounds to 100.00"
+    );
 
-    let date = batch(vec![("d", Arc::new(Date32Array::from(vec![i32::MAX])) as ArrayRef)]);
-    assert!(encode(&date, &[PgType::Date]).unwrap_err().reason.contains("range"));
+    let date = batch(vec![(
+        "d",
+        Arc::new(Date32Array::from(vec![i32::MAX])) as ArrayRef,
+    )]);
+    assert!(encode(&date, &[PgType::Date])
+        .unwrap_err()
+        .reason
+        .contains("range"));
 
-    let json = batch(vec![("j", Arc::new(StringArray::from(vec!["{\"a\":1}", "{oops"])) as ArrayRef)]);
+    let json = batch(vec![(
+        "j",
+        Arc::new(StringArray::from(vec!["{\"a\":1}", "{oops"])) as ArrayRef,
+    )]);
     let e = encode(&json, &[PgType::Jsonb]).unwrap_err();
     assert!(e.row == 2 && e.reason.contains("JSON"), "{e}");
 
-    let small = batch(vec![("n", Arc::new(Int64Array::from(vec![1, 40_000])) as ArrayRef)]);
+    let small = batch(vec![(
+        "n",
+        Arc::new(Int64Array::from(vec![1, 40_000])) as ArrayRef,
+    )]);
     let e = encode(&small, &[PgType::Int2]).unwrap_err();
     assert!(e.value == "40000" && e.reason.contains("smallint"), "{e}");
 }
@@ -135,20 +217,37 @@ fn geometry_type_and_srid_are_checked_before_postgres() {
     operators::ewkb::write_point(&mut pt, 1.0, 2.0, Some(4326));
     let mut pt0 = Vec::new();
     operators::ewkb::write_point(&mut pt0, 1.0, 2.0, Some(0));
-    let b = batch(vec![("g", Arc::new(BinaryArray::from(vec![pt.as_slice(), pt0.as_slice()])) as ArrayRef)]);
-    let point = PgType::Geometry { kind: GeometryKind::Point, srid: Some(4326) };
+    let b = batch(vec![(
+        "g",
+        Arc::new(BinaryArray::from(vec![pt.as_slice(), pt0.as_slice()])) as ArrayRef,
+    )]);
+    let point = PgType::Geometry {
+        kind: GeometryKind::Point,
+        srid: Some(4326),
+    };
     let e = encode(&b, &[point]).unwrap_err();
     assert!(e.row == 2 && e.reason.contains("SRID 0"), "{e}");
-    let line = PgType::Geometry { kind: GeometryKind::LineString, srid: Some(4326) };
+    let line = PgType::Geometry {
+        kind: GeometryKind::LineString,
+        srid: Some(4326),
+    };
     let e = encode(&b, &[line]).unwrap_err();
-    assert!(e.row == 1 && e.reason.contains("Point does not match column type LineString"), "{e}");
+    assert!(
+        e.row == 1
+            && e.reason
+                .contains("Point does not match column type LineString"),
+        "{e}"
+    );
 }
 
 #[test]
 fn nanoseconds_truncate_to_postgres_microseconds() {
     // 2000-01-01T00:00:00.000001999 → 1 µs after the Postgres epoch.
-    let ns = PG_EPOCH_MICROS as i64 * 1_000 + 1_999;
-    let b = batch(vec![("t", Arc::new(TimestampNanosecondArray::from(vec![ns])) as ArrayRef)]);
+    let ns = PG_EPOCH_MICROS * 1_000 + 1_999;
+    let b = batch(vec![(
+        "t",
+        Arc::new(TimestampNanosecondArray::from(vec![ns])) as ArrayRef,
+    )]);
     let got = encode(&b, &[PgType::Timestamp]).unwrap();
     assert_eq!(&got[2..6], &8i32.to_be_bytes());
     assert_eq!(&got[6..14], &1i64.to_be_bytes());
@@ -156,14 +255,28 @@ fn nanoseconds_truncate_to_postgres_microseconds() {
 
 #[test]
 fn row_numbers_continue_across_batches() {
-    let b = batch(vec![("n", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)]);
-    let bad = batch(vec![("n", Arc::new(Int64Array::from(vec![3, 70_000])) as ArrayRef)]);
-    let cols = vec![PgColumn { name: "n".into(), ty: PgType::Int2, nullable: true }];
+    let b = batch(vec![(
+        "n",
+        Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+    )]);
+    let bad = batch(vec![(
+        "n",
+        Arc::new(Int64Array::from(vec![3, 70_000])) as ArrayRef,
+    )]);
+    let cols = vec![PgColumn {
+        name: "n".into(),
+        ty: PgType::Int2,
+        nullable: true,
+    }];
     let mut enc = CopyEncoder::new("t", &b.schema(), cols, &[]).unwrap();
     let mut out = BytesMut::new();
     enc.encode(&b, &mut out).unwrap();
     let before = out.len();
     let e = enc.encode(&bad, &mut out).unwrap_err();
     assert_eq!(e.row, 4);
-    assert_eq!(out.len(), before, "a failed batch leaves the buffer as it was");
+    assert_eq!(
+        out.len(),
+        before,
+        "a failed batch leaves the buffer as it was"
+    );
 }

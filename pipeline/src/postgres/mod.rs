@@ -77,7 +77,9 @@ impl Target {
         let display = format!(
             "postgres://{}@{host}:{port}/{}",
             config.get_user().unwrap_or("postgres"),
-            config.get_dbname().unwrap_or(config.get_user().unwrap_or("postgres"))
+            config
+                .get_dbname()
+                .unwrap_or(config.get_user().unwrap_or("postgres"))
         );
         Ok(Target {
             config,
@@ -95,7 +97,11 @@ impl Target {
     /// `idle_in_transaction_session_timeout` (a crashed floe never holds
     /// locks for long), `statement_timeout`, `lock_timeout`, and an
     /// `application_name` that says which table and run the session serves.
-    pub async fn connect(&self, application_name: &str, load: &LoadConfig) -> Result<Session, PipelineError> {
+    pub async fn connect(
+        &self,
+        application_name: &str,
+        load: &LoadConfig,
+    ) -> Result<Session, PipelineError> {
         let mut config = self.config.clone();
         config.application_name(application_name);
         config.options(format!(
@@ -104,10 +110,14 @@ impl Target {
             load.lock_timeout.as_millis(),
             load.idle_in_transaction_timeout.as_millis()
         ));
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| PipelineError::Connect {
-            target: self.display.clone(),
-            message: describe_pg_error(&e),
-        })?;
+        let (client, connection) =
+            config
+                .connect(NoTls)
+                .await
+                .map_err(|e| PipelineError::Connect {
+                    target: self.display.clone(),
+                    message: describe_pg_error(&e),
+                })?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres connection ended: {e}");

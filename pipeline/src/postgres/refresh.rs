@@ -51,8 +51,18 @@ impl TablePlan {
     /// The staging table's name for a run: target + `__floe_` + 8 id chars
     /// (config limits targets to 48 bytes, so this stays within 63).
     pub fn staging_name(&self, run_id: &str) -> String {
-        let tail: String = run_id.chars().rev().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
-        format!("{}{}{}", self.target, STAGING_MARK, tail.chars().rev().collect::<String>().to_lowercase())
+        let tail: String = run_id
+            .chars()
+            .rev()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(8)
+            .collect();
+        format!(
+            "{}{}{}",
+            self.target,
+            STAGING_MARK,
+            tail.chars().rev().collect::<String>().to_lowercase()
+        )
     }
 
     /// `CREATE TABLE` for the staging table: columns only, constraints come after the load.
@@ -62,7 +72,11 @@ impl TablePlan {
             .iter()
             .map(|c| format!("{} {}", quote_ident(&c.name), c.ty.sql()))
             .collect();
-        format!("CREATE TABLE {} ({})", self.qualified(staging), cols.join(", "))
+        format!(
+            "CREATE TABLE {} ({})",
+            self.qualified(staging),
+            cols.join(", ")
+        )
     }
 
     /// The COPY statement for the staging table.
@@ -91,13 +105,20 @@ fn truncate_ident(mut s: String) -> String {
     s
 }
 
-fn pg<'a>(plan: &'a TablePlan, step: &'static str) -> impl Fn(tokio_postgres::Error) -> PipelineError + 'a {
+fn pg<'a>(
+    plan: &'a TablePlan,
+    step: &'static str,
+) -> impl Fn(tokio_postgres::Error) -> PipelineError + 'a {
     move |e| PipelineError::postgres(&plan.table, step, e)
 }
 
 /// Prepares a load: PostGIS and schema, the table's advisory lock, cleanup of
 /// orphaned staging tables, and a fresh staging table. Returns its name.
-pub async fn prepare(client: &Client, plan: &TablePlan, run_id: &str) -> Result<String, PipelineError> {
+pub async fn prepare(
+    client: &Client,
+    plan: &TablePlan,
+    run_id: &str,
+) -> Result<String, PipelineError> {
     if plan.columns.iter().any(|c| c.ty.needs_postgis()) {
         client
             .batch_execute("CREATE EXTENSION IF NOT EXISTS postgis")
@@ -106,13 +127,19 @@ pub async fn prepare(client: &Client, plan: &TablePlan, run_id: &str) -> Result<
     }
     if plan.schema != "public" {
         client
-            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&plan.schema)))
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(&plan.schema)
+            ))
             .await
             .map_err(pg(plan, "creating the schema"))?;
     }
     let key = format!("floe:{}.{}", plan.schema, plan.target);
     let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+            &[&key],
+        )
         .await
         .map_err(pg(plan, "taking the table's advisory lock"))?
         .get(0);
@@ -149,10 +176,17 @@ pub async fn prepare(client: &Client, plan: &TablePlan, run_id: &str) -> Result<
 
 /// Builds keys and indexes on the loaded staging table, analyzes it, and
 /// verifies it holds exactly `rows_read` rows. Returns the staged count.
-pub async fn build_and_verify(client: &Client, plan: &TablePlan, staging: &str, rows_read: u64) -> Result<u64, PipelineError> {
+pub async fn build_and_verify(
+    client: &Client,
+    plan: &TablePlan,
+    staging: &str,
+    rows_read: u64,
+) -> Result<u64, PipelineError> {
     let table = plan.qualified(staging);
     client
-        .batch_execute(&format!("SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"))
+        .batch_execute(&format!(
+            "SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"
+        ))
         .await
         .map_err(pg(plan, "setting maintenance_work_mem"))?;
     if !plan.primary_key.is_empty() {
@@ -286,6 +320,9 @@ pub async fn discard(client: &Client, plan: &TablePlan, staging: &str) {
 pub async fn release(client: &Client, plan: &TablePlan) {
     let key = format!("floe:{}.{}", plan.schema, plan.target);
     let _ = client
-        .execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&key])
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+            &[&key],
+        )
         .await;
 }
