@@ -2,9 +2,11 @@
 //!
 //! 1. Take a session advisory lock on the target (two floe runs never load
 //!    one table at once), drop staging tables left by crashed runs.
-//! 2. Create a staging table and COPY into it (outside any explicit
-//!    transaction: COPY is one statement, so nothing is held open while floe
-//!    waits on its source between batches... other than that statement).
+//! 2. Create a staging table and COPY into it. COPY is a single statement
+//!    outside any explicit transaction, so a floe that dies mid-load leaves no
+//!    open transaction behind: the server aborts the statement when the
+//!    connection goes, and the half-filled staging table is invisible to
+//!    readers and dropped by the next run.
 //! 3. Build the primary key and indexes after the load (faster than
 //!    maintaining them row by row), ANALYZE, and count the staged rows.
 //! 4. Swap in one short transaction: lock the old table (waiting at most
