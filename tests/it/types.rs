@@ -111,6 +111,33 @@ fn edge_batch() -> RecordBatch {
             ),
         ),
         (
+            Field::new("f_num", DataType::Float64, true),
+            Arc::new(Float64Array::from(vec![
+                Some(12.3456),
+                Some(-0.5),
+                Some(1e-9),
+                None,
+            ])),
+        ),
+        (
+            Field::new("i_num", DataType::Int64, true),
+            Arc::new(Int64Array::from(vec![
+                Some(123),
+                Some(i64::MIN),
+                Some(0),
+                None,
+            ])),
+        ),
+        (
+            Field::new("i_narrow", DataType::Int64, true),
+            Arc::new(Int64Array::from(vec![
+                Some(5),
+                Some(i32::MIN as i64),
+                Some(i32::MAX as i64),
+                None,
+            ])),
+        ),
+        (
             Field::new("txt", DataType::Utf8, true),
             Arc::new(StringArray::from(vec![
                 Some("Río Bravo 変電所 🌩"),
@@ -278,6 +305,18 @@ const EXPECTED: &[(&str, [Option<&str>; 4])] = &[
         [Some("12.47"), Some("-999.99"), Some("0.00"), None],
     ),
     (
+        "f_num",
+        [Some("12.346"), Some("-0.500"), Some("0.000"), None],
+    ),
+    (
+        "i_num",
+        [Some("123"), Some("-9223372036854775808"), Some("0"), None],
+    ),
+    (
+        "i_narrow",
+        [Some("5"), Some("-2147483648"), Some("2147483647"), None],
+    ),
+    (
         "txt",
         [
             Some("Río Bravo 変電所 🌩"),
@@ -362,7 +401,7 @@ async fn every_type_round_trips_exactly() {
     let config = parquet_config(
         &path,
         "types_cache",
-        "primary_key = [\"id\"]\ncolumns = { j = \"jsonb\" }",
+        "primary_key = [\"id\"]\ncolumns = { j = \"jsonb\", f_num = \"numeric(10,3)\", i_num = \"numeric\", i_narrow = \"integer\" }",
     );
     let report = run(&config, "t", &url, None).await;
     assert_success(&report);
@@ -394,6 +433,8 @@ async fn every_type_round_trips_exactly() {
     assert_eq!(ty("j"), "jsonb");
     assert_eq!(ty("g"), "geometry(Point,4326)");
     assert_eq!(ty("vtxt"), "text");
+    assert_eq!(ty("f_num"), "numeric(10,3)");
+    assert_eq!(ty("i_narrow"), "integer");
 
     for (column, want) in EXPECTED {
         let expr = if *column == "g" {

@@ -666,8 +666,13 @@ fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 
                             "NaN and infinity cannot be stored in a numeric column",
                         ));
                     }
-                    let (digits, scale) = float_to_decimal(f)
-                        .ok_or_else(|| RowError::new(i, f, "too large for numeric conversion"))?;
+                    let (digits, scale) = float_to_decimal(f, typmod.map(|(_, s)| s)).ok_or_else(|| {
+                        RowError::new(
+                            i,
+                            f,
+                            "needs more than 38 significant digits as an exact decimal; declare numeric(p,s) or cast in the transform",
+                        )
+                    })?;
                     check_numeric_fits(i, digits, scale, typmod, || f.to_string())?;
                     write_numeric(&mut p.bytes, digits, scale);
                 }
@@ -738,13 +743,21 @@ fn check_numeric_fits(
     Ok(())
 }
 
-/// The shortest decimal that round-trips `f`, as (unscaled digits, scale).
-fn float_to_decimal(f: f64) -> Option<(i128, u32)> {
-    let text = format!("{f}");
+/// `f` as an exact decimal (unscaled digits, scale): rounded to the column's
+/// scale when it has one (as Postgres would), else the shortest decimal that
+/// round-trips. `None` when that needs more than 38 digits.
+fn float_to_decimal(f: f64, scale: Option<i8>) -> Option<(i128, u32)> {
+    let text = match scale {
+        Some(s) => format!("{f:.prec$}", prec = s.max(0) as usize),
+        None => format!("{f}"),
+    };
     let (neg, body) = text
         .strip_prefix('-')
         .map_or((false, text.as_str()), |b| (true, b));
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.len() + frac.len() > 38 {
+        return None;
+    }
     let digits: i128 = format!("{int}{frac}").parse().ok()?;
     Some((if neg { -digits } else { digits }, frac.len() as u32))
 }

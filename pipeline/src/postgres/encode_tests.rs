@@ -100,12 +100,17 @@ fn numeric_digits_weight_and_scale() {
 
 #[test]
 fn floats_become_their_shortest_decimal() {
-    assert_eq!(float_to_decimal(0.1), Some((1, 1)));
-    assert_eq!(float_to_decimal(-2.5), Some((-25, 1)));
+    assert_eq!(float_to_decimal(0.1, None), Some((1, 1)));
+    assert_eq!(float_to_decimal(-2.5, None), Some((-25, 1)));
     assert_eq!(
-        float_to_decimal(1e20),
+        float_to_decimal(1e20, None),
         Some((100_000_000_000_000_000_000, 0))
     );
+    // Rounded to the column's scale, as Postgres would.
+    assert_eq!(float_to_decimal(12.345678, Some(2)), Some((1235, 2)));
+    // Too many digits for an exact i128 decimal: refused, not a panic.
+    assert_eq!(float_to_decimal(1e-39, None), None);
+    assert_eq!(float_to_decimal(1e300, None), None);
 }
 
 #[test]
@@ -152,6 +157,17 @@ fn a_nul_byte_is_named_with_row_and_key() {
 
 #[test]
 fn values_postgres_would_reject_are_caught() {
+    let tiny = batch(vec![(
+        "v",
+        Arc::new(Float64Array::from(vec![1e-39])) as ArrayRef,
+    )]);
+    let e = encode(&tiny, &[PgType::Numeric(None)]).unwrap_err();
+    assert!(e.reason.contains("38 significant digits"), "{e}");
+    assert!(
+        encode(&tiny, &[PgType::Numeric(Some((6, 2)))]).is_ok(),
+        "rounds to 0.00 like Postgres"
+    );
+
     let nan = batch(vec![(
         "v",
         Arc::new(Float64Array::from(vec![1.5, f64::NAN])) as ArrayRef,
