@@ -252,3 +252,17 @@ async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
         .get(0);
     assert!(can_read, "the replaced table keeps the old table's grants");
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_the_whole_in_flight_budget_still_goes_through() {
+    // GIVEN the smallest budget (1 MiB) and 8192-row batches of polygons that
+    // encode to several MiB each, so every frame exceeds the whole budget
+    let url = fresh_db("tiny_budget").await;
+    let mut config = shipped_config();
+    config.load.max_in_flight_bytes = 1 << 20;
+    // WHEN the table loads, frames pass one at a time instead of deadlocking
+    let report = run(&config, "building_footprints", &url, Some(grid_dir())).await;
+    // THEN everything arrives
+    assert_success(&report);
+    assert_eq!(report.final_count, Some(GRID_ROWS));
+}
