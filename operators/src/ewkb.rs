@@ -83,16 +83,21 @@ pub fn read_header(b: &[u8]) -> Result<Header, String> {
     })
 }
 
-/// Appends a little-endian EWKB point.
-pub fn write_point(out: &mut Vec<u8>, x: f64, y: f64, srid: Option<i32>) {
+/// Appends a little-endian 2D header: byte order, type code, SRID if any.
+fn write_le_header(out: &mut Vec<u8>, code: u32, srid: Option<i32>) {
     out.push(1);
     match srid {
         Some(s) => {
-            out.extend_from_slice(&(1 | SRID_FLAG).to_le_bytes());
+            out.extend_from_slice(&(code | SRID_FLAG).to_le_bytes());
             out.extend_from_slice(&s.to_le_bytes());
         }
-        None => out.extend_from_slice(&1u32.to_le_bytes()),
+        None => out.extend_from_slice(&code.to_le_bytes()),
     }
+}
+
+/// Appends a little-endian EWKB point.
+pub fn write_point(out: &mut Vec<u8>, x: f64, y: f64, srid: Option<i32>) {
+    write_le_header(out, 1, srid);
     out.extend_from_slice(&x.to_le_bytes());
     out.extend_from_slice(&y.to_le_bytes());
 }
@@ -100,14 +105,7 @@ pub fn write_point(out: &mut Vec<u8>, x: f64, y: f64, srid: Option<i32>) {
 /// Appends a little-endian 2D EWKB linestring.
 pub fn write_linestring(out: &mut Vec<u8>, vertices: &[(f64, f64)], srid: Option<i32>) {
     out.reserve(13 + 16 * vertices.len());
-    out.push(1);
-    match srid {
-        Some(s) => {
-            out.extend_from_slice(&(2 | SRID_FLAG).to_le_bytes());
-            out.extend_from_slice(&s.to_le_bytes());
-        }
-        None => out.extend_from_slice(&2u32.to_le_bytes()),
-    }
+    write_le_header(out, 2, srid);
     out.extend_from_slice(&(vertices.len() as u32).to_le_bytes());
     for (x, y) in vertices {
         out.extend_from_slice(&x.to_le_bytes());

@@ -341,6 +341,19 @@ fn fixed<'a, const W: usize>(
     })
 }
 
+/// An Int64 column written to a narrower integer type, range-checked per value.
+fn narrow<'a, const W: usize>(
+    array: &'a dyn Array,
+    fit: impl Fn(i64) -> Option<[u8; W]> + 'a,
+    pg_name: &'static str,
+) -> Box<dyn ColumnWriter + 'a> {
+    let v = array.as_primitive::<Int64Type>();
+    fixed::<W>(array, move |i| {
+        fit(v.value(i))
+            .ok_or_else(|| RowError::new(i, v.value(i), format!("out of range for {pg_name}")))
+    })
+}
+
 /// Variable-width values read as bytes from any string or binary layout.
 trait ByteValues {
     fn value_bytes(&self, i: usize) -> &[u8];
@@ -553,22 +566,16 @@ fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 
             let v = a.as_primitive::<Int64Type>();
             fixed::<8>(a, move |i| Ok(v.value(i).to_be_bytes()))
         }
-        (PgType::Int2, DataType::Int64) => {
-            let v = a.as_primitive::<Int64Type>();
-            fixed::<2>(a, move |i| {
-                i16::try_from(v.value(i))
-                    .map(i16::to_be_bytes)
-                    .map_err(|_| RowError::new(i, v.value(i), "out of range for smallint"))
-            })
-        }
-        (PgType::Int4, DataType::Int64) => {
-            let v = a.as_primitive::<Int64Type>();
-            fixed::<4>(a, move |i| {
-                i32::try_from(v.value(i))
-                    .map(i32::to_be_bytes)
-                    .map_err(|_| RowError::new(i, v.value(i), "out of range for integer"))
-            })
-        }
+        (PgType::Int2, DataType::Int64) => narrow(
+            a,
+            |v| i16::try_from(v).ok().map(i16::to_be_bytes),
+            "smallint",
+        ),
+        (PgType::Int4, DataType::Int64) => narrow(
+            a,
+            |v| i32::try_from(v).ok().map(i32::to_be_bytes),
+            "integer",
+        ),
         (PgType::Float4, DataType::Float32) => {
             let v = a.as_primitive::<Float32Type>();
             fixed::<4>(a, move |i| Ok(v.value(i).to_be_bytes()))
