@@ -32,6 +32,9 @@ pub enum SchemaError {
         arrow: String,
         pg: String,
     },
+    /// A Snowflake result column floe cannot decode; names the column.
+    #[error("column `{column}`: {message}")]
+    Snowflake { column: String, message: String },
     /// An Arrow type with no Postgres counterpart.
     #[error(
         "column `{column}`: Arrow type {arrow} has no Postgres mapping; cast it in the transform"

@@ -9,6 +9,8 @@
 //!   (GeoArrow's `geoarrow.wkb` extension plus type and SRID);
 //! - [`snowflake`]: Snowflake's logical types and the Arrow types a decoded
 //!   Snowflake result carries;
+//! - [`snowflake_arrow`]: Snowflake's Arrow chunk encoding, decoded into
+//!   plain Arrow (client) and produced from it (emulator);
 //! - [`datasets`]: the grid tables floe ships with (generator, demo, config);
 //! - [`config`]: `floe.toml`, parsed and validated.
 
@@ -18,5 +20,6 @@ pub mod error;
 pub mod geometry;
 pub mod pg;
 pub mod snowflake;
+pub mod snowflake_arrow;
 
 pub use error::SchemaError;
