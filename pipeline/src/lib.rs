@@ -13,6 +13,7 @@ pub mod error;
 pub mod generate;
 pub mod postgres;
 pub mod run;
+pub mod snowflake;
 pub mod source;
 
 pub use error::PipelineError;

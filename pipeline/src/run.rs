@@ -189,19 +189,34 @@ async fn load_table(
         table: name.to_string(),
         message,
     };
+    let mut snowflake_session = None;
     let provider = match (&options.parquet_dir, t.source()) {
         (Some(dir), _) => {
             let sf = t.snowflake_table.as_deref().ok_or_else(|| {
                 source_err("--parquet needs the table's snowflake_table to name <DIR>/<SNOWFLAKE_TABLE>.parquet".into())
             })?;
             let path = dir.join(format!("{sf}.parquet"));
-            crate::source::parquet(&ctx, &path.to_string_lossy()).await.map_err(source_err)?
+            crate::source::parquet(&ctx, &path.to_string_lossy())
+                .await
+                .map_err(source_err)?
         }
-        (None, Some(SourceSpec::Parquet(path))) => crate::source::parquet(&ctx, &path).await.map_err(source_err)?,
-        (None, Some(SourceSpec::Snowflake { .. })) => {
-            return Err(source_err(
-                "reading Snowflake is not available in this build yet; pass --parquet DIR or set `parquet` for the table".into(),
-            ))
+        (None, Some(SourceSpec::Parquet(path))) => crate::source::parquet(&ctx, &path)
+            .await
+            .map_err(source_err)?,
+        (None, Some(SourceSpec::Snowflake { query, .. })) => {
+            let session = crate::snowflake::SnowflakeSession::login(&config.snowflake)
+                .await
+                .map_err(|e| source_err(e.to_string()))?;
+            let result = session
+                .query(&query)
+                .await
+                .map_err(|e| source_err(e.to_string()));
+            let provider = result.and_then(|r| {
+                tracing::info!(table = name, query_id = %r.query_id, rows = r.total, "Snowflake query done");
+                crate::source::snowflake(&session, r).map_err(source_err)
+            });
+            snowflake_session = Some(session);
+            provider?
         }
         (None, None) => return Err(source_err("no source configured".into())),
     };
@@ -264,6 +279,9 @@ async fn load_table(
         refresh::discard(&client, &plan, &staging).await;
     }
     refresh::release(&client, &plan).await;
+    if let Some(s) = snowflake_session {
+        s.logout().await;
+    }
     result
 }
 

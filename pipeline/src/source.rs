@@ -39,3 +39,70 @@ pub async fn parquet(ctx: &SessionContext, path: &str) -> Result<Arc<dyn TablePr
         ListingTable::try_new(config).map_err(|e| format!("cannot open parquet {path}: {e}"))?;
     Ok(Arc::new(table))
 }
+
+/// A query result already started on Snowflake, as a one-shot table: its
+/// schema comes from the result's `rowtype`, its batches from the chunk stream.
+pub fn snowflake(
+    session: &crate::snowflake::SnowflakeSession,
+    result: crate::snowflake::QueryResult,
+) -> Result<Arc<dyn TableProvider>, String> {
+    let schema = Arc::clone(&result.schema);
+    let partition = OneShot {
+        schema: Arc::clone(&schema),
+        stream: std::sync::Mutex::new(Some(session.stream(result))),
+    };
+    let table =
+        datafusion::catalog::streaming::StreamingTable::try_new(schema, vec![Arc::new(partition)])
+            .map_err(|e| e.to_string())?;
+    Ok(Arc::new(table))
+}
+
+/// A stream that can be executed once (a Snowflake result is read once).
+struct OneShot {
+    schema: arrow::datatypes::SchemaRef,
+    stream: std::sync::Mutex<
+        Option<
+            futures::stream::BoxStream<
+                'static,
+                Result<arrow::record_batch::RecordBatch, crate::snowflake::SnowflakeError>,
+            >,
+        >,
+    >,
+}
+
+impl std::fmt::Debug for OneShot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnowflakeResult")
+    }
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for OneShot {
+    fn schema(&self) -> &arrow::datatypes::SchemaRef {
+        &self.schema
+    }
+
+    fn execute(
+        &self,
+        _ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::physical_plan::SendableRecordBatchStream {
+        use futures::StreamExt;
+        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
+        let stream = match taken {
+            Some(s) => s
+                .map(|r| r.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e))))
+                .boxed(),
+            None => futures::stream::once(async {
+                Err(datafusion::error::DataFusionError::Execution(
+                    "a Snowflake result can be read only once".into(),
+                ))
+            })
+            .boxed(),
+        };
+        Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                stream,
+            ),
+        )
+    }
+}

@@ -44,6 +44,8 @@ pub struct Config {
     #[serde(default)]
     pub target: TargetConfig,
     #[serde(default)]
+    pub snowflake: SnowflakeConfig,
+    #[serde(default)]
     pub load: LoadConfig,
     /// Tables by floe name, in name order.
     pub tables: BTreeMap<String, TableConfig>,
@@ -124,6 +126,115 @@ impl TargetConfig {
             return Ok(Some(Secret::new(line)));
         }
         Ok(None)
+    }
+}
+
+/// The Snowflake connection, with the official connectors' parameter names.
+/// Each key can be overridden by `SNOWFLAKE_<KEY>` in the environment.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnowflakeConfig {
+    pub account: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// `snowflake` (password; the default). Key-pair and OAuth logins are not built yet.
+    pub authenticator: Option<String>,
+    pub private_key_file: Option<PathBuf>,
+    pub private_key_passphrase: Option<String>,
+    pub token: Option<String>,
+    pub role: Option<String>,
+    pub warehouse: Option<String>,
+    pub database: Option<String>,
+    pub schema: Option<String>,
+    /// Defaults to `<account>.snowflakecomputing.com`.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// `https` (default) or `http` (the emulator).
+    pub protocol: Option<String>,
+    /// Chunks downloaded at once.
+    #[serde(default = "default_prefetch")]
+    pub prefetch_threads: usize,
+    /// Upper bound on decoded result bytes downloaded but not yet consumed.
+    #[serde(default = "default_result_buffer")]
+    pub max_buffered_bytes: usize,
+}
+
+fn default_prefetch() -> usize {
+    4
+}
+
+fn default_result_buffer() -> usize {
+    256 << 20
+}
+
+impl fmt::Debug for SnowflakeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnowflakeConfig")
+            .field("account", &self.account)
+            .field("user", &self.user)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnowflakeConfig {
+    /// This config with every `SNOWFLAKE_<KEY>` environment variable applied.
+    pub fn with_env(&self) -> SnowflakeConfig {
+        self.with_overrides(|key| std::env::var(format!("SNOWFLAKE_{key}")).ok())
+    }
+
+    /// This config with overrides looked up by upper-case key (`ACCOUNT`, `USER`, …).
+    pub fn with_overrides(&self, get: impl Fn(&str) -> Option<String>) -> SnowflakeConfig {
+        let mut c = self.clone();
+        let set = |slot: &mut Option<String>, key: &str| {
+            if let Some(v) = get(key) {
+                *slot = Some(v);
+            }
+        };
+        set(&mut c.account, "ACCOUNT");
+        set(&mut c.user, "USER");
+        set(&mut c.password, "PASSWORD");
+        set(&mut c.authenticator, "AUTHENTICATOR");
+        set(&mut c.private_key_passphrase, "PRIVATE_KEY_PASSPHRASE");
+        set(&mut c.token, "TOKEN");
+        set(&mut c.role, "ROLE");
+        set(&mut c.warehouse, "WAREHOUSE");
+        set(&mut c.database, "DATABASE");
+        set(&mut c.schema, "SCHEMA");
+        set(&mut c.host, "HOST");
+        set(&mut c.protocol, "PROTOCOL");
+        if let Some(f) = get("PRIVATE_KEY_FILE") {
+            c.private_key_file = Some(PathBuf::from(f));
+        }
+        if let Some(p) = get("PORT").and_then(|p| p.parse().ok()) {
+            c.port = Some(p);
+        }
+        c
+    }
+
+    /// `<protocol>://<host>:<port>`.
+    pub fn base_url(&self) -> Result<String, String> {
+        let protocol = self
+            .protocol
+            .as_deref()
+            .unwrap_or("https")
+            .to_ascii_lowercase();
+        if protocol != "https" && protocol != "http" {
+            return Err(format!(
+                "snowflake.protocol `{protocol}` is neither https nor http"
+            ));
+        }
+        let host = match (&self.host, &self.account) {
+            (Some(h), _) => h.clone(),
+            (None, Some(a)) => format!("{a}.snowflakecomputing.com"),
+            (None, None) => return Err("set snowflake.account (or snowflake.host)".into()),
+        };
+        let port = self
+            .port
+            .unwrap_or(if protocol == "https" { 443 } else { 80 });
+        Ok(format!("{protocol}://{host}:{port}"))
     }
 }
 
@@ -469,6 +580,27 @@ target = "t_cache"
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn snowflake_environment_overrides_the_file() {
+        let c = parse(&format!(
+            "[snowflake]\naccount = \"acme\"\nuser = \"etl\"\npassword = \"hunter2\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.snowflake.base_url().unwrap(),
+            "https://acme.snowflakecomputing.com:443"
+        );
+        let env = c.snowflake.with_overrides(|k| match k {
+            "HOST" => Some("127.0.0.1".into()),
+            "PORT" => Some("8085".into()),
+            "PROTOCOL" => Some("http".into()),
+            _ => None,
+        });
+        assert_eq!(env.base_url().unwrap(), "http://127.0.0.1:8085");
+        assert_eq!(env.user.as_deref(), Some("etl"));
+        assert!(!format!("{env:?}").contains("hunter2"));
     }
 
     #[test]

@@ -83,6 +83,94 @@ impl SnowflakeType {
     }
 }
 
+impl std::str::FromStr for SnowflakeType {
+    type Err = String;
+
+    /// Parses what [`Display`](fmt::Display) prints: `NUMBER(6,2)`, `VARCHAR(64)`, `TIMESTAMP_TZ(9)`, …
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("unknown Snowflake type `{s}`");
+        let t = s.trim().to_ascii_uppercase();
+        let (base, args) = match t.split_once('(') {
+            Some((b, rest)) => (
+                b.trim().to_string(),
+                rest.strip_suffix(')').ok_or_else(bad)?.to_string(),
+            ),
+            None => (t.clone(), String::new()),
+        };
+        let nums: Vec<i64> = if args.is_empty() {
+            Vec::new()
+        } else {
+            args.split(',')
+                .map(|a| a.trim().parse().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?
+        };
+        let arg = |i: usize, default: i64| nums.get(i).copied().unwrap_or(default);
+        Ok(match base.as_str() {
+            "NUMBER" | "DECIMAL" | "NUMERIC" => {
+                SnowflakeType::Number(arg(0, 38) as u8, arg(1, 0) as i8)
+            }
+            "FLOAT" | "DOUBLE" | "REAL" => SnowflakeType::Float,
+            "VARCHAR" | "TEXT" | "STRING" => SnowflakeType::Varchar(arg(0, 16_777_216) as u32),
+            "BOOLEAN" => SnowflakeType::Boolean,
+            "DATE" => SnowflakeType::Date,
+            "TIMESTAMP_NTZ" => SnowflakeType::TimestampNtz(arg(0, 9) as u8),
+            "TIMESTAMP_LTZ" => SnowflakeType::TimestampLtz(arg(0, 9) as u8),
+            "TIMESTAMP_TZ" => SnowflakeType::TimestampTz(arg(0, 9) as u8),
+            "VARIANT" => SnowflakeType::Variant,
+            "OBJECT" => SnowflakeType::Object,
+            "ARRAY" => SnowflakeType::Array,
+            "BINARY" => SnowflakeType::Binary,
+            "GEOGRAPHY" => SnowflakeType::Geography,
+            "GEOMETRY" => SnowflakeType::Geometry,
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl SnowflakeType {
+    /// The type a column reports: its `floe.snowflake_type` tag when present,
+    /// else the Snowflake type its Arrow type would have come from.
+    pub fn of_field(field: &Field) -> Option<SnowflakeType> {
+        if let Some(t) = field
+            .metadata()
+            .get(SNOWFLAKE_TYPE_KEY)
+            .and_then(|t| t.parse().ok())
+        {
+            return Some(t);
+        }
+        Some(match field.data_type() {
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                SnowflakeType::Number(38, 0)
+            }
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => SnowflakeType::Number(38, 0),
+            DataType::Decimal128(p, s) if *s >= 0 => SnowflakeType::Number(*p, *s),
+            DataType::Float32 | DataType::Float64 => SnowflakeType::Float,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                SnowflakeType::Varchar(16_777_216)
+            }
+            DataType::Boolean => SnowflakeType::Boolean,
+            DataType::Date32 => SnowflakeType::Date,
+            DataType::Timestamp(unit, tz) => {
+                let scale = match unit {
+                    TimeUnit::Second => 0,
+                    TimeUnit::Millisecond => 3,
+                    TimeUnit::Microsecond => 6,
+                    TimeUnit::Nanosecond => 9,
+                };
+                match tz.as_deref() {
+                    None => SnowflakeType::TimestampNtz(scale),
+                    Some("UTC") | Some("+00:00") => SnowflakeType::TimestampTz(scale),
+                    Some(_) => SnowflakeType::TimestampLtz(scale),
+                }
+            }
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+                SnowflakeType::Binary
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// Snowflake's fractional-seconds scale → the coarsest Arrow unit that holds it.
 fn time_unit(scale: u8) -> TimeUnit {
     match scale {
@@ -118,6 +206,29 @@ impl fmt::Display for SnowflakeType {
 mod tests {
     use super::*;
     use crate::geometry::is_json_field;
+
+    #[test]
+    fn type_names_parse_back() {
+        for t in [
+            SnowflakeType::Number(6, 2),
+            SnowflakeType::Varchar(64),
+            SnowflakeType::TimestampTz(9),
+            SnowflakeType::Geography,
+        ] {
+            assert_eq!(t.to_string().parse::<SnowflakeType>(), Ok(t));
+        }
+        assert!("NUMBER(6".parse::<SnowflakeType>().is_err());
+        let f = SnowflakeType::TimestampLtz(9).arrow_field("T", true);
+        assert_eq!(
+            SnowflakeType::of_field(&f),
+            Some(SnowflakeType::TimestampLtz(9))
+        );
+        let plain = Field::new("x", DataType::Decimal128(8, 1), true);
+        assert_eq!(
+            SnowflakeType::of_field(&plain),
+            Some(SnowflakeType::Number(8, 1))
+        );
+    }
 
     #[test]
     fn decoded_types_follow_snowflake_precision_and_scale() {

@@ -4,6 +4,7 @@
 mod cli;
 mod grid;
 mod refresh;
+mod snowflake;
 mod support;
 mod types;
 mod udf_postgis;
