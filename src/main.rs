@@ -24,8 +24,10 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Refresh PostGIS cache tables: read, transform, COPY into staging, verify, swap.
     Run(cmd::run::Args),
-    /// Generate data, start a throwaway PostGIS, load every table and query it.
+    /// Generate data, serve it from the Snowflake emulator, load every table into a throwaway PostGIS, query it.
     Demo(cmd::demo::Args),
+    /// Serve parquet files over the Snowflake connector protocol (for development and tests).
+    EmulateSnowflake(cmd::emulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
             Command::Generate(args) => cmd::generate::run(args),
             Command::Run(args) => cmd::run::run(args).await,
             Command::Demo(args) => cmd::demo::run(args).await,
+            Command::EmulateSnowflake(args) => cmd::emulate::run(args).await,
         }
     });
     match result {

@@ -104,9 +104,9 @@ fn http_err(e: reqwest::Error) -> SnowflakeError {
 }
 
 impl SnowflakeSession {
-    /// Logs in with the config (after `SNOWFLAKE_*` overrides).
+    /// Logs in with the config as given (the CLI applies `SNOWFLAKE_*` overrides when it loads the file).
     pub async fn login(config: &SnowflakeConfig) -> Result<SnowflakeSession, SnowflakeError> {
-        let cfg = config.with_env();
+        let cfg = config;
         let base_url = cfg.base_url().map_err(SnowflakeError::Config)?;
         let authenticator = cfg
             .authenticator

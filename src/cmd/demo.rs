@@ -3,10 +3,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use emulator::{Emulator, EmulatorConfig};
 use pipeline::cluster::EphemeralCluster;
 use pipeline::generate::{generate, GenerateOptions};
 use pipeline::postgres::Target;
 use pipeline::run::{new_run_id, RunOptions};
+use schemas::config::SnowflakeConfig;
 
 use crate::output::{run_tables, OutputFormat};
 
@@ -18,7 +20,8 @@ pub struct Args {
     /// Rows per table instead of the datasets.md sizes (for a quicker look).
     #[arg(long)]
     rows: Option<u64>,
-    /// Config file (default: the shipped grid config).
+    /// Config file (default: the shipped grid config). Its tables are read
+    /// from the emulator, whatever its [snowflake] section says.
     #[arg(long)]
     config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -71,9 +74,34 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     );
     let cluster = tokio::task::spawn_blocking(EphemeralCluster::start).await??;
     let target = Target::resolve(&config.target.with_url(cluster.url()))?;
+    // Every table is read the way production reads it: through Snowflake's
+    // protocol, from the emulator serving the generated files.
+    let password = format!("demo-{}", std::process::id());
+    let emulator = Emulator::start(EmulatorConfig {
+        data_dir: data.path().to_path_buf(),
+        port: 0,
+        chunk_rows: 50_000,
+        users: vec![("floe".into(), password.clone())],
+    })
+    .await
+    .context("starting the Snowflake emulator")?;
+    eprintln!(
+        "Snowflake emulator on {}; loading every table through it ...",
+        emulator.url()
+    );
+    let mut config = config;
+    config.snowflake = SnowflakeConfig {
+        account: Some("emulator".into()),
+        user: Some("floe".into()),
+        password: Some(password),
+        host: Some("127.0.0.1".into()),
+        port: Some(emulator.port()),
+        protocol: Some("http".into()),
+        ..config.snowflake.clone()
+    };
     let options = RunOptions {
         run_id: new_run_id(),
-        parquet_dir: Some(data.path().to_path_buf()),
+        parquet_dir: None,
     };
     let tables = super::select_tables(&config, &[])?;
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
