@@ -154,17 +154,14 @@ impl SnowflakeSession {
                 query.push((k, v.clone()));
             }
         }
-        let env: Envelope = http
-            .post(format!("{base_url}/session/v1/login-request"))
-            .query(&query)
-            .header("Accept", "application/snowflake")
-            .json(&body)
-            .send()
-            .await
-            .map_err(http_err)?
-            .json()
-            .await
-            .map_err(http_err)?;
+        let env = post_json(
+            &http,
+            &format!("{base_url}/session/v1/login-request"),
+            &query,
+            None,
+            &body,
+        )
+        .await?;
         if !env.success {
             return Err(SnowflakeError::Login {
                 code: env.code.unwrap_or_default(),
@@ -201,19 +198,9 @@ impl SnowflakeSession {
             "isInternal": false,
             "parameters": { "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "ARROW", "GO_QUERY_RESULT_FORMAT": "ARROW" }
         });
-        let env: Envelope = self
-            .http
-            .post(format!("{}/queries/v1/query-request", self.base_url))
-            .query(&[("requestId", request_id())])
-            .header("Accept", "application/snowflake")
-            .header("Authorization", self.auth())
-            .json(&body)
-            .send()
-            .await
-            .map_err(http_err)?
-            .json()
-            .await
-            .map_err(http_err)?;
+        let url = format!("{}/queries/v1/query-request", self.base_url);
+        let params = [("requestId", request_id())];
+        let env = post_json(&self.http, &url, &params, Some(self.auth()), &body).await?;
         let data = env.data.unwrap_or(Value::Null);
         if !env.success {
             return Err(SnowflakeError::Query {
@@ -357,6 +344,31 @@ impl SnowflakeSession {
             .send()
             .await;
     }
+}
+
+/// POSTs a JSON body with Snowflake's headers and reads the response envelope.
+async fn post_json<Q: serde::Serialize + ?Sized>(
+    http: &reqwest::Client,
+    url: &str,
+    query: &Q,
+    authorization: Option<String>,
+    body: &Value,
+) -> Result<Envelope, SnowflakeError> {
+    let mut request = http
+        .post(url)
+        .query(query)
+        .header("Accept", "application/snowflake")
+        .json(body);
+    if let Some(auth) = authorization {
+        request = request.header("Authorization", auth);
+    }
+    request
+        .send()
+        .await
+        .map_err(http_err)?
+        .json()
+        .await
+        .map_err(http_err)
 }
 
 /// Aborts the download task when the result stream is dropped.
