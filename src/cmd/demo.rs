@@ -130,9 +130,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         let (_, dir) = cluster.keep();
         println!("PostGIS is still running: {url}");
         println!(
-            "(data in {}; stop it with: pg_ctl stop -D {}/data)",
-            dir.display(),
-            dir.display()
+            "stop it with: kill -INT $(head -1 {dir}/data/postmaster.pid) && rm -rf {dir}",
+            dir = dir.display()
         );
     } else {
         drop(cluster);

@@ -14,16 +14,16 @@ use schemas::datasets::{self, Dataset};
 /// The shipped configuration, used when no file is given and none is in the working directory.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../floe.toml");
 
-/// `--config FILE`, else `./floe.toml`, else the embedded grid config.
+/// `--config FILE`, else `./floe.toml`, else the embedded grid config;
+/// `SNOWFLAKE_*` environment variables override its [snowflake] section.
 pub fn load_config(path: Option<&Path>) -> Result<Config> {
-    match path {
-        Some(p) => Ok(Config::load(p)?),
-        None if Path::new("floe.toml").exists() => Ok(Config::load(Path::new("floe.toml"))?),
-        None => Ok(Config::parse(
-            EMBEDDED_CONFIG,
-            &PathBuf::from("<embedded floe.toml>"),
-        )?),
-    }
+    let mut config = match path {
+        Some(p) => Config::load(p)?,
+        None if Path::new("floe.toml").exists() => Config::load(Path::new("floe.toml"))?,
+        None => Config::parse(EMBEDDED_CONFIG, &PathBuf::from("<embedded floe.toml>"))?,
+    };
+    config.snowflake = config.snowflake.with_env();
+    Ok(config)
 }
 
 /// Resolves `--table` names (config name, Postgres table or Snowflake table) to config names.

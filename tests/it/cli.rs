@@ -164,3 +164,76 @@ fn generate_is_deterministic() {
     }
     assert_eq!(std::fs::read_dir(a.path()).unwrap().count(), 2);
 }
+
+/// Kills the child process when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn floe_run_reads_snowflake_configured_only_by_environment() {
+    use std::io::BufRead;
+    // GIVEN `floe emulate-snowflake` serving the grid tables in another process
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args([
+            "emulate-snowflake",
+            "--data",
+            grid_dir().to_str().unwrap(),
+            "--chunk-rows",
+            "2500",
+            "--user",
+            "etl",
+        ])
+        .env("SNOWFLAKE_PASSWORD", "env-only-secret")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the emulator");
+    let stdout = child.stdout.take().unwrap();
+    let emulator = KillOnDrop(child);
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .unwrap();
+    let port = first.trim().rsplit(':').next().unwrap().to_string();
+    assert!(first.contains("listening on http://127.0.0.1:"), "{first}");
+
+    // WHEN floe run gets its Snowflake connection only from SNOWFLAKE_* variables
+    let url = fresh_db("cli_snowflake_env").await;
+    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args([
+            "run",
+            "--table",
+            "TRANSFORMERS",
+            "--target",
+            &url,
+            "--output",
+            "json",
+        ])
+        .env_remove("FLOE_TARGET_URL")
+        .envs([
+            ("SNOWFLAKE_ACCOUNT", "emulator"),
+            ("SNOWFLAKE_USER", "etl"),
+            ("SNOWFLAKE_PASSWORD", "env-only-secret"),
+            ("SNOWFLAKE_HOST", "127.0.0.1"),
+            ("SNOWFLAKE_PORT", port.as_str()),
+            ("SNOWFLAKE_PROTOCOL", "http"),
+        ])
+        .output()
+        .unwrap();
+
+    // THEN the table loads from the emulator, and the password is printed nowhere
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(o.status.success(), "{all}");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report[0]["final_count"], GRID_ROWS);
+    assert!(
+        !all.contains("env-only-secret"),
+        "the password leaked: {all}"
+    );
+    drop(emulator);
+}
