@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,13 +38,16 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     })
     .await
     .context("starting the Snowflake emulator")?;
-    println!("Snowflake emulator listening on {}", emulator.url());
-    println!("tables: {}", emulator.tables().join(", "));
-    println!(
-        "connect with: SNOWFLAKE_PROTOCOL=http SNOWFLAKE_HOST=127.0.0.1 SNOWFLAKE_PORT={} SNOWFLAKE_ACCOUNT=emulator SNOWFLAKE_USER={}",
+    // The server must outlive whoever reads this banner: a closed stdout is not an error.
+    let banner = format!(
+        "Snowflake emulator listening on {}\ntables: {}\nconnect with: SNOWFLAKE_PROTOCOL=http SNOWFLAKE_HOST=127.0.0.1 SNOWFLAKE_PORT={} SNOWFLAKE_ACCOUNT=emulator SNOWFLAKE_USER={}\n",
+        emulator.url(),
+        emulator.tables().join(", "),
         emulator.port(),
         args.user
     );
+    let mut out = std::io::stdout();
+    let _ = out.write_all(banner.as_bytes()).and_then(|_| out.flush());
     tokio::select! {
         _ = emulator.wait() => {}
         _ = tokio::signal::ctrl_c() => {}
