@@ -1,6 +1,7 @@
 //! Constructors: points and lines from numbers, geometries from text and WKB.
 
-use arrow::array::{Array, ArrayRef, BinaryArray, Float64Array, Int32Array, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int32Array};
+use arrow::datatypes::DataType;
 use datafusion::common::Result;
 use geozero::geojson::GeoJson;
 use geozero::wkb::Ewkb;
@@ -9,6 +10,29 @@ use geozero::wkt::Wkt;
 use super::{downcast, Ctx, Invalid};
 use crate::error::{show_bytes, show_value};
 use crate::ewkb;
+
+/// A text argument, read where it lies: Utf8 or Utf8View.
+enum Texts<'a> {
+    Plain(&'a arrow::array::StringArray),
+    View(&'a arrow::array::StringViewArray),
+}
+
+impl<'a> Texts<'a> {
+    fn new(a: &'a ArrayRef) -> Self {
+        match a.data_type() {
+            DataType::Utf8View => Texts::View(a.as_string_view()),
+            _ => Texts::Plain(a.as_string::<i32>()),
+        }
+    }
+
+    /// The value at `i`, `None` when NULL.
+    fn get(&self, i: usize) -> Option<&'a str> {
+        match self {
+            Texts::Plain(a) => a.is_valid(i).then(|| a.value(i)),
+            Texts::View(a) => a.is_valid(i).then(|| a.value(i)),
+        }
+    }
+}
 
 fn srid_at(srids: Option<&Int32Array>, i: usize) -> Option<Option<i32>> {
     match srids {
@@ -105,12 +129,11 @@ pub(super) fn makeline(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<
 
 /// `st_geomfromgeojson(text)`: SRID 4326, GeoJSON's coordinate system.
 pub(super) fn from_geojson(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<ArrayRef> {
-    let text = downcast::<StringArray>(&args[0]);
+    let text = Texts::new(&args[0]);
     ctx.geometry(rows, |i, out| {
-        if text.is_null(i) {
+        let Some(s) = text.get(i) else {
             return Ok(false);
-        }
-        let s = text.value(i);
+        };
         ewkb::write_from(out, &GeoJson(s), Some(4326)).map_err(|reason| Invalid {
             value: show_value(s),
             reason,
@@ -137,16 +160,15 @@ fn split_ewkt(s: &str) -> Result<(Option<i32>, &str), String> {
 
 /// `st_geomfromtext(wkt[, srid])`: accepts WKT and EWKT; the argument wins over the prefix.
 pub(super) fn from_text(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<ArrayRef> {
-    let text = downcast::<StringArray>(&args[0]);
+    let text = Texts::new(&args[0]);
     let srids = args.get(1).map(downcast::<Int32Array>);
     ctx.geometry(rows, |i, out| {
-        if text.is_null(i) {
+        let Some(s) = text.get(i) else {
             return Ok(false);
-        }
+        };
         let Some(arg_srid) = srid_at(srids, i) else {
             return Ok(false);
         };
-        let s = text.value(i);
         let invalid = |reason| Invalid {
             value: show_value(s),
             reason,

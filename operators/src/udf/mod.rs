@@ -273,7 +273,10 @@ impl ScalarUDFImpl for GeoUdf {
             .iter()
             .zip(req.iter().chain(opt))
             .map(|(a, want)| {
-                if a.data_type() == &want.arrow() {
+                // Text is read in place from Utf8View (what DataFusion's parquet
+                // reader produces) as well as Utf8: no copy of the values.
+                let in_place = *want == Arg::Text && a.data_type() == &DataType::Utf8View;
+                if a.data_type() == &want.arrow() || in_place {
                     Ok(Arc::clone(a))
                 } else if can_cast_types(a.data_type(), &want.arrow()) {
                     cast(a, &want.arrow()).map_err(DataFusionError::from)

@@ -192,3 +192,19 @@ fn datafusion_error_geometry(e: &DataFusionError) -> Option<GeometryError> {
     }
     None
 }
+
+#[tokio::test]
+async fn utf8view_text_is_read_in_place_with_the_same_result() {
+    let (ctx, _) = ctx(OnInvalidGeometry::Error);
+    let b = query(
+        &ctx,
+        r#"SELECT st_geomfromgeojson(j) AS a, st_geomfromgeojson(arrow_cast(j, 'Utf8View')) AS b,
+                  st_geomfromtext(arrow_cast(w, 'Utf8View'), 4326) AS c
+           FROM (VALUES ('{"type":"Point","coordinates":[1,2]}', 'POINT(1 2)'), (NULL, NULL)) AS t(j, w)"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(geom_column(&b, 0).value(0), geom_column(&b, 1).value(0));
+    assert_eq!(geom_column(&b, 0).value(0), geom_column(&b, 2).value(0));
+    assert!(b.column(1).is_null(1) && b.column(2).is_null(1));
+}
