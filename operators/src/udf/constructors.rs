@@ -203,3 +203,72 @@ pub(super) fn from_wkb(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<
         Ok(true)
     })
 }
+
+/// `to_geography(value)`: a Snowflake GEOGRAPHY in whatever
+/// `GEOGRAPHY_OUTPUT_FORMAT` the session used (GeoJSON, WKT, EWKT as text;
+/// WKB, EWKB as binary) → EWKB with SRID 4326, so a transform does not
+/// change when the output format does. Like Snowflake's own `TO_GEOGRAPHY`.
+pub(super) fn to_geography(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<ArrayRef> {
+    let a = &args[0];
+    let binary = match a.data_type() {
+        DataType::Binary => Some(Binaries::Plain(a.as_binary::<i32>())),
+        DataType::LargeBinary => Some(Binaries::Large(a.as_binary::<i64>())),
+        DataType::BinaryView => Some(Binaries::View(a.as_binary_view())),
+        _ => None,
+    };
+    if let Some(bytes) = binary {
+        return ctx.geometry(rows, |i, out| {
+            let Some(b) = bytes.get(i) else {
+                return Ok(false);
+            };
+            ewkb::write_from(out, &Ewkb(b), Some(4326)).map_err(|reason| Invalid {
+                value: show_bytes(b),
+                reason,
+            })?;
+            Ok(true)
+        });
+    }
+    let text = match a.data_type() {
+        DataType::LargeUtf8 => None,
+        _ => Some(Texts::new(a)),
+    };
+    let large = a.as_string_opt::<i64>();
+    ctx.geometry(rows, |i, out| {
+        let s = match (&text, large) {
+            (Some(t), _) => t.get(i),
+            (None, Some(l)) => l.is_valid(i).then(|| l.value(i)),
+            (None, None) => None,
+        };
+        let Some(s) = s else {
+            return Ok(false);
+        };
+        let invalid = |reason| Invalid {
+            value: show_value(s),
+            reason,
+        };
+        if s.trim_start().starts_with('{') {
+            ewkb::write_from(out, &GeoJson(s), Some(4326)).map_err(invalid)?;
+        } else {
+            let (_, wkt) = split_ewkt(s).map_err(invalid)?;
+            ewkb::write_from(out, &Wkt(wkt.as_bytes()), Some(4326)).map_err(invalid)?;
+        }
+        Ok(true)
+    })
+}
+
+/// Binary values of any of Arrow's three layouts, read in place.
+enum Binaries<'a> {
+    Plain(&'a arrow::array::BinaryArray),
+    Large(&'a arrow::array::LargeBinaryArray),
+    View(&'a arrow::array::BinaryViewArray),
+}
+
+impl<'a> Binaries<'a> {
+    fn get(&self, i: usize) -> Option<&'a [u8]> {
+        match self {
+            Binaries::Plain(a) => a.is_valid(i).then(|| a.value(i)),
+            Binaries::Large(a) => a.is_valid(i).then(|| a.value(i)),
+            Binaries::View(a) => a.is_valid(i).then(|| a.value(i)),
+        }
+    }
+}

@@ -43,6 +43,8 @@ enum Arg {
     Srid,
     Text,
     Geometry,
+    /// Text or binary, read as it comes (`to_geography`).
+    TextOrBinary,
 }
 
 impl Arg {
@@ -52,6 +54,7 @@ impl Arg {
             Arg::Srid => DataType::Int32,
             Arg::Text => DataType::Utf8,
             Arg::Geometry => DataType::Binary,
+            Arg::TextOrBinary => DataType::Utf8,
         }
     }
 
@@ -66,6 +69,7 @@ impl Arg {
                 dt,
                 DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::Null
             ),
+            Arg::TextOrBinary => Arg::Text.accepts(dt) || Arg::Geometry.accepts(dt),
         }
     }
 }
@@ -78,6 +82,7 @@ enum Function {
     GeomFromGeoJson,
     GeomFromText,
     GeomFromWkb,
+    ToGeography,
     SetSrid,
     Multi,
     Centroid,
@@ -87,12 +92,13 @@ enum Function {
 }
 
 impl Function {
-    const ALL: [Function; 11] = [
+    const ALL: [Function; 12] = [
         Function::Point,
         Function::MakeLine,
         Function::GeomFromGeoJson,
         Function::GeomFromText,
         Function::GeomFromWkb,
+        Function::ToGeography,
         Function::SetSrid,
         Function::Multi,
         Function::Centroid,
@@ -108,6 +114,7 @@ impl Function {
             Function::GeomFromGeoJson => "st_geomfromgeojson",
             Function::GeomFromText => "st_geomfromtext",
             Function::GeomFromWkb => "st_geomfromwkb",
+            Function::ToGeography => "to_geography",
             Function::SetSrid => "st_setsrid",
             Function::Multi => "st_multi",
             Function::Centroid => "st_centroid",
@@ -126,6 +133,7 @@ impl Function {
             Function::GeomFromGeoJson => (&[Text], &[]),
             Function::GeomFromText => (&[Text], &[Srid]),
             Function::GeomFromWkb => (&[Geometry], &[Srid]),
+            Function::ToGeography => (&[TextOrBinary], &[]),
             Function::SetSrid => (&[Geometry, Srid], &[]),
             Function::Multi | Function::Centroid | Function::Area | Function::Length => {
                 (&[Geometry], &[])
@@ -141,6 +149,7 @@ impl Function {
             Arg::Srid => "srid",
             Arg::Text => "text",
             Arg::Geometry => "geometry",
+            Arg::TextOrBinary => "text or binary",
         };
         let mut parts: Vec<String> = req.iter().map(|a| show(a).to_string()).collect();
         parts.extend(opt.iter().map(|a| format!("[{}]", show(a))));
@@ -247,7 +256,9 @@ impl ScalarUDFImpl for GeoUdf {
                     input_srid.filter(|s| Some(*s) == other),
                 )
             }
-            Function::GeomFromGeoJson => info(GeometryKind::Geometry, Some(4326)),
+            Function::GeomFromGeoJson | Function::ToGeography => {
+                info(GeometryKind::Geometry, Some(4326))
+            }
             Function::GeomFromText | Function::GeomFromWkb => info(
                 GeometryKind::Geometry,
                 literal_srid(args.scalar_arguments.get(1)),
@@ -275,7 +286,8 @@ impl ScalarUDFImpl for GeoUdf {
             .map(|(a, want)| {
                 // Text is read in place from Utf8View (what DataFusion's parquet
                 // reader produces) as well as Utf8: no copy of the values.
-                let in_place = *want == Arg::Text && a.data_type() == &DataType::Utf8View;
+                let in_place = (*want == Arg::Text && a.data_type() == &DataType::Utf8View)
+                    || (*want == Arg::TextOrBinary && Arg::TextOrBinary.accepts(a.data_type()));
                 if a.data_type() == &want.arrow() || in_place {
                     Ok(Arc::clone(a))
                 } else if can_cast_types(a.data_type(), &want.arrow()) {
@@ -296,6 +308,7 @@ impl ScalarUDFImpl for GeoUdf {
             Function::GeomFromGeoJson => constructors::from_geojson(&arrays, rows, &mut ctx)?,
             Function::GeomFromText => constructors::from_text(&arrays, rows, &mut ctx)?,
             Function::GeomFromWkb => constructors::from_wkb(&arrays, rows, &mut ctx)?,
+            Function::ToGeography => constructors::to_geography(&arrays, rows, &mut ctx)?,
             Function::SetSrid => processing::set_srid(&arrays, rows, &mut ctx)?,
             Function::Multi => processing::multi(&arrays, rows, &mut ctx)?,
             Function::Centroid => processing::centroid(&arrays, rows, &mut ctx)?,

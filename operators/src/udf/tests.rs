@@ -208,3 +208,38 @@ async fn utf8view_text_is_read_in_place_with_the_same_result() {
     assert_eq!(geom_column(&b, 0).value(0), geom_column(&b, 2).value(0));
     assert!(b.column(1).is_null(1) && b.column(2).is_null(1));
 }
+
+#[tokio::test]
+async fn to_geography_reads_every_snowflake_output_format_to_one_ewkb() {
+    let (ctx, _) = ctx(OnInvalidGeometry::Error);
+    let want = query(
+        &ctx,
+        r#"SELECT st_geomfromgeojson('{"type":"Polygon","coordinates":[[[-96,32],[-95,32],[-95,33],[-96,32]]]}') AS g"#,
+    )
+    .await
+    .unwrap();
+    let want = geom_column(&want, 0).value(0).to_vec();
+    for (format, sql) in [
+        ("GeoJSON", r#"SELECT to_geography('{"type":"Polygon","coordinates":[[[-96,32],[-95,32],[-95,33],[-96,32]]]}') AS g"#),
+        ("WKT", "SELECT to_geography('POLYGON((-96 32,-95 32,-95 33,-96 32))') AS g"),
+        ("EWKT", "SELECT to_geography('SRID=4326;POLYGON((-96 32,-95 32,-95 33,-96 32))') AS g"),
+        ("WKB", "SELECT to_geography(st_geomfromwkb(st_geomfromtext('POLYGON((-96 32,-95 32,-95 33,-96 32))'))) AS g"),
+        ("EWKB", "SELECT to_geography(st_geomfromtext('POLYGON((-96 32,-95 32,-95 33,-96 32))', 4326)) AS g"),
+        ("Utf8View", "SELECT to_geography(arrow_cast('POLYGON((-96 32,-95 32,-95 33,-96 32))', 'Utf8View')) AS g"),
+    ] {
+        let b = query(&ctx, sql).await.unwrap();
+        assert_eq!(geom_column(&b, 0).value(0), want.as_slice(), "{format}");
+        let info = GeometryInfo::from_field(b.schema().field(0)).unwrap();
+        assert_eq!(info.srid, Some(4326), "{format}");
+    }
+    let b = query(&ctx, "SELECT to_geography(CAST(NULL AS VARCHAR)) AS g")
+        .await
+        .unwrap();
+    assert!(b.column(0).is_null(0));
+    let e = query(&ctx, "SELECT to_geography('POLYGON((-96 32') AS g")
+        .await
+        .unwrap_err();
+    let g = datafusion_error_geometry(&e).expect("a geometry error");
+    assert!(g.value.contains("POLYGON((-96 32"), "{g:?}");
+    assert!(query(&ctx, "SELECT to_geography(42) AS g").await.is_err());
+}
