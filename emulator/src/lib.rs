@@ -4,52 +4,59 @@
 //!
 //! It exists because Snowflake cannot be reached from where floe is built and
 //! demonstrated: it is floe's demo source, a local development target and the
-//! counterpart of the Snowflake client's tests. What it implements:
+//! counterpart of the Snowflake client's tests; the official Python
+//! connector is the judge of its fidelity. What it implements:
 //!
-//! - `POST /session/v1/login-request` with password authentication;
+//! - `POST /session/v1/login-request`: password, key-pair JWT
+//!   (`SNOWFLAKE_JWT`, RS256, checked against the user's public key) and
+//!   `OAUTH` logins; session tokens that expire (`390112`) and are renewed by
+//!   `POST /session/token-request` with the master token;
 //! - `POST /queries/v1/query-request`: SQL answered by DataFusion over the
 //!   tables (as written: unquoted names are not folded, so write them as
 //!   Snowflake reports them, upper case); the first chunk inline as base64
 //!   Arrow IPC, the rest as gzip'd IPC streams behind `chunks[].url`;
+//!   `ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT` (GeoJSON, WKT, EWKT, WKB, EWKB);
+//!   long-running queries answer `333333` and are polled at
+//!   `GET /queries/<id>/result`; `POST /queries/v1/abort-request` cancels;
 //! - `GET /chunks/...`: refuses requests without the result's `chunkHeaders`
 //!   (as S3 does without the SSE-C key);
-//! - `POST /session?delete=true` (logout).
+//! - `POST /session?delete=true` (logout);
+//! - fault injection and statistics for tests: see [`faults`].
 //!
-//! Errors use Snowflake's envelope and codes (`390100` bad login, `390112`
-//! expired/unknown session, `002003` object does not exist, `001003` SQL
-//! compilation error).
+//! Errors use Snowflake's envelope and codes (`390100` bad login, `390144`
+//! bad JWT, `390303` bad OAuth token, `390112` expired session, `002003`
+//! object does not exist, `001003` SQL compilation error).
 //!
 //! Results are kept in memory (gzip'd) until the session logs out: this is a
 //! development server, not a warehouse.
 
+mod auth;
+pub mod faults;
+mod query;
+
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
-use arrow::ipc::writer::StreamWriter;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::prelude::ParquetReadOptions;
-use futures::StreamExt;
-use schemas::snowflake::SnowflakeType;
-use schemas::snowflake_arrow::{encode_batch, RowType};
+use schemas::snowflake::GeographyFormat;
 use serde_json::{json, Value};
+
+pub use auth::{User, SESSION_VALIDITY};
+pub use faults::{Faults, Stats};
 
 /// The session time zone the emulator reports (the grid's service territory).
 pub const TIME_ZONE: &str = schemas::snowflake::DEFAULT_SESSION_TIME_ZONE;
-const SSE_KEY_HEADER: &str = "x-amz-server-side-encryption-customer-key";
-const SSE_ALGORITHM_HEADER: &str = "x-amz-server-side-encryption-customer-algorithm";
 
 /// How to run the emulator.
 #[derive(Debug, Clone)]
@@ -60,8 +67,30 @@ pub struct EmulatorConfig {
     pub port: u16,
     /// Rows per result chunk.
     pub chunk_rows: usize,
-    /// Accepted (user, password) pairs; user names compare case-insensitively, as Snowflake's do.
-    pub users: Vec<(String, String)>,
+    /// The users that may log in.
+    pub users: Vec<User>,
+    /// How long a session token lives before it must be renewed.
+    pub session_validity: Duration,
+    /// Faults armed from the start.
+    pub faults: Faults,
+}
+
+impl EmulatorConfig {
+    /// Serves `data_dir` to one password user, with defaults for the rest.
+    pub fn new(data_dir: impl Into<PathBuf>, user: &str, password: &str) -> EmulatorConfig {
+        EmulatorConfig {
+            data_dir: data_dir.into(),
+            port: 0,
+            chunk_rows: 10_000,
+            users: vec![User {
+                name: user.to_string(),
+                password: Some(password.to_string()),
+                ..User::default()
+            }],
+            session_validity: SESSION_VALIDITY,
+            faults: Faults::default(),
+        }
+    }
 }
 
 /// Errors starting the emulator.
@@ -75,6 +104,8 @@ pub enum EmulatorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("user {user}: {message}")]
+    User { user: String, message: String },
 }
 
 /// A running emulator; stops when dropped.
@@ -82,6 +113,7 @@ pub enum EmulatorError {
 pub struct Emulator {
     addr: SocketAddr,
     tables: Vec<String>,
+    state: Arc<AppState>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -98,6 +130,20 @@ impl Emulator {
             .with_target_partitions(1);
         let ctx = SessionContext::new_with_config(session);
         let tables = register_tables(&ctx, &config.data_dir).await?;
+        let keys = config
+            .users
+            .iter()
+            .filter_map(|u| {
+                u.rsa_public_key.as_ref().map(|pem| {
+                    auth::PublicKey::from_pem(pem)
+                        .map(|k| (u.name.clone(), k))
+                        .map_err(|message| EmulatorError::User {
+                            user: u.name.clone(),
+                            message,
+                        })
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
             .await
             .map_err(|source| EmulatorError::Bind {
@@ -114,23 +160,39 @@ impl Emulator {
             ctx,
             chunk_rows: config.chunk_rows.max(1),
             users: config.users,
+            keys,
+            session_validity: config.session_validity,
             base_url: format!("http://{addr}"),
             sessions: Mutex::new(HashMap::new()),
             results: Mutex::new(HashMap::new()),
+            faults: Mutex::new(config.faults),
+            stats: Mutex::new(Stats::default()),
             counter: AtomicU64::new(1),
         });
         let app = Router::new()
-            .route("/session/v1/login-request", post(login))
-            .route("/queries/v1/query-request", post(query))
-            .route("/chunks/{query_id}/{index}", get(chunk))
-            .route("/session", post(logout))
-            .with_state(state);
+            .route("/session/v1/login-request", post(auth::login))
+            .route("/session/token-request", post(auth::token_request))
+            .route("/session/heartbeat", post(heartbeat))
+            .route("/session", post(auth::logout))
+            .route("/queries/v1/query-request", post(query::query))
+            .route("/queries/v1/abort-request", post(query::abort))
+            .route("/queries/{query_id}/result", get(query::result))
+            .route("/chunks/{query_id}/{index}", get(query::chunk))
+            .route("/telemetry/send", post(heartbeat))
+            .route("/floe/faults", post(set_faults).get(get_faults))
+            .route("/floe/stats", get(get_stats))
+            .with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("emulator stopped: {e}");
             }
         });
-        Ok(Emulator { addr, tables, task })
+        Ok(Emulator {
+            addr,
+            tables,
+            state,
+            task,
+        })
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -145,6 +207,16 @@ impl Emulator {
     /// The tables served, as registered.
     pub fn tables(&self) -> &[String] {
         &self.tables
+    }
+
+    /// Arms faults (as `POST /floe/faults` does).
+    pub fn inject(&self, apply: impl FnOnce(&mut Faults)) {
+        self.state.with_faults(apply);
+    }
+
+    /// What the emulator has seen so far.
+    pub fn stats(&self) -> Stats {
+        self.state.stats_now()
     }
 
     /// Serves until the process is stopped.
@@ -196,27 +268,96 @@ async fn register_tables(ctx: &SessionContext, dir: &Path) -> Result<Vec<String>
     Ok(tables)
 }
 
-struct StoredChunk {
-    gzip: Bytes,
-    key: String,
+pub(crate) struct StoredChunk {
+    pub(crate) gzip: Bytes,
 }
 
-struct AppState {
+/// A query's result as the session can fetch it.
+pub(crate) struct StoredQuery {
+    pub(crate) chunks: Vec<StoredChunk>,
+    /// The SSE-C key the chunk downloads must present.
+    pub(crate) key: String,
+    /// The success `data`, as sent when the query is done.
+    pub(crate) answer: Value,
+    /// Before this the query is "still running" (`333333`).
+    pub(crate) ready_at: Instant,
+    /// The `requestId` it was submitted with, which `abort-request` names.
+    pub(crate) request_id: String,
+    pub(crate) aborted: bool,
+}
+
+pub(crate) struct Session {
+    pub(crate) master: String,
+    pub(crate) expires: Instant,
+    pub(crate) geography: GeographyFormat,
+    pub(crate) queries: Vec<String>,
+}
+
+pub(crate) struct AppState {
     ctx: SessionContext,
     chunk_rows: usize,
-    users: Vec<(String, String)>,
+    users: Vec<User>,
+    keys: Vec<(String, auth::PublicKey)>,
+    session_validity: Duration,
     base_url: String,
-    /// Session token → the query ids it produced.
-    sessions: Mutex<HashMap<String, Vec<String>>>,
-    /// Query id → its downloadable chunks.
-    results: Mutex<HashMap<String, Vec<StoredChunk>>>,
+    /// Session token → session.
+    sessions: Mutex<HashMap<String, Session>>,
+    /// Query id → its result.
+    results: Mutex<HashMap<String, StoredQuery>>,
+    faults: Mutex<Faults>,
+    stats: Mutex<Stats>,
     counter: AtomicU64,
 }
 
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `f` on the locked value; a poisoned lock (a panicked handler) is recovered,
+/// since every critical section leaves the maps consistent.
+fn locked<T, R>(m: &Mutex<T>, f: impl FnOnce(&mut T) -> R) -> R {
+    let mut guard = m.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut guard)
+}
+
 impl AppState {
+    pub(crate) fn with_sessions<R>(&self, f: impl FnOnce(&mut HashMap<String, Session>) -> R) -> R {
+        locked(&self.sessions, f)
+    }
+
+    pub(crate) fn with_results<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<String, StoredQuery>) -> R,
+    ) -> R {
+        locked(&self.results, f)
+    }
+
+    pub(crate) fn with_faults<R>(&self, f: impl FnOnce(&mut Faults) -> R) -> R {
+        locked(&self.faults, f)
+    }
+
+    pub(crate) fn with_stats<R>(&self, f: impl FnOnce(&mut Stats) -> R) -> R {
+        locked(&self.stats, f)
+    }
+
+    fn stats_now(&self) -> Stats {
+        let live = self.with_sessions(|s| s.len());
+        let mut stats = self.with_stats(|s| s.clone());
+        stats.live_sessions = live;
+        stats
+    }
+
+    pub(crate) fn next_number(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// A hard-to-guess id: counter and time through SplitMix64, as hex.
-    fn new_id(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn new_id(&self) -> String {
+        let n = self.next_number();
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -228,316 +369,46 @@ impl AppState {
         };
         format!("{:016x}{:016x}", mix(n ^ t), mix(t.rotate_left(17) ^ n))
     }
+
+    /// A query id shaped like Snowflake's (`01b8c3a2-0000-...`).
+    pub(crate) fn new_query_id(&self) -> String {
+        let h = self.new_id();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
 }
 
 /// Snowflake's response envelope for a failure.
-fn failure(code: &str, message: &str, data: Value) -> Json<Value> {
+pub(crate) fn failure(code: &str, message: &str, data: Value) -> Json<Value> {
     Json(json!({ "data": data, "code": code, "message": message, "success": false }))
 }
 
-fn success(data: Value) -> Json<Value> {
+pub(crate) fn success(data: Value) -> Json<Value> {
     Json(json!({ "data": data, "code": null, "message": null, "success": true }))
 }
 
-fn parameters() -> Value {
-    json!([
-        { "name": "TIMEZONE", "value": TIME_ZONE },
-        { "name": "CLIENT_PREFETCH_THREADS", "value": 4 },
-        { "name": "GEOGRAPHY_OUTPUT_FORMAT", "value": "GeoJSON" },
-        { "name": "CLIENT_RESULT_CHUNK_SIZE", "value": 160 }
-    ])
-}
-
-async fn login(State(state): State<Arc<AppState>>, Json(body): Json<Value>) -> Json<Value> {
-    let data = &body["data"];
-    let user = data["LOGIN_NAME"].as_str().unwrap_or("");
-    let authenticator = data["AUTHENTICATOR"]
-        .as_str()
-        .unwrap_or("SNOWFLAKE")
-        .to_ascii_uppercase();
-    if authenticator != "SNOWFLAKE" {
-        return failure(
-            "390100",
-            &format!("Authenticator {authenticator} is not supported by this emulator; use password authentication."),
-            json!({ "nextAction": "RETRY_LOGIN" }),
-        );
-    }
-    let password = data["PASSWORD"].as_str().unwrap_or("");
-    let ok = state
-        .users
-        .iter()
-        .any(|(u, p)| u.eq_ignore_ascii_case(user) && p == password);
-    if !ok {
-        return failure(
-            "390100",
-            "Incorrect username or password was specified.",
-            json!({ "nextAction": "RETRY_LOGIN", "authnMethod": "PASSWORD" }),
-        );
-    }
-    let token = state.new_id();
-    if let Ok(mut sessions) = state.sessions.lock() {
-        sessions.insert(token.clone(), Vec::new());
-    }
-    success(json!({
-        "token": token,
-        "validityInSeconds": 3600,
-        "masterToken": state.new_id(),
-        "masterValidityInSeconds": 14400,
-        "sessionId": state.counter.fetch_add(1, Ordering::Relaxed),
-        "parameters": parameters(),
-        "sessionInfo": { "databaseName": "GRID", "schemaName": "PUBLIC", "warehouseName": "EMULATOR_WH", "roleName": "FLOE" },
-        "serverVersion": "floe-emulator",
-        "displayUserName": user.to_uppercase(),
-        "firstLogin": false,
-        "healthCheckInterval": 45
-    }))
-}
-
-/// The session token from `Authorization: Snowflake Token="..."`, if it is live.
-fn session_token(state: &AppState, headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("authorization")?.to_str().ok()?;
-    let token = value
-        .strip_prefix("Snowflake Token=\"")?
-        .strip_suffix('"')?;
-    let sessions = state.sessions.lock().ok()?;
-    sessions.contains_key(token).then(|| token.to_string())
-}
-
-fn session_gone() -> Json<Value> {
-    failure(
-        "390112",
-        "Your session has expired. Please login again.",
-        json!({ "errorCode": "390112" }),
-    )
-}
-
-async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Json<Value> {
-    let Some(token) = session_token(&state, &headers) else {
-        return session_gone();
-    };
-    let queries = state
-        .sessions
-        .lock()
-        .ok()
-        .and_then(|mut s| s.remove(&token))
-        .unwrap_or_default();
-    if let Ok(mut results) = state.results.lock() {
-        for q in queries {
-            results.remove(&q);
-        }
-    }
+/// Heartbeats and telemetry are accepted and ignored.
+async fn heartbeat() -> Json<Value> {
     success(Value::Null)
 }
 
-/// A SQL error in Snowflake's shape: code, SQL state, message, query id.
-fn sql_error(query_id: &str, message: &str) -> Json<Value> {
-    let (code, state) = if message.contains("not found") || message.contains("does not exist") {
-        ("002003", "42S02")
-    } else {
-        ("001003", "42000")
-    };
-    failure(
-        code,
-        &format!("SQL compilation error:\n{message}"),
-        json!({ "errorCode": code, "sqlState": state, "queryId": query_id, "internalError": false, "type": "COMPILATION" }),
-    )
-}
-
-async fn query(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Json<Value> {
-    let Some(token) = session_token(&state, &headers) else {
-        return session_gone();
-    };
-    let query_id = state.new_id();
-    let sql = body["sqlText"]
-        .as_str()
-        .unwrap_or("")
-        .trim()
-        .trim_end_matches(';');
-    if !sql.to_ascii_uppercase().starts_with("SELECT")
-        && !sql.to_ascii_uppercase().starts_with("WITH")
-    {
-        return sql_error(&query_id, "this emulator answers SELECT statements only");
-    }
-    let df = match state.ctx.sql(sql).await {
-        Ok(df) => df,
-        Err(e) => return sql_error(&query_id, &e.to_string()),
-    };
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let rowtype: Result<Vec<RowType>, String> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            SnowflakeType::of_field(f)
-                .map(|t| RowType::for_column(f.name(), t, f.is_nullable()))
-                .ok_or_else(|| format!("column {} has no Snowflake type", f.name()))
-        })
-        .collect();
-    let rowtype = match rowtype {
-        Ok(r) => r,
-        Err(e) => return sql_error(&query_id, &e),
-    };
-    match build_chunks(&state, df, &schema, &rowtype).await {
-        Ok((first, chunks, total)) => {
-            let key = base64::engine::general_purpose::STANDARD.encode(query_id.as_bytes());
-            let chunk_meta: Vec<Value> = chunks
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    json!({
-                        "url": format!("{}/chunks/{query_id}/{i}?X-Amz-Signature={}", state.base_url, &key[..8]),
-                        "rowCount": c.rows,
-                        "uncompressedSize": c.uncompressed,
-                        "compressedSize": c.gzip.len(),
-                    })
-                })
-                .collect();
-            let stored = chunks
-                .into_iter()
-                .map(|c| StoredChunk {
-                    gzip: c.gzip,
-                    key: key.clone(),
-                })
-                .collect();
-            if let (Ok(mut results), Ok(mut sessions)) =
-                (state.results.lock(), state.sessions.lock())
-            {
-                results.insert(query_id.clone(), stored);
-                sessions.entry(token).or_default().push(query_id.clone());
-            }
-            success(json!({
-                "parameters": parameters(),
-                "rowtype": rowtype,
-                "rowsetBase64": base64::engine::general_purpose::STANDARD.encode(&first),
-                "total": total,
-                "returned": total,
-                "queryId": query_id,
-                "queryResultFormat": "arrow",
-                "chunks": chunk_meta,
-                "chunkHeaders": {
-                    SSE_ALGORITHM_HEADER: "AES256",
-                    SSE_KEY_HEADER: key,
-                },
-                "qrmk": key,
-                "statementTypeId": 4096,
-                "sqlState": "00000",
-                "finalDatabaseName": "GRID",
-                "finalSchemaName": "PUBLIC",
-                "finalWarehouseName": "EMULATOR_WH",
-                "finalRoleName": "FLOE",
-                "numberOfBinds": 0,
-                "version": 1
-            }))
-        }
-        Err(e) => sql_error(&query_id, &e),
+async fn set_faults(State(state): State<Arc<AppState>>, Json(body): Json<Value>) -> Response {
+    match state.with_faults(|f| f.set_json(&body)) {
+        Ok(()) => Json(state.with_faults(|f| json!(f))).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
     }
 }
 
-struct BuiltChunk {
-    gzip: Bytes,
-    rows: usize,
-    uncompressed: usize,
+async fn get_faults(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(state.with_faults(|f| json!(f)))
 }
 
-/// Runs the query and cuts its result into `chunk_rows`-row chunks: the
-/// first as a plain IPC stream (sent inline), the rest gzip'd.
-async fn build_chunks(
-    state: &AppState,
-    df: datafusion::dataframe::DataFrame,
-    schema: &SchemaRef,
-    rowtype: &[RowType],
-) -> Result<(Vec<u8>, Vec<BuiltChunk>, usize), String> {
-    let mut stream = df.execute_stream().await.map_err(|e| e.to_string())?;
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut pending_rows = 0;
-    let mut first: Option<Vec<u8>> = None;
-    let mut chunks = Vec::new();
-    let mut total = 0;
-    let mut emit =
-        |batches: &mut Vec<RecordBatch>, first: &mut Option<Vec<u8>>| -> Result<(), String> {
-            let merged = arrow::compute::concat_batches(schema, batches.iter())
-                .map_err(|e| e.to_string())?;
-            batches.clear();
-            let ipc = ipc_stream(&encode_batch(&merged, rowtype).map_err(|e| e.to_string())?)?;
-            if first.is_none() {
-                *first = Some(ipc);
-            } else {
-                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                gz.write_all(&ipc).map_err(|e| e.to_string())?;
-                let gzip = gz.finish().map_err(|e| e.to_string())?;
-                chunks.push(BuiltChunk {
-                    gzip: Bytes::from(gzip),
-                    rows: merged.num_rows(),
-                    uncompressed: ipc.len(),
-                });
-            }
-            Ok(())
-        };
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|e| e.to_string())?;
-        total += batch.num_rows();
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let take = (state.chunk_rows - pending_rows).min(batch.num_rows() - offset);
-            pending.push(batch.slice(offset, take));
-            pending_rows += take;
-            offset += take;
-            if pending_rows == state.chunk_rows {
-                emit(&mut pending, &mut first)?;
-                pending_rows = 0;
-            }
-        }
-    }
-    if pending_rows > 0 || first.is_none() {
-        emit(&mut pending, &mut first)?;
-    }
-    Ok((first.unwrap_or_default(), chunks, total))
-}
-
-fn ipc_stream(batch: &RecordBatch) -> Result<Vec<u8>, String> {
-    let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(|e| e.to_string())?;
-    w.write(batch).map_err(|e| e.to_string())?;
-    w.into_inner().map_err(|e| e.to_string())
-}
-
-async fn chunk(
-    State(state): State<Arc<AppState>>,
-    UrlPath((query_id, index)): UrlPath<(String, usize)>,
-    headers: HeaderMap,
-) -> Response {
-    let found = state.results.lock().ok().and_then(|r| {
-        r.get(&query_id)
-            .and_then(|chunks| chunks.get(index))
-            .map(|c| (c.gzip.clone(), c.key.clone()))
-    });
-    let Some((gzip, key)) = found else {
-        return (StatusCode::NOT_FOUND, "NoSuchKey").into_response();
-    };
-    let given = headers.get(SSE_KEY_HEADER).and_then(|v| v.to_str().ok());
-    let algorithm = headers
-        .get(SSE_ALGORITHM_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if given != Some(key.as_str()) || algorithm != Some("AES256") {
-        return (
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest: the object was stored using a form of Server Side Encryption; the correct parameters must be provided",
-        )
-            .into_response();
-    }
-    if headers.contains_key("authorization") {
-        return (
-            StatusCode::BAD_REQUEST,
-            "InvalidArgument: only one auth mechanism allowed",
-        )
-            .into_response();
-    }
-    (
-        StatusCode::OK,
-        [("content-type", "binary/octet-stream")],
-        gzip,
-    )
-        .into_response()
+async fn get_stats(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!(state.stats_now()))
 }

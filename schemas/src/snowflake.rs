@@ -202,6 +202,61 @@ impl fmt::Display for SnowflakeType {
     }
 }
 
+/// How Snowflake sends GEOGRAPHY/GEOMETRY values: the session parameter
+/// `GEOGRAPHY_OUTPUT_FORMAT` (`GEOMETRY_OUTPUT_FORMAT`). GeoJSON is
+/// Snowflake's default; WKB is the cheapest for floe to turn into EWKB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GeographyFormat {
+    #[default]
+    GeoJson,
+    Wkt,
+    Ewkt,
+    Wkb,
+    Ewkb,
+}
+
+impl GeographyFormat {
+    /// The `type` a result's `rowtype` gives such a column (with `extTypeName` GEOGRAPHY).
+    pub fn rowtype_type(self) -> &'static str {
+        match self {
+            GeographyFormat::GeoJson => "object",
+            GeographyFormat::Wkt | GeographyFormat::Ewkt => "text",
+            GeographyFormat::Wkb | GeographyFormat::Ewkb => "binary",
+        }
+    }
+}
+
+impl std::str::FromStr for GeographyFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim().to_ascii_uppercase().as_str() {
+            "GEOJSON" => GeographyFormat::GeoJson,
+            "WKT" => GeographyFormat::Wkt,
+            "EWKT" => GeographyFormat::Ewkt,
+            "WKB" => GeographyFormat::Wkb,
+            "EWKB" => GeographyFormat::Ewkb,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a geography output format (GeoJSON, WKT, EWKT, WKB, EWKB)"
+                ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for GeographyFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GeographyFormat::GeoJson => "GeoJSON",
+            GeographyFormat::Wkt => "WKT",
+            GeographyFormat::Ewkt => "EWKT",
+            GeographyFormat::Wkb => "WKB",
+            GeographyFormat::Ewkb => "EWKB",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

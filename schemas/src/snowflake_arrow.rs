@@ -102,6 +102,20 @@ impl RowType {
         }
     }
 
+    /// As [`RowType::for_column`], with geospatial columns in `format`.
+    pub fn for_column_as(
+        name: &str,
+        ty: SnowflakeType,
+        nullable: bool,
+        format: crate::snowflake::GeographyFormat,
+    ) -> RowType {
+        let mut r = RowType::for_column(name, ty, nullable);
+        if r.ext_type_name.is_some() {
+            r.type_name = format.rowtype_type().to_string();
+        }
+        r
+    }
+
     fn scale(&self) -> u8 {
         self.scale.unwrap_or(9).clamp(0, 9) as u8
     }

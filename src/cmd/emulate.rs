@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use emulator::{Emulator, EmulatorConfig};
+use emulator::{Emulator, EmulatorConfig, Faults, User};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,14 +27,46 @@ pub struct Args {
         default_value = "floe"
     )]
     password: String,
+    /// Its RSA public key (PEM, as `ALTER USER ... SET RSA_PUBLIC_KEY` takes), for key-pair (JWT) login.
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+    /// An OAuth access token that logs in as the user.
+    #[arg(long, env = "FLOE_EMULATOR_OAUTH_TOKEN", hide_env_values = true)]
+    oauth_token: Option<String>,
+    /// Seconds a session token lives before the client must renew it.
+    #[arg(long, default_value_t = emulator::SESSION_VALIDITY.as_secs())]
+    session_validity: u64,
+    /// Arm a fault: chunk-503[=N], slow-chunk-ms=MS, slow-chunks=N, truncated-chunk[=N],
+    /// expire-session, long-query-secs=S, login-failure[=N], query-error=CODE. Repeatable;
+    /// also settable at runtime with `POST /floe/faults`.
+    #[arg(long = "fault", value_name = "NAME[=VALUE]")]
+    faults: Vec<String>,
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
+    let mut faults = Faults::default();
+    for f in &args.faults {
+        faults.set_arg(f).map_err(anyhow::Error::msg)?;
+    }
+    let rsa_public_key = match &args.public_key {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the public key {}", path.display()))?,
+        ),
+        None => None,
+    };
     let emulator = Emulator::start(EmulatorConfig {
         data_dir: args.data,
         port: args.port,
         chunk_rows: args.chunk_rows,
-        users: vec![(args.user.clone(), args.password)],
+        users: vec![User {
+            name: args.user.clone(),
+            password: Some(args.password),
+            rsa_public_key,
+            oauth_token: args.oauth_token,
+        }],
+        session_validity: std::time::Duration::from_secs(args.session_validity.max(1)),
+        faults,
     })
     .await
     .context("starting the Snowflake emulator")?;

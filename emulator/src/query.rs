@@ -1,0 +1,658 @@
+//! Queries: SQL through DataFusion, results cut into Snowflake-encoded
+//! chunks, long-running answers to poll, aborts, and chunk downloads.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, BinaryBuilder, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::writer::StreamWriter;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use futures::StreamExt;
+use geozero::{CoordDimensions, ToWkb, ToWkt};
+use schemas::snowflake::{GeographyFormat, SnowflakeType};
+use schemas::snowflake_arrow::{encode_batch, RowType};
+use serde_json::{json, Value};
+
+use crate::auth::{bearer, parameters, session_expired};
+use crate::faults::Faults;
+use crate::{failure, success, AppState, StoredChunk, StoredQuery};
+
+const SSE_KEY_HEADER: &str = "x-amz-server-side-encryption-customer-key";
+const SSE_ALGORITHM_HEADER: &str = "x-amz-server-side-encryption-customer-algorithm";
+
+/// The live session behind the request's token, or Snowflake's "expired" answer.
+fn live_session(state: &AppState, headers: &HeaderMap) -> Result<String, Json<Value>> {
+    let token = bearer(headers).ok_or_else(session_expired)?;
+    let expire_all = state.with_faults(|f| std::mem::take(&mut f.expire_session));
+    let now = Instant::now();
+    state
+        .with_sessions(|sessions| {
+            if expire_all {
+                for s in sessions.values_mut() {
+                    s.expires = now;
+                }
+            }
+            sessions
+                .get(token)
+                .filter(|s| s.expires > now)
+                .map(|_| token.to_string())
+        })
+        .ok_or_else(session_expired)
+}
+
+/// A SQL error in Snowflake's shape: code, SQL state, message, query id.
+fn sql_error(query_id: &str, code: &str, sql_state: &str, message: &str) -> Json<Value> {
+    failure(
+        code,
+        message,
+        json!({ "errorCode": code, "sqlState": sql_state, "queryId": query_id, "internalError": false, "type": "COMPILATION" }),
+    )
+}
+
+fn compilation_error(query_id: &str, message: &str) -> Json<Value> {
+    let (code, sql_state) = if message.contains("not found") || message.contains("does not exist") {
+        ("002003", "42S02")
+    } else {
+        ("001003", "42000")
+    };
+    sql_error(
+        query_id,
+        code,
+        sql_state,
+        &format!("SQL compilation error:\n{message}"),
+    )
+}
+
+/// The error an injected `query-error` fault answers with.
+fn injected_error(query_id: &str, code: &str) -> Json<Value> {
+    let (sql_state, message) = match code {
+        "000606" => ("57P03", "No active warehouse selected in the current session.  Select an active warehouse with the 'use warehouse' command."),
+        "003001" => ("42501", "SQL access control error:\nInsufficient privileges to operate on table 'GRID_TOPOLOGY'."),
+        "002003" => ("42S02", "SQL compilation error:\nObject 'GRID_TOPOLOGY' does not exist or not authorized."),
+        "000630" => ("57014", "Statement reached its statement or warehouse timeout of 60 second(s) and was canceled."),
+        _ => ("XX000", "Injected error."),
+    };
+    sql_error(query_id, code, sql_state, message)
+}
+
+/// `ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT = 'WKB'` → the format.
+fn geography_setting(sql: &str) -> Option<Result<GeographyFormat, String>> {
+    let words: Vec<&str> = sql
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .filter(|w| !w.is_empty())
+        .collect();
+    match words.as_slice() {
+        [alter, session, set, name, value]
+            if alter.eq_ignore_ascii_case("alter")
+                && session.eq_ignore_ascii_case("session")
+                && set.eq_ignore_ascii_case("set") =>
+        {
+            if name.eq_ignore_ascii_case("GEOGRAPHY_OUTPUT_FORMAT")
+                || name.eq_ignore_ascii_case("GEOMETRY_OUTPUT_FORMAT")
+            {
+                Some(value.trim_matches(|c| c == '\'' || c == '"').parse())
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A DDL-style success: one text column, as JSON (Snowflake sends these as JSON, not Arrow).
+fn statement_done(query_id: &str, geography: GeographyFormat) -> Json<Value> {
+    success(json!({
+        "parameters": parameters(geography),
+        "rowtype": [{ "name": "status", "type": "text", "length": 16777216, "byteLength": 16777216, "precision": null, "scale": null, "nullable": true }],
+        "rowset": [["Statement executed successfully."]],
+        "total": 1,
+        "returned": 1,
+        "queryId": query_id,
+        "queryResultFormat": "json",
+        "statementTypeId": 0x4000,
+        "sqlState": "00000",
+        "finalDatabaseName": "GRID",
+        "finalSchemaName": "PUBLIC",
+        "finalWarehouseName": "EMULATOR_WH",
+        "finalRoleName": "FLOE",
+        "numberOfBinds": 0,
+        "version": 1
+    }))
+}
+
+pub(crate) async fn query(
+    State(state): State<Arc<AppState>>,
+    UrlQuery(params): UrlQuery,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    let token = match live_session(&state, &headers) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    state.with_stats(|s| s.queries += 1);
+    let query_id = state.new_query_id();
+    let request_id = params.request_id.unwrap_or_default();
+    let sql = body["sqlText"]
+        .as_str()
+        .unwrap_or("")
+        .trim()
+        .trim_end_matches(';')
+        .trim()
+        .to_string();
+    if let Some(code) = state.with_faults(|f| f.query_error.take()) {
+        return injected_error(&query_id, &code);
+    }
+    let geography = state
+        .with_sessions(|s| s.get(&token).map(|s| s.geography))
+        .unwrap_or_default();
+    if let Some(setting) = geography_setting(&sql) {
+        return match setting {
+            Ok(format) => {
+                state.with_sessions(|s| {
+                    if let Some(s) = s.get_mut(&token) {
+                        s.geography = format;
+                    }
+                });
+                statement_done(&query_id, format)
+            }
+            Err(e) => sql_error(&query_id, "001008", "22023", &e),
+        };
+    }
+    let upper = sql.to_ascii_uppercase();
+    // Transaction statements the connectors send (e.g. on closing a
+    // connection used as a context manager); the emulator is read-only.
+    if matches!(
+        upper.as_str(),
+        "COMMIT" | "ROLLBACK" | "BEGIN" | "BEGIN TRANSACTION"
+    ) {
+        return statement_done(&query_id, geography);
+    }
+    if !upper.starts_with("SELECT") && !upper.starts_with("WITH") {
+        return compilation_error(
+            &query_id,
+            "this emulator answers SELECT statements and ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT only",
+        );
+    }
+    let df = match state.ctx.sql(&sql).await {
+        Ok(df) => df,
+        Err(e) => return compilation_error(&query_id, &e.to_string()),
+    };
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let rowtype: Result<Vec<RowType>, String> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            SnowflakeType::of_field(f)
+                .map(|t| RowType::for_column_as(f.name(), t, f.is_nullable(), geography))
+                .ok_or_else(|| format!("column {} has no Snowflake type", f.name()))
+        })
+        .collect();
+    let rowtype = match rowtype {
+        Ok(r) => r,
+        Err(e) => return compilation_error(&query_id, &e),
+    };
+    let built = match build_chunks(state.chunk_rows, df, &schema, &rowtype, geography).await {
+        Ok(b) => b,
+        Err(e) => return compilation_error(&query_id, &e),
+    };
+    let key = base64::engine::general_purpose::STANDARD.encode(query_id.as_bytes());
+    let chunk_meta: Vec<Value> = built
+        .chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "url": format!("{}/chunks/{query_id}/{i}?X-Amz-Signature={}", state.base_url, &key[..8]),
+                "rowCount": c.rows,
+                "uncompressedSize": c.uncompressed,
+                "compressedSize": c.gzip.len(),
+            })
+        })
+        .collect();
+    let answer = json!({
+        "parameters": parameters(geography),
+        "rowtype": rowtype,
+        "rowsetBase64": base64::engine::general_purpose::STANDARD.encode(&built.first),
+        "total": built.total,
+        "returned": built.total,
+        "queryId": query_id,
+        "queryResultFormat": "arrow",
+        "chunks": chunk_meta,
+        "chunkHeaders": {
+            SSE_ALGORITHM_HEADER: "AES256",
+            SSE_KEY_HEADER: key,
+        },
+        "qrmk": key,
+        "statementTypeId": 4096,
+        "sqlState": "00000",
+        "finalDatabaseName": "GRID",
+        "finalSchemaName": "PUBLIC",
+        "finalWarehouseName": "EMULATOR_WH",
+        "finalRoleName": "FLOE",
+        "numberOfBinds": 0,
+        "version": 1
+    });
+    let running_for = state.with_faults(|f| std::mem::take(&mut f.long_query_secs));
+    let stored = StoredQuery {
+        chunks: built
+            .chunks
+            .into_iter()
+            .map(|c| StoredChunk { gzip: c.gzip })
+            .collect(),
+        key,
+        answer,
+        ready_at: Instant::now() + Duration::from_secs(running_for),
+        request_id,
+        aborted: false,
+    };
+    let immediate = running_for == 0;
+    let answer = immediate.then(|| stored.answer.clone());
+    state.with_results(|r| r.insert(query_id.clone(), stored));
+    state.with_sessions(|s| {
+        if let Some(s) = s.get_mut(&token) {
+            s.queries.push(query_id.clone());
+        }
+    });
+    match answer {
+        Some(answer) => success(answer),
+        None => still_running(&query_id),
+    }
+}
+
+/// The query string of a request (`requestId`, as the connectors send it).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct RequestParams {
+    #[serde(rename = "requestId")]
+    request_id: Option<String>,
+}
+
+/// Lenient query-string extractor: unknown or missing parameters are fine.
+pub(crate) struct UrlQuery(RequestParams);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for UrlQuery {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let params = parts
+            .uri
+            .query()
+            .and_then(|q| serde_urlencoded_lite(q, "requestId"))
+            .map(|id| RequestParams {
+                request_id: Some(id),
+            })
+            .unwrap_or_default();
+        Ok(UrlQuery(params))
+    }
+}
+
+/// The value of `name` in a query string (ids are plain ASCII, no decoding needed).
+fn serde_urlencoded_lite(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+fn still_running(query_id: &str) -> Json<Value> {
+    failure(
+        "333333",
+        "Query execution in progress. Query will continue executing.",
+        json!({
+            "queryId": query_id,
+            "getResultUrl": format!("/queries/{query_id}/result"),
+            "queryAbortsAfterSecs": 300,
+            "progressDesc": null
+        }),
+    )
+}
+
+/// `GET /queries/<id>/result`: 333333 while the query runs, then its result.
+pub(crate) async fn result(
+    State(state): State<Arc<AppState>>,
+    UrlPath(query_id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Json<Value> {
+    if let Err(e) = live_session(&state, &headers) {
+        return e;
+    }
+    state.with_stats(|s| s.result_polls += 1);
+    let found = state.with_results(|r| {
+        r.get(&query_id)
+            .map(|q| (q.aborted, q.ready_at, q.answer.clone()))
+    });
+    match found {
+        None => sql_error(
+            &query_id,
+            "000709",
+            "02000",
+            &format!("Statement {query_id} not found"),
+        ),
+        Some((true, _, _)) => sql_error(&query_id, "000604", "57014", "SQL execution canceled"),
+        Some((false, ready_at, _)) if Instant::now() < ready_at => still_running(&query_id),
+        Some((false, _, answer)) => success(answer),
+    }
+}
+
+/// `POST /queries/v1/abort-request`: cancels the query started with `requestId`.
+pub(crate) async fn abort(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Json<Value> {
+    if let Err(e) = live_session(&state, &headers) {
+        return e;
+    }
+    let request_id = body["requestId"].as_str().unwrap_or("").to_string();
+    state.with_results(|r| {
+        for q in r.values_mut() {
+            if q.request_id == request_id {
+                q.aborted = true;
+            }
+        }
+    });
+    state.with_stats(|s| s.aborted.push(request_id));
+    success(Value::Null)
+}
+
+struct BuiltChunk {
+    gzip: Bytes,
+    rows: usize,
+    uncompressed: usize,
+}
+
+struct Built {
+    first: Vec<u8>,
+    chunks: Vec<BuiltChunk>,
+    total: usize,
+}
+
+/// Runs the query and cuts its result into `chunk_rows`-row chunks: the
+/// first as a plain IPC stream (sent inline), the rest gzip'd.
+async fn build_chunks(
+    chunk_rows: usize,
+    df: datafusion::dataframe::DataFrame,
+    schema: &SchemaRef,
+    rowtype: &[RowType],
+    geography: GeographyFormat,
+) -> Result<Built, String> {
+    let mut stream = df.execute_stream().await.map_err(|e| e.to_string())?;
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_rows = 0;
+    let mut built = Built {
+        first: Vec::new(),
+        chunks: Vec::new(),
+        total: 0,
+    };
+    let mut have_first = false;
+    let mut emit = |batches: &mut Vec<RecordBatch>, built: &mut Built| -> Result<(), String> {
+        let merged =
+            arrow::compute::concat_batches(schema, batches.iter()).map_err(|e| e.to_string())?;
+        batches.clear();
+        let merged = with_geography_format(&merged, rowtype, geography)?;
+        let ipc = ipc_stream(&encode_batch(&merged, rowtype).map_err(|e| e.to_string())?)?;
+        if !have_first {
+            have_first = true;
+            built.first = ipc;
+        } else {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&ipc).map_err(|e| e.to_string())?;
+            let gzip = gz.finish().map_err(|e| e.to_string())?;
+            built.chunks.push(BuiltChunk {
+                gzip: Bytes::from(gzip),
+                rows: merged.num_rows(),
+                uncompressed: ipc.len(),
+            });
+        }
+        Ok(())
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| e.to_string())?;
+        built.total += batch.num_rows();
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let take = (chunk_rows - pending_rows).min(batch.num_rows() - offset);
+            pending.push(batch.slice(offset, take));
+            pending_rows += take;
+            offset += take;
+            if pending_rows == chunk_rows {
+                emit(&mut pending, &mut built)?;
+                pending_rows = 0;
+            }
+        }
+    }
+    if pending_rows > 0 || built.total == 0 {
+        emit(&mut pending, &mut built)?;
+    }
+    Ok(built)
+}
+
+/// Re-encodes GeoJSON geography columns in the session's output format, as
+/// Snowflake renders them.
+fn with_geography_format(
+    batch: &RecordBatch,
+    rowtype: &[RowType],
+    format: GeographyFormat,
+) -> Result<RecordBatch, String> {
+    if format == GeographyFormat::GeoJson || rowtype.iter().all(|r| r.ext_type_name.is_none()) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for ((field, column), r) in batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .zip(rowtype)
+    {
+        if r.ext_type_name.is_none() || !matches!(column.data_type(), DataType::Utf8) {
+            fields.push(field.as_ref().clone());
+            columns.push(Arc::clone(column));
+            continue;
+        }
+        let texts = column
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .ok_or("geography column is not text")?;
+        let convert_err = |i: usize, e: geozero::error::GeozeroError| {
+            format!("column {} row {i}: {e}", field.name())
+        };
+        let array: ArrayRef = match format {
+            GeographyFormat::Wkt | GeographyFormat::Ewkt => {
+                let mut b = StringBuilder::new();
+                for i in 0..texts.len() {
+                    if texts.is_null(i) {
+                        b.append_null();
+                        continue;
+                    }
+                    let wkt = geozero::geojson::GeoJson(texts.value(i))
+                        .to_wkt()
+                        .map_err(|e| convert_err(i, e))?;
+                    if format == GeographyFormat::Ewkt {
+                        b.append_value(format!("SRID=4326;{wkt}"));
+                    } else {
+                        b.append_value(wkt);
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            _ => {
+                let mut b = BinaryBuilder::new();
+                for i in 0..texts.len() {
+                    if texts.is_null(i) {
+                        b.append_null();
+                        continue;
+                    }
+                    let g = geozero::geojson::GeoJson(texts.value(i));
+                    let wkb = if format == GeographyFormat::Ewkb {
+                        g.to_ewkb(CoordDimensions::xy(), Some(4326))
+                    } else {
+                        g.to_wkb(CoordDimensions::xy())
+                    }
+                    .map_err(|e| convert_err(i, e))?;
+                    b.append_value(wkb);
+                }
+                Arc::new(b.finish())
+            }
+        };
+        fields.push(
+            Field::new(field.name(), array.data_type().clone(), field.is_nullable())
+                .with_metadata(field.metadata().clone()),
+        );
+        columns.push(array);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+}
+
+fn ipc_stream(batch: &RecordBatch) -> Result<Vec<u8>, String> {
+    let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(|e| e.to_string())?;
+    w.write(batch).map_err(|e| e.to_string())?;
+    w.into_inner().map_err(|e| e.to_string())
+}
+
+/// `GET /chunks/<query>/<index>`: as cloud storage serves a result chunk.
+pub(crate) async fn chunk(
+    State(state): State<Arc<AppState>>,
+    UrlPath((query_id, index)): UrlPath<(String, usize)>,
+    headers: HeaderMap,
+) -> Response {
+    state.with_stats(|s| s.chunk_requests += 1);
+    let found = state.with_results(|r| {
+        r.get(&query_id)
+            .and_then(|q| q.chunks.get(index).map(|c| (c.gzip.clone(), q.key.clone())))
+    });
+    let Some((gzip, key)) = found else {
+        return (StatusCode::NOT_FOUND, "NoSuchKey").into_response();
+    };
+    let given = headers.get(SSE_KEY_HEADER).and_then(|v| v.to_str().ok());
+    let algorithm = headers
+        .get(SSE_ALGORITHM_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if given != Some(key.as_str()) || algorithm != Some("AES256") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest: the object was stored using a form of Server Side Encryption; the correct parameters must be provided",
+        )
+            .into_response();
+    }
+    if headers.contains_key("authorization") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "InvalidArgument: only one auth mechanism allowed",
+        )
+            .into_response();
+    }
+    let (fail, delay, truncate) = state.with_faults(|f| {
+        let fail = Faults::take(&mut f.chunk_503);
+        let slow = Faults::take(&mut f.slow_chunks);
+        let truncate = Faults::take(&mut f.truncated_chunk);
+        (fail, slow.then_some(f.slow_chunk_ms), truncate)
+    });
+    if fail {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let body = if truncate {
+        gzip.slice(..gzip.len() / 2)
+    } else {
+        gzip
+    };
+    (
+        StatusCode::OK,
+        [("content-type", "binary/octet-stream")],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alter_session_sets_the_geography_format_in_any_spelling() {
+        for sql in [
+            "ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT = 'WKB'",
+            "alter session set geography_output_format='wkb'",
+            "ALTER  SESSION\nSET GEOGRAPHY_OUTPUT_FORMAT = \"WKB\"",
+        ] {
+            assert_eq!(
+                geography_setting(sql),
+                Some(Ok(GeographyFormat::Wkb)),
+                "{sql}"
+            );
+        }
+        assert!(matches!(
+            geography_setting("ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT = 'KML'"),
+            Some(Err(_))
+        ));
+        assert_eq!(
+            geography_setting("ALTER SESSION SET TIMEZONE = 'UTC'"),
+            None
+        );
+        assert_eq!(geography_setting("SELECT 1"), None);
+    }
+
+    #[test]
+    fn geography_columns_are_rendered_in_each_output_format() {
+        let field = SnowflakeType::Geography.arrow_field("GEOM", true);
+        let schema = Arc::new(Schema::new(vec![field]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(arrow::array::StringArray::from(vec![
+                Some(r#"{"type":"Point","coordinates":[-96.5,32.25]}"#),
+                None,
+            ]))],
+        )
+        .unwrap();
+        let rowtype = |f| {
+            vec![RowType::for_column_as(
+                "GEOM",
+                SnowflakeType::Geography,
+                true,
+                f,
+            )]
+        };
+        let wkt = with_geography_format(
+            &batch,
+            &rowtype(GeographyFormat::Ewkt),
+            GeographyFormat::Ewkt,
+        )
+        .unwrap();
+        let wkt = wkt
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(wkt.value(0), "SRID=4326;POINT(-96.5 32.25)");
+        assert!(wkt.is_null(1));
+        let wkb =
+            with_geography_format(&batch, &rowtype(GeographyFormat::Wkb), GeographyFormat::Wkb)
+                .unwrap();
+        let wkb = wkb
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::BinaryArray>()
+            .unwrap();
+        // little-endian, type 1 (Point), then x and y.
+        assert_eq!(&wkb.value(0)[..5], &[1, 1, 0, 0, 0]);
+        assert_eq!(
+            f64::from_le_bytes(wkb.value(0)[5..13].try_into().unwrap()),
+            -96.5
+        );
+        assert_eq!(rowtype(GeographyFormat::Wkb)[0].type_name, "binary");
+    }
+}
