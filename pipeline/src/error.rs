@@ -43,6 +43,9 @@ pub enum PipelineError {
         read: u64,
         staged: u64,
     },
+    /// The run was cancelled (Ctrl-C, SIGTERM); the old table is kept.
+    #[error("table {table}: cancelled; the target was left unchanged")]
+    Cancelled { table: String },
     /// Another floe run holds this table.
     #[error("table {table}: another floe run is loading {target} right now")]
     Busy { table: String, target: String },

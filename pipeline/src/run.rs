@@ -15,12 +15,13 @@ use schemas::config::{Config, SourceSpec, TableConfig};
 use schemas::pg::{PgColumn, PgType};
 use schemas::SchemaError;
 use serde::Serialize;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
 use crate::postgres::encode::{CopyEncoder, COPY_HEADER, COPY_TRAILER};
 use crate::postgres::refresh::{self, TablePlan};
 use crate::postgres::Target;
+use crate::snowflake::QueryTicket;
 use crate::PipelineError;
 
 /// Per-run choices that are not in the config file.
@@ -30,12 +31,60 @@ pub struct RunOptions {
     pub run_id: String,
     /// Read `<dir>/<SNOWFLAKE_TABLE>.parquet` instead of each table's configured source.
     pub parquet_dir: Option<PathBuf>,
+    /// Fires when the run must stop (Ctrl-C): the load rolls back and a
+    /// running Snowflake query is aborted on the server.
+    pub cancel: Cancel,
+}
+
+/// A cancellation signal shared by a run's tasks.
+#[derive(Debug, Clone)]
+pub struct Cancel(watch::Receiver<bool>);
+
+/// The side that cancels.
+#[derive(Debug)]
+pub struct Canceller(watch::Sender<bool>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Cancel {
+    pub fn new() -> (Canceller, Cancel) {
+        let (tx, rx) = watch::channel(false);
+        (Canceller(tx), Cancel(rx))
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes once cancelled; never, if the canceller is gone without cancelling.
+    pub async fn cancelled(&self) {
+        let mut rx = self.0.clone();
+        loop {
+            if *rx.borrow_and_update() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Default for Cancel {
+    /// A signal that never fires.
+    fn default() -> Self {
+        Cancel(watch::channel(false).1)
+    }
 }
 
 /// What happened to one table, in the shape the incumbent procedure returned.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
-    /// `success` or `failed`.
+    /// `success`, `failed` or `cancelled`.
     pub status: &'static str,
     /// The Postgres table.
     pub table: String,
@@ -120,7 +169,11 @@ pub async fn run_table(
         Err(e) => {
             let final_count = current_count(config, table_cfg, target, options).await;
             TableReport {
-                status: "failed",
+                status: if matches!(e, PipelineError::Cancelled { .. }) {
+                    "cancelled"
+                } else {
+                    "failed"
+                },
                 table: table_cfg.target.clone(),
                 name: name.to_string(),
                 rows_synced: 0,
@@ -190,6 +243,9 @@ async fn load_table(
         message,
     };
     let mut snowflake_session = None;
+    let cancelled = || PipelineError::Cancelled {
+        table: name.to_string(),
+    };
     let provider = match (&options.parquet_dir, t.source()) {
         (Some(dir), _) => {
             let sf = t.snowflake_table.as_deref().ok_or_else(|| {
@@ -207,16 +263,22 @@ async fn load_table(
             let session = crate::snowflake::SnowflakeSession::login(&config.snowflake)
                 .await
                 .map_err(|e| source_err(e.to_string()))?;
-            let result = session
-                .query(&query)
-                .await
-                .map_err(|e| source_err(e.to_string()));
+            let ticket = QueryTicket::new(&query);
+            let result = tokio::select! {
+                r = session.query_ticket(&ticket) => r.map_err(|e| source_err(e.to_string())),
+                _ = options.cancel.cancelled() => Err(cancelled()),
+            };
             let provider = result.and_then(|r| {
                 tracing::info!(table = name, query_id = %r.query_id, rows = r.total, "Snowflake query done");
                 crate::source::snowflake(&session, r).map_err(source_err)
             });
-            snowflake_session = Some(session);
-            provider?
+            if provider.is_err() {
+                session.abort(&ticket).await;
+                session.logout().await;
+            }
+            let provider = provider?;
+            snowflake_session = Some((session, ticket));
+            provider
         }
         (None, None) => return Err(source_err("no source configured".into())),
     };
@@ -252,7 +314,7 @@ async fn load_table(
         .await?;
     let client = Arc::clone(&session.client);
     let staging = refresh::prepare(&client, &plan, &options.run_id).await?;
-    let result = async {
+    let load = async {
         let stream = df
             .execute_stream()
             .await
@@ -271,15 +333,27 @@ async fn load_table(
         )
         .await?;
         let final_count = refresh::build_and_verify(&client, &plan, &staging, rows).await?;
+        if options.cancel.is_cancelled() {
+            return Err(cancelled());
+        }
         refresh::swap(&client, &plan, &staging).await?;
         Ok(Loaded { rows, final_count })
-    }
-    .await;
+    };
+    // Cancelling drops the load mid-flight: the COPY is abandoned, and the
+    // staging table is dropped below, before the lock is released.
+    let result = tokio::select! {
+        r = load => r,
+        _ = options.cancel.cancelled() => Err(cancelled()),
+    };
     if result.is_err() {
         refresh::discard(&client, &plan, &staging).await;
     }
     refresh::release(&client, &plan).await;
-    if let Some(s) = snowflake_session {
+    if let Some((s, ticket)) = snowflake_session {
+        if result.is_err() {
+            // A failed sink or Ctrl-C: stop the query on the server too.
+            s.abort(&ticket).await;
+        }
         s.logout().await;
     }
     result

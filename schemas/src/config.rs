@@ -137,7 +137,8 @@ pub struct SnowflakeConfig {
     pub account: Option<String>,
     pub user: Option<String>,
     pub password: Option<String>,
-    /// `snowflake` (password; the default). Key-pair and OAuth logins are not built yet.
+    /// `snowflake` (password; the default), `snowflake_jwt` (key pair:
+    /// `private_key_file` + optional `private_key_passphrase`) or `oauth` (`token`).
     pub authenticator: Option<String>,
     pub private_key_file: Option<PathBuf>,
     pub private_key_passphrase: Option<String>,
@@ -151,6 +152,10 @@ pub struct SnowflakeConfig {
     pub port: Option<u16>,
     /// `https` (default) or `http` (the emulator).
     pub protocol: Option<String>,
+    /// `GEOGRAPHY_OUTPUT_FORMAT` for the session: GeoJSON (Snowflake's
+    /// default), WKT, EWKT, WKB or EWKB. WKB is the cheapest to turn into
+    /// PostGIS geometry; `to_geography()` in a transform reads any of them.
+    pub geography_output_format: Option<String>,
     /// Chunks downloaded at once.
     #[serde(default = "default_prefetch")]
     pub prefetch_threads: usize,
@@ -205,6 +210,7 @@ impl SnowflakeConfig {
         set(&mut c.schema, "SCHEMA");
         set(&mut c.host, "HOST");
         set(&mut c.protocol, "PROTOCOL");
+        set(&mut c.geography_output_format, "GEOGRAPHY_OUTPUT_FORMAT");
         if let Some(f) = get("PRIVATE_KEY_FILE") {
             c.private_key_file = Some(PathBuf::from(f));
         }

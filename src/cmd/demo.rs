@@ -78,10 +78,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // protocol, from the emulator serving the generated files.
     let password = format!("demo-{}", std::process::id());
     let emulator = Emulator::start(EmulatorConfig {
-        data_dir: data.path().to_path_buf(),
-        port: 0,
         chunk_rows: 50_000,
-        users: vec![("floe".into(), password.clone())],
+        ..EmulatorConfig::new(data.path(), "floe", &password)
     })
     .await
     .context("starting the Snowflake emulator")?;
@@ -99,9 +97,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         protocol: Some("http".into()),
         ..config.snowflake.clone()
     };
+    let (canceller, cancel) = pipeline::run::Cancel::new();
+    let _interrupt = super::on_interrupt(canceller);
     let options = RunOptions {
         run_id: new_run_id(),
         parquet_dir: None,
+        cancel,
     };
     let tables = super::select_tables(&config, &[])?;
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;

@@ -62,3 +62,43 @@ pub fn select_datasets(names: &[String]) -> Result<Vec<&'static Dataset>> {
         })
         .collect()
 }
+
+/// Which signal stopped the run, if any.
+pub struct Interrupt(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl Interrupt {
+    /// The shell's exit status for it: 130 after SIGINT, 143 after SIGTERM.
+    pub fn exit_code(&self) -> Option<u8> {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+}
+
+/// Cancels the run on Ctrl-C (SIGINT) or SIGTERM, so the load rolls back,
+/// the Snowflake query is aborted and the report says `cancelled`.
+pub fn on_interrupt(canceller: pipeline::run::Canceller) -> Interrupt {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    let code = std::sync::Arc::new(AtomicU8::new(0));
+    let seen = std::sync::Arc::clone(&code);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot watch SIGTERM: {e}");
+                    return;
+                }
+            };
+        let signal = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 130,
+            _ = term.recv() => 143,
+        };
+        seen.store(signal, Ordering::SeqCst);
+        tracing::warn!("interrupted: rolling back and cancelling the source query");
+        eprintln!("floe: interrupted; rolling back (the targets keep their previous content)");
+        canceller.cancel();
+    });
+    Interrupt(code)
+}

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use pipeline::postgres::Target;
-use pipeline::run::{new_run_id, RunOptions};
+use pipeline::run::{new_run_id, Cancel, RunOptions};
 
 use crate::output::{run_tables, OutputFormat};
 
@@ -33,12 +33,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         None => config.target.clone(),
     };
     let target = Target::resolve(&target_config)?;
+    let (canceller, cancel) = Cancel::new();
+    let signal = super::on_interrupt(canceller);
     let options = RunOptions {
         run_id: new_run_id(),
         parquet_dir: args.parquet,
+        cancel,
     };
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
-    Ok(if reports.iter().all(|r| r.status == "success") {
+    Ok(if let Some(code) = signal.exit_code() {
+        ExitCode::from(code)
+    } else if reports.iter().all(|r| r.status == "success") {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -94,6 +94,7 @@ pub async fn run(
     let options = RunOptions {
         run_id: new_run_id(),
         parquet_dir: parquet_dir.map(Path::to_path_buf),
+        ..Default::default()
     };
     run_table(config, table, &target, &options, &AtomicU64::new(0)).await
 }

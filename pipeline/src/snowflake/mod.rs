@@ -1,9 +1,9 @@
 //! Reading Snowflake: the connector REST protocol with Arrow result chunks.
 //!
-//! Login (password), one query, then the result as a stream of plain Arrow
-//! batches: the inline first chunk, then the remaining chunks downloaded in
-//! parallel (`prefetch_threads` at a time) and handed out in order. What is
-//! downloaded but not yet consumed is bounded in bytes
+//! Login (password, key-pair JWT or OAuth), queries, then each result as a
+//! stream of plain Arrow batches: the inline first chunk, then the remaining
+//! chunks downloaded in parallel (`prefetch_threads` at a time) and handed
+//! out in order. What is downloaded but not yet consumed is bounded in bytes
 //! (`max_buffered_bytes`), not only in count. A chunk that fails with a
 //! transient HTTP status, a connection error, or a body that does not inflate
 //! or decode (or holds the wrong number of rows) is downloaded again with
@@ -11,11 +11,16 @@
 //! connector, which gives up on a truncated gzip body. Dropping the stream
 //! stops the downloads.
 //!
-//! Not built yet (issue 3): key-pair JWT and OAuth logins, session renewal,
-//! asynchronous query polling and server-side cancellation.
+//! An expired session token (`390112`) is renewed with the master token and
+//! the request replayed; if the master token is gone too, floe logs in again.
+//! A query Snowflake keeps running past its synchronous wait (`333333`) is
+//! polled until it finishes; [`SnowflakeSession::abort`] cancels it on the
+//! server (Ctrl-C, a failed sink).
+
+pub mod keypair;
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -24,13 +29,24 @@ use arrow::record_batch::RecordBatch;
 use base64::Engine;
 use futures::stream::{self, BoxStream, StreamExt};
 use schemas::config::SnowflakeConfig;
+use schemas::snowflake::GeographyFormat;
 use schemas::snowflake_arrow::{decode_batch, decoded_schema, RowType};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
+use keypair::KeyPair;
+
 /// Attempts per chunk before the query fails.
 const CHUNK_ATTEMPTS: u32 = 6;
+/// Attempts per REST call on transient HTTP failures (5xx, 429, 408, connection errors).
+const CALL_ATTEMPTS: u32 = 5;
+/// How often a running query is polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+const SESSION_EXPIRED: &str = "390112";
+const QUERY_IN_PROGRESS: &str = "333333";
+const QUERY_IN_PROGRESS_ASYNC: &str = "333334";
 
 /// What went wrong talking to Snowflake. Messages never contain credentials.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,11 +73,27 @@ pub enum SnowflakeError {
     Decode(String),
 }
 
+/// How this session proves who it is (kept for re-login when the master token expires).
+enum Credentials {
+    Password(String),
+    KeyPair(Box<KeyPair>),
+    OAuth(String),
+}
+
+struct Tokens {
+    session: String,
+    master: String,
+}
+
 /// A logged-in Snowflake session.
 pub struct SnowflakeSession {
     http: reqwest::Client,
     base_url: String,
-    token: String,
+    account: String,
+    user: String,
+    credentials: Credentials,
+    login_query: Vec<(&'static str, String)>,
+    tokens: Mutex<Tokens>,
     time_zone: String,
     prefetch: usize,
     budget: usize,
@@ -75,6 +107,12 @@ struct Envelope {
     success: bool,
 }
 
+impl Envelope {
+    fn code(&self) -> &str {
+        self.code.as_deref().unwrap_or("")
+    }
+}
+
 /// One downloadable chunk of a result.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -82,6 +120,23 @@ pub struct ChunkRef {
     pub url: String,
     pub row_count: usize,
     pub uncompressed_size: usize,
+}
+
+/// A statement about to be submitted: its `requestId` is what
+/// `abort-request` names, so it is fixed before the query starts.
+#[derive(Debug, Clone)]
+pub struct QueryTicket {
+    pub sql: String,
+    pub request_id: String,
+}
+
+impl QueryTicket {
+    pub fn new(sql: &str) -> QueryTicket {
+        QueryTicket {
+            sql: sql.to_string(),
+            request_id: request_id(),
+        }
+    }
 }
 
 /// A query's result, before its chunks are downloaded.
@@ -103,28 +158,58 @@ fn http_err(e: reqwest::Error) -> SnowflakeError {
     SnowflakeError::Http(e.without_url().to_string())
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 impl SnowflakeSession {
     /// Logs in with the config as given (the CLI applies `SNOWFLAKE_*` overrides when it loads the file).
     pub async fn login(config: &SnowflakeConfig) -> Result<SnowflakeSession, SnowflakeError> {
         let cfg = config;
         let base_url = cfg.base_url().map_err(SnowflakeError::Config)?;
+        let user = cfg.user.clone().ok_or_else(|| {
+            SnowflakeError::Config("set snowflake.user (or SNOWFLAKE_USER)".into())
+        })?;
         let authenticator = cfg
             .authenticator
             .as_deref()
             .unwrap_or("snowflake")
             .to_ascii_uppercase();
-        if authenticator != "SNOWFLAKE" {
-            return Err(SnowflakeError::Config(format!(
-                "authenticator `{authenticator}` is not built yet; use password authentication"
-            )));
-        }
-        let user = cfg
-            .user
-            .clone()
-            .ok_or_else(|| SnowflakeError::Config("set snowflake.user".into()))?;
-        let password = cfg.password.clone().ok_or_else(|| {
-            SnowflakeError::Config("set snowflake.password or SNOWFLAKE_PASSWORD".into())
-        })?;
+        let credentials = match authenticator.as_str() {
+            "SNOWFLAKE" => Credentials::Password(cfg.password.clone().ok_or_else(|| {
+                SnowflakeError::Config("set snowflake.password or SNOWFLAKE_PASSWORD".into())
+            })?),
+            "SNOWFLAKE_JWT" => {
+                let path = cfg.private_key_file.as_deref().ok_or_else(|| {
+                    SnowflakeError::Config(
+                        "authenticator snowflake_jwt needs private_key_file (or SNOWFLAKE_PRIVATE_KEY_FILE)".into(),
+                    )
+                })?;
+                Credentials::KeyPair(Box::new(KeyPair::load(
+                    path,
+                    cfg.private_key_passphrase.as_deref(),
+                )?))
+            }
+            "OAUTH" => Credentials::OAuth(cfg.token.clone().ok_or_else(|| {
+                SnowflakeError::Config(
+                    "authenticator oauth needs token (or SNOWFLAKE_TOKEN)".into(),
+                )
+            })?),
+            other => {
+                return Err(SnowflakeError::Config(format!(
+                    "authenticator `{other}` is not supported (snowflake, snowflake_jwt, oauth)"
+                )))
+            }
+        };
+        let geography = cfg
+            .geography_output_format
+            .as_deref()
+            .map(str::parse::<GeographyFormat>)
+            .transpose()
+            .map_err(SnowflakeError::Config)?;
         // Only https needs a crypto provider; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -132,18 +217,7 @@ impl SnowflakeSession {
             .timeout(Duration::from_secs(120))
             .build()
             .map_err(http_err)?;
-        let account = cfg.account.clone().unwrap_or_default();
-        let body = json!({ "data": {
-            "CLIENT_APP_ID": "floe",
-            "CLIENT_APP_VERSION": env!("CARGO_PKG_VERSION"),
-            "SVN_REVISION": "",
-            "ACCOUNT_NAME": account.split('.').next().unwrap_or("").to_uppercase(),
-            "LOGIN_NAME": user,
-            "PASSWORD": password,
-            "SESSION_PARAMETERS": { "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "ARROW", "GO_QUERY_RESULT_FORMAT": "ARROW" },
-            "CLIENT_ENVIRONMENT": { "APPLICATION": "floe" }
-        }});
-        let mut query: Vec<(&str, String)> = vec![("request_id", request_id())];
+        let mut login_query: Vec<(&'static str, String)> = Vec::new();
         for (k, v) in [
             ("databaseName", &cfg.database),
             ("schemaName", &cfg.schema),
@@ -151,17 +225,71 @@ impl SnowflakeSession {
             ("roleName", &cfg.role),
         ] {
             if let Some(v) = v {
-                query.push((k, v.clone()));
+                login_query.push((k, v.clone()));
             }
         }
-        let env = post_json(
-            &http,
-            &format!("{base_url}/session/v1/login-request"),
-            &query,
-            None,
-            &body,
-        )
-        .await?;
+        let mut session = SnowflakeSession {
+            http,
+            base_url,
+            account: cfg.account.clone().unwrap_or_default(),
+            user,
+            credentials,
+            login_query,
+            tokens: Mutex::new(Tokens {
+                session: String::new(),
+                master: String::new(),
+            }),
+            time_zone: schemas::snowflake::DEFAULT_SESSION_TIME_ZONE.to_string(),
+            prefetch: cfg.prefetch_threads.max(1),
+            budget: cfg.max_buffered_bytes.max(1 << 20),
+        };
+        let data = session.authenticate().await?;
+        if let Some(tz) = parameter(&data["parameters"], "TIMEZONE") {
+            session.time_zone = tz;
+        }
+        if let Some(format) = geography {
+            session
+                .execute(&format!(
+                    "ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT = '{format}'"
+                ))
+                .await?;
+        }
+        Ok(session)
+    }
+
+    /// The login request; stores the tokens and returns the answer's `data`.
+    async fn authenticate(&self) -> Result<Value, SnowflakeError> {
+        let mut data = json!({
+            "CLIENT_APP_ID": "floe",
+            "CLIENT_APP_VERSION": env!("CARGO_PKG_VERSION"),
+            "SVN_REVISION": "",
+            "ACCOUNT_NAME": keypair::jwt_account(&self.account),
+            "LOGIN_NAME": self.user,
+            "SESSION_PARAMETERS": { "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "ARROW", "GO_QUERY_RESULT_FORMAT": "ARROW" },
+            "CLIENT_ENVIRONMENT": { "APPLICATION": "floe" }
+        });
+        match &self.credentials {
+            Credentials::Password(p) => data["PASSWORD"] = json!(p),
+            Credentials::KeyPair(k) => {
+                data["AUTHENTICATOR"] = json!("SNOWFLAKE_JWT");
+                data["TOKEN"] = json!(k.jwt(&self.account, &self.user, unix_now())?);
+            }
+            Credentials::OAuth(t) => {
+                data["AUTHENTICATOR"] = json!("OAUTH");
+                data["TOKEN"] = json!(t);
+            }
+        }
+        let mut query = self.login_query.clone();
+        query.push(("request_id", request_id()));
+        let env = self
+            .send(
+                reqwest::Method::POST,
+                &format!("{}/session/v1/login-request", self.base_url),
+                &query,
+                None,
+                Some(&json!({ "data": data })),
+            )
+            .await?;
         if !env.success {
             return Err(SnowflakeError::Login {
                 code: env.code.unwrap_or_default(),
@@ -169,38 +297,181 @@ impl SnowflakeSession {
             });
         }
         let data = env.data.unwrap_or(Value::Null);
-        let token = data["token"]
-            .as_str()
-            .ok_or_else(|| SnowflakeError::Http("login answer has no session token".into()))?
-            .to_string();
-        let time_zone = parameter(&data["parameters"], "TIMEZONE")
-            .unwrap_or_else(|| schemas::snowflake::DEFAULT_SESSION_TIME_ZONE.to_string());
-        Ok(SnowflakeSession {
-            http,
-            base_url,
-            token,
-            time_zone,
-            prefetch: cfg.prefetch_threads.max(1),
-            budget: cfg.max_buffered_bytes.max(1 << 20),
-        })
+        let token = |key: &str| {
+            data[key]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| SnowflakeError::Http(format!("login answer has no {key}")))
+        };
+        let tokens = Tokens {
+            session: token("token")?,
+            master: token("masterToken").unwrap_or_default(),
+        };
+        *self.tokens.lock().unwrap_or_else(|p| p.into_inner()) = tokens;
+        Ok(data)
     }
 
-    fn auth(&self) -> String {
-        format!("Snowflake Token=\"{}\"", self.token)
+    fn session_token(&self) -> String {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .session
+            .clone()
     }
 
-    /// Runs `sql` and returns its result (first chunk decoded, others pending).
-    pub async fn query(&self, sql: &str) -> Result<QueryResult, SnowflakeError> {
+    /// A new session token from the master token; a full login if that fails.
+    async fn renew(&self, expired: &str) -> Result<(), SnowflakeError> {
+        let master = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .master
+            .clone();
+        if self.session_token() != expired {
+            return Ok(()); // another request renewed it already
+        }
+        let env = self
+            .send(
+                reqwest::Method::POST,
+                &format!("{}/session/token-request", self.base_url),
+                &[("requestId", request_id())],
+                Some(format!("Snowflake Token=\"{master}\"")),
+                Some(&json!({ "oldSessionToken": expired, "requestType": "RENEW" })),
+            )
+            .await?;
+        let renewed = env
+            .success
+            .then(|| {
+                env.data.as_ref()?["sessionToken"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .flatten();
+        match renewed {
+            Some(session) => {
+                tracing::info!("Snowflake session token renewed");
+                let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                t.session = session;
+                if let Some(m) = env.data.as_ref().and_then(|d| d["masterToken"].as_str()) {
+                    t.master = m.to_string();
+                }
+                Ok(())
+            }
+            None => {
+                tracing::info!(code = env.code(), "master token refused; logging in again");
+                self.authenticate().await.map(|_| ())
+            }
+        }
+    }
+
+    /// A REST call with the session token; an expired token is renewed and the call replayed once.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Envelope, SnowflakeError> {
+        let url = format!("{}{path}", self.base_url);
+        let token = self.session_token();
+        let auth = |t: &str| Some(format!("Snowflake Token=\"{t}\""));
+        let env = self
+            .send(method.clone(), &url, query, auth(&token), body)
+            .await?;
+        if env.success || env.code() != SESSION_EXPIRED {
+            return Ok(env);
+        }
+        self.renew(&token).await?;
+        self.send(method, &url, query, auth(&self.session_token()), body)
+            .await
+    }
+
+    /// Sends one request with Snowflake's headers, retrying transient failures with backoff.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        query: &[(&str, String)],
+        authorization: Option<String>,
+        body: Option<&Value>,
+    ) -> Result<Envelope, SnowflakeError> {
+        let mut last = String::new();
+        for attempt in 0..CALL_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            let mut request = self
+                .http
+                .request(method.clone(), url)
+                .query(query)
+                .header("Accept", "application/snowflake");
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if let Some(auth) = &authorization {
+                request = request.header("Authorization", auth);
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    last = http_err(e).to_string();
+                    continue;
+                }
+                Err(e) => return Err(http_err(e)),
+            };
+            let status = response.status();
+            if transient(status) {
+                last = format!("HTTP {status}");
+                tracing::warn!(attempt, "Snowflake answered {status}; retrying");
+                continue;
+            }
+            if !status.is_success() {
+                return Err(SnowflakeError::Http(format!("HTTP {status}")));
+            }
+            return response.json().await.map_err(http_err);
+        }
+        Err(SnowflakeError::Http(format!(
+            "gave up after {CALL_ATTEMPTS} attempts: {last}"
+        )))
+    }
+
+    /// Runs a statement whose result does not matter (e.g. `ALTER SESSION`).
+    pub async fn execute(&self, sql: &str) -> Result<(), SnowflakeError> {
+        self.submit(&QueryTicket::new(sql)).await.map(|_| ())
+    }
+
+    /// Submits a statement and waits for it, polling while Snowflake keeps it running.
+    async fn submit(&self, ticket: &QueryTicket) -> Result<Value, SnowflakeError> {
         let body = json!({
-            "sqlText": sql,
+            "sqlText": ticket.sql,
             "asyncExec": false,
             "sequenceId": 1,
             "isInternal": false,
             "parameters": { "PYTHON_CONNECTOR_QUERY_RESULT_FORMAT": "ARROW", "GO_QUERY_RESULT_FORMAT": "ARROW" }
         });
-        let url = format!("{}/queries/v1/query-request", self.base_url);
-        let params = [("requestId", request_id())];
-        let env = post_json(&self.http, &url, &params, Some(self.auth()), &body).await?;
+        let mut env = self
+            .call(
+                reqwest::Method::POST,
+                "/queries/v1/query-request",
+                &[("requestId", ticket.request_id.clone())],
+                Some(&body),
+            )
+            .await?;
+        while matches!(env.code(), QUERY_IN_PROGRESS | QUERY_IN_PROGRESS_ASYNC) {
+            let data = env.data.unwrap_or(Value::Null);
+            let path = data["getResultUrl"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    SnowflakeError::Decode("a running query's answer has no getResultUrl".into())
+                })?;
+            tracing::debug!(
+                query_id = data["queryId"].as_str().unwrap_or(""),
+                "query still running"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+            env = self.call(reqwest::Method::GET, &path, &[], None).await?;
+        }
         let data = env.data.unwrap_or(Value::Null);
         if !env.success {
             return Err(SnowflakeError::Query {
@@ -210,6 +481,35 @@ impl SnowflakeSession {
                 message: env.message.unwrap_or_default(),
             });
         }
+        Ok(data)
+    }
+
+    /// Asks Snowflake to cancel the statement (best effort: it may have finished).
+    pub async fn abort(&self, ticket: &QueryTicket) {
+        let body = json!({ "sqlText": ticket.sql, "requestId": ticket.request_id });
+        match self
+            .call(
+                reqwest::Method::POST,
+                "/queries/v1/abort-request",
+                &[("requestId", request_id())],
+                Some(&body),
+            )
+            .await
+        {
+            Ok(env) if env.success => tracing::info!("Snowflake query cancelled"),
+            Ok(env) => tracing::debug!(code = env.code(), "abort-request refused"),
+            Err(e) => tracing::warn!("abort-request failed: {e}"),
+        }
+    }
+
+    /// Runs `sql` and returns its result (first chunk decoded, others pending).
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, SnowflakeError> {
+        self.query_ticket(&QueryTicket::new(sql)).await
+    }
+
+    /// As [`SnowflakeSession::query`], for a ticket the caller can [`abort`](Self::abort).
+    pub async fn query_ticket(&self, ticket: &QueryTicket) -> Result<QueryResult, SnowflakeError> {
+        let data = self.submit(ticket).await?;
         let field = |name: &str| -> Result<Value, SnowflakeError> {
             data.get(name)
                 .cloned()
@@ -220,9 +520,11 @@ impl SnowflakeSession {
                 "the result is not in Arrow format".into(),
             ));
         }
+        let time_zone =
+            parameter(&data["parameters"], "TIMEZONE").unwrap_or_else(|| self.time_zone.clone());
         let rowtype: Vec<RowType> = serde_json::from_value(field("rowtype")?)
             .map_err(|e| SnowflakeError::Decode(format!("rowtype: {e}")))?;
-        let schema = decoded_schema(&rowtype, &self.time_zone)
+        let schema = decoded_schema(&rowtype, &time_zone)
             .map_err(|e| SnowflakeError::Decode(e.to_string()))?;
         let chunks: Vec<ChunkRef> =
             serde_json::from_value(data.get("chunks").cloned().unwrap_or(json!([])))
@@ -335,40 +637,21 @@ impl SnowflakeSession {
 
     /// Ends the session (best effort).
     pub async fn logout(&self) {
+        let query = [("delete", "true".to_string()), ("request_id", request_id())];
         let _ = self
-            .http
-            .post(format!("{}/session", self.base_url))
-            .query(&[("delete", "true"), ("request_id", &request_id())])
-            .header("Accept", "application/snowflake")
-            .header("Authorization", self.auth())
-            .send()
+            .send(
+                reqwest::Method::POST,
+                &format!("{}/session", self.base_url),
+                &query,
+                Some(format!("Snowflake Token=\"{}\"", self.session_token())),
+                None,
+            )
             .await;
     }
 }
 
-/// POSTs a JSON body with Snowflake's headers and reads the response envelope.
-async fn post_json<Q: serde::Serialize + ?Sized>(
-    http: &reqwest::Client,
-    url: &str,
-    query: &Q,
-    authorization: Option<String>,
-    body: &Value,
-) -> Result<Envelope, SnowflakeError> {
-    let mut request = http
-        .post(url)
-        .query(query)
-        .header("Accept", "application/snowflake")
-        .json(body);
-    if let Some(auth) = authorization {
-        request = request.header("Authorization", auth);
-    }
-    request
-        .send()
-        .await
-        .map_err(http_err)?
-        .json()
-        .await
-        .map_err(http_err)
+fn transient(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408
 }
 
 /// Aborts the download task when the result stream is dropped.
@@ -443,7 +726,7 @@ async fn download_chunk(
             }
         };
         let status = response.status();
-        if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+        if transient(status) {
             last = format!("HTTP {status}");
             continue;
         }
