@@ -2,6 +2,7 @@
 //! cluster per test binary; see `support`).
 
 mod cli;
+mod conformance;
 mod grid;
 mod refresh;
 mod snowflake;
