@@ -73,6 +73,9 @@ pub struct EmulatorConfig {
     pub session_validity: Duration,
     /// Faults armed from the start.
     pub faults: Faults,
+    /// Added to every chunk download, as cloud storage's time to first
+    /// byte (tens of milliseconds), so parallel downloads can be measured.
+    pub chunk_latency: Duration,
 }
 
 impl EmulatorConfig {
@@ -89,6 +92,7 @@ impl EmulatorConfig {
             }],
             session_validity: SESSION_VALIDITY,
             faults: Faults::default(),
+            chunk_latency: Duration::ZERO,
         }
     }
 }
@@ -159,6 +163,7 @@ impl Emulator {
         let state = Arc::new(AppState {
             ctx,
             chunk_rows: config.chunk_rows.max(1),
+            chunk_latency: config.chunk_latency,
             users: config.users,
             keys,
             session_validity: config.session_validity,
@@ -296,6 +301,7 @@ pub(crate) struct Session {
 pub(crate) struct AppState {
     ctx: SessionContext,
     chunk_rows: usize,
+    chunk_latency: Duration,
     users: Vec<User>,
     keys: Vec<(String, auth::PublicKey)>,
     session_validity: Duration,

@@ -562,8 +562,9 @@ pub(crate) async fn chunk(
     if fail {
         return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
     }
-    if let Some(ms) = delay {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    let delay = delay.map(Duration::from_millis).unwrap_or_default() + state.chunk_latency;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let body = if truncate {
         gzip.slice(..gzip.len() / 2)

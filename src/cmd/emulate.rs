@@ -33,6 +33,9 @@ pub struct Args {
     /// An OAuth access token that logs in as the user.
     #[arg(long, env = "FLOE_EMULATOR_OAUTH_TOKEN", hide_env_values = true)]
     oauth_token: Option<String>,
+    /// Milliseconds added to every chunk download (cloud storage's latency).
+    #[arg(long, default_value_t = 0)]
+    chunk_latency_ms: u64,
     /// Seconds a session token lives before the client must renew it.
     #[arg(long, default_value_t = emulator::SESSION_VALIDITY.as_secs())]
     session_validity: u64,
@@ -67,6 +70,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         }],
         session_validity: std::time::Duration::from_secs(args.session_validity.max(1)),
         faults,
+        chunk_latency: std::time::Duration::from_millis(args.chunk_latency_ms),
     })
     .await
     .context("starting the Snowflake emulator")?;

@@ -166,41 +166,15 @@ fn generate_is_deterministic() {
 }
 
 /// Kills the child process when the test ends, pass or fail.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn floe_run_reads_snowflake_configured_only_by_environment() {
-    use std::io::BufRead;
     // GIVEN `floe emulate-snowflake` serving the grid tables in another process
-    let mut child = Command::new(env!("CARGO_BIN_EXE_floe"))
-        .args([
-            "emulate-snowflake",
-            "--data",
-            grid_dir().to_str().unwrap(),
-            "--chunk-rows",
-            "2500",
-            "--user",
-            "etl",
-        ])
-        .env("SNOWFLAKE_PASSWORD", "env-only-secret")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the emulator");
-    let stdout = child.stdout.take().unwrap();
-    let emulator = KillOnDrop(child);
-    let mut first = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut first)
-        .unwrap();
-    let port = first.trim().rsplit(':').next().unwrap().to_string();
-    assert!(first.contains("listening on http://127.0.0.1:"), "{first}");
+    let (emulator, port) = emulator_process(
+        grid_dir(),
+        &["--chunk-rows", "2500", "--user", "etl"],
+        &[("SNOWFLAKE_PASSWORD", "env-only-secret")],
+    );
+    let port = port.to_string();
 
     // WHEN floe run gets its Snowflake connection only from SNOWFLAKE_* variables
     let url = fresh_db("cli_snowflake_env").await;
@@ -236,4 +210,50 @@ async fn floe_run_reads_snowflake_configured_only_by_environment() {
         "the password leaked: {all}"
     );
     drop(emulator);
+}
+
+#[tokio::test]
+async fn ctrl_c_during_a_snowflake_query_aborts_it_rolls_back_and_exits_130() {
+    // GIVEN an emulator whose next query keeps running for a minute
+    let (_emulator, port) = emulator_process(
+        grid_dir(),
+        &["--user", "etl", "--fault", "long-query-secs=60"],
+        &[("SNOWFLAKE_PASSWORD", "pw")],
+    );
+    let url = fresh_db("cli_ctrl_c").await;
+    let child = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(["run", "--table", "transformers", "--target", &url])
+        .env_remove("FLOE_TARGET_URL")
+        .envs(snowflake_env(port, "etl", "pw"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // WHEN Ctrl-C arrives while floe waits for the query
+    let aborted = wait_for_stats(port, |s| s["result_polls"].as_u64() >= Some(1)).await;
+    assert!(aborted.is_some(), "floe never polled the running query");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let o = child.wait_with_output().unwrap();
+    // THEN floe exits 130, says it rolled back, and the query was aborted on the server
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("cancelled"), "{out}");
+    let stats = wait_for_stats(port, |s| {
+        s["aborted"].as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await
+    .expect("an abort-request reached the server");
+    assert_eq!(stats["live_sessions"], 0, "{stats}");
+    let client = connect(&url).await;
+    assert!(staging_tables(&client).await.is_empty());
+    let exists: bool = client
+        .query_one("SELECT to_regclass('transformers_cache') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!exists, "a cancelled first load must not create the table");
 }

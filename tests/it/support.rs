@@ -146,3 +146,99 @@ pub fn parquet_config(path: &Path, target: &str, extra: &str) -> Config {
     );
     Config::parse(&text, Path::new("test.toml")).expect("test config")
 }
+
+/// A child process killed when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `floe emulate-snowflake --data DIR ARGS` in its own process (so
+/// its memory is not the measured floe's) and returns it with its port.
+pub fn emulator_process(data: &Path, args: &[&str], env: &[(&str, &str)]) -> (KillOnDrop, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_floe"))
+        .arg("emulate-snowflake")
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the emulator");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let guard = KillOnDrop(child);
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("emulator banner");
+    assert!(first.contains("listening on http://127.0.0.1:"), "{first}");
+    let port = first.trim().rsplit(':').next().unwrap().parse().unwrap();
+    (guard, port)
+}
+
+/// The `SNOWFLAKE_*` variables that point floe at an emulator on `port`.
+pub fn snowflake_env(port: u16, user: &str, password: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SNOWFLAKE_ACCOUNT", "emulator".into()),
+        ("SNOWFLAKE_USER", user.into()),
+        ("SNOWFLAKE_PASSWORD", password.into()),
+        ("SNOWFLAKE_HOST", "127.0.0.1".into()),
+        ("SNOWFLAKE_PORT", port.to_string()),
+        ("SNOWFLAKE_PROTOCOL", "http".into()),
+    ]
+}
+
+/// Polls the emulator's `/floe/stats` until `ready` holds (at most 30 s).
+pub async fn wait_for_stats(
+    port: u16,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    // reqwest is built without a default TLS provider (floe installs ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/floe/stats"))
+            .send()
+            .await
+        {
+            if let Ok(stats) = r.json::<serde_json::Value>().await {
+                if ready(&stats) {
+                    return Some(stats);
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Runs a command to its end, sampling its peak resident memory (VmHWM,
+/// a high-water mark, so sampling cannot miss a peak that has passed).
+pub async fn run_measuring_memory(cmd: &mut std::process::Command) -> (std::process::Output, u64) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    while child.try_wait().expect("wait").is_none() {
+        if let Ok(status) = std::fs::read_to_string(&status_path) {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak_kb = peak_kb.max(kb);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (child.wait_with_output().expect("output"), peak_kb * 1024)
+}

@@ -592,8 +592,11 @@ impl SnowflakeSession {
         let (http, prefetch, limit) = (self.http.clone(), self.prefetch, self.budget);
         let rowtype = Arc::new(rowtype);
         let downloader = tokio::spawn(async move {
+            // Budget is reserved strictly in chunk order (so a later chunk can
+            // never hold what an earlier one needs); each download then runs as
+            // its own task, so inflating and decoding use every core.
             let mut downloads = stream::iter(chunks.into_iter().enumerate())
-                .map(|(i, chunk)| {
+                .then(move |(i, chunk)| {
                     let (http, headers, rowtype, schema, budget) = (
                         http.clone(),
                         headers.clone(),
@@ -604,16 +607,26 @@ impl SnowflakeSession {
                     async move {
                         // Reserve the chunk's decoded size before fetching it.
                         let cost = chunk.uncompressed_size.clamp(1, limit) as u32;
-                        let permit = budget
-                            .acquire_many_owned(cost)
-                            .await
-                            .map_err(|_| SnowflakeError::Http("download cancelled".into()))?;
-                        let batches =
-                            download_chunk(&http, &headers, &chunk, i, &rowtype, &schema).await?;
-                        Ok((batches, permit))
+                        let permit = budget.acquire_many_owned(cost).await;
+                        AbortOnDrop(tokio::spawn(async move {
+                            let permit = permit
+                                .map_err(|_| SnowflakeError::Http("download cancelled".into()))?;
+                            let batches =
+                                download_chunk(&http, &headers, &chunk, i, &rowtype, &schema)
+                                    .await?;
+                            Ok((batches, permit))
+                        }))
                     }
                 })
-                .buffered(prefetch);
+                .map(|task| async move {
+                    task.join().await.unwrap_or_else(|e| {
+                        Err(SnowflakeError::Http(format!(
+                            "chunk download task failed: {e}"
+                        )))
+                    })
+                })
+                .buffered(prefetch)
+                .boxed();
             while let Some(item) = downloads.next().await {
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
@@ -654,10 +667,17 @@ fn transient(status: reqwest::StatusCode) -> bool {
     status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408
 }
 
-/// Aborts the download task when the result stream is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// A task aborted when its handle is dropped: dropping the result stream
+/// stops the downloads.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
