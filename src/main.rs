@@ -28,6 +28,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Serve parquet files over the Snowflake connector protocol (for development and tests).
     EmulateSnowflake(cmd::emulate::Args),
+    /// Show the last recorded runs per table (floe.sync_runs in the target).
+    Status(cmd::status::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
             Command::Run(args) => cmd::run::run(args).await,
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::EmulateSnowflake(args) => cmd::emulate::run(args).await,
+            Command::Status(args) => cmd::status::run(args).await,
         }
     });
     match result {

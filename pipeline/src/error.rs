@@ -43,6 +43,14 @@ pub enum PipelineError {
         read: u64,
         staged: u64,
     },
+    /// The shrink guard refused the swap; the old table is kept.
+    #[error("table {table}: refusing to replace {old} rows with {new} (more than {max_shrink_pct}% fewer, or empty); the target was left unchanged. If the source really shrank, rerun with --allow-shrink")]
+    Shrink {
+        table: String,
+        old: u64,
+        new: u64,
+        max_shrink_pct: u32,
+    },
     /// The run was cancelled (Ctrl-C, SIGTERM); the old table is kept.
     #[error("table {table}: cancelled; the target was left unchanged")]
     Cancelled { table: String },

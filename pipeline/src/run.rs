@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 
 use crate::postgres::encode::{CopyEncoder, COPY_HEADER, COPY_TRAILER};
 use crate::postgres::refresh::{self, TablePlan};
-use crate::postgres::Target;
+use crate::postgres::{runs, Target};
 use crate::snowflake::QueryTicket;
 use crate::PipelineError;
 
@@ -34,6 +34,8 @@ pub struct RunOptions {
     /// Fires when the run must stop (Ctrl-C): the load rolls back and a
     /// running Snowflake query is aborted on the server.
     pub cancel: Cancel,
+    /// Let a refresh shrink the table past `load.max_shrink` (or empty it).
+    pub allow_shrink: bool,
 }
 
 /// A cancellation signal shared by a run's tasks.
@@ -145,6 +147,8 @@ pub async fn run_table(
         on_invalid: table_cfg.on_invalid_geometry,
         ..Default::default()
     };
+    let target_name = format!("{}.{}", target.schema, table_cfg.target);
+    let book = record_start(config, name, target, options, &target_name).await;
     let result = load_table(config, name, target, options, &geometry, progress).await;
     let invalid_geometries = geometry.invalid_count.load(Ordering::Relaxed);
     if invalid_geometries > 0 {
@@ -155,7 +159,7 @@ pub async fn run_table(
         );
     }
     let seconds = started.elapsed().as_secs_f64();
-    match result {
+    let report = match &result {
         Ok(loaded) => TableReport {
             status: "success",
             table: table_cfg.target.clone(),
@@ -182,6 +186,60 @@ pub async fn run_table(
                 error: Some(e.to_string()),
                 invalid_geometries,
             }
+        }
+    };
+    if let Some(book) = book {
+        let loaded = result.as_ref().ok();
+        let outcome = runs::Outcome {
+            status: report.status,
+            source: loaded.and_then(|l| l.source.as_deref()),
+            rows_read: loaded.map(|l| l.rows),
+            rows_written: loaded.map(|l| l.final_count),
+            final_count: report.final_count,
+            checksum: None,
+            error: report.error.as_deref(),
+        };
+        if let Err(e) = runs::finish(&book.client, &options.run_id, name, &outcome).await {
+            tracing::warn!(table = name, "cannot record the run in floe.sync_runs: {e}");
+        }
+    }
+    report
+}
+
+/// Opens the bookkeeping session and records the run as `running`; a
+/// target that cannot take the record only costs a warning (the load
+/// itself will report why it cannot connect).
+async fn record_start(
+    config: &Config,
+    name: &str,
+    target: &Target,
+    options: &RunOptions,
+    target_name: &str,
+) -> Option<crate::postgres::Session> {
+    let t = &config.tables[name];
+    let source = match (&options.parquet_dir, t.source()) {
+        (Some(dir), _) => format!("parquet {}", dir.display()),
+        (None, Some(SourceSpec::Parquet(path))) => format!("parquet {path}"),
+        (None, Some(SourceSpec::Snowflake { query, .. })) => format!("snowflake: {query}"),
+        (None, None) => String::new(),
+    };
+    let session = target
+        .connect(
+            &format!("floe/{}/{}/record", t.target, options.run_id),
+            &config.load,
+        )
+        .await
+        .ok()?;
+    let recorded = async {
+        runs::ensure(&session.client).await?;
+        runs::start(&session.client, &options.run_id, name, target_name, &source).await
+    }
+    .await;
+    match recorded {
+        Ok(()) => Some(session),
+        Err(e) => {
+            tracing::warn!(table = name, "cannot record the run in floe.sync_runs: {e}");
+            None
         }
     }
 }
@@ -222,6 +280,8 @@ async fn current_count(
 struct Loaded {
     rows: u64,
     final_count: u64,
+    /// Where the rows came from, once known (the Snowflake query id).
+    source: Option<String>,
 }
 
 /// Plans the transform and the Postgres columns, then runs the refresh.
@@ -243,6 +303,7 @@ async fn load_table(
         message,
     };
     let mut snowflake_session = None;
+    let mut source_id = None;
     let cancelled = || PipelineError::Cancelled {
         table: name.to_string(),
     };
@@ -270,6 +331,7 @@ async fn load_table(
             };
             let provider = result.and_then(|r| {
                 tracing::info!(table = name, query_id = %r.query_id, rows = r.total, "Snowflake query done");
+                source_id = Some(format!("snowflake query {}", r.query_id));
                 crate::source::snowflake(&session, r).map_err(source_err)
             });
             if provider.is_err() {
@@ -314,6 +376,17 @@ async fn load_table(
         .await?;
     let client = Arc::clone(&session.client);
     let staging = refresh::prepare(&client, &plan, &options.run_id).await?;
+    // Holding the table's lock: a `running` record of another run is a dead run's.
+    let target_name = format!("{}.{}", target.schema, t.target);
+    match runs::mark_abandoned(&client, &target_name, &options.run_id).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            table = name,
+            runs = n,
+            "marked earlier runs that never finished as abandoned"
+        ),
+        Err(e) => tracing::debug!(table = name, "sync_runs not updated: {e}"),
+    }
     let load = async {
         let stream = df
             .execute_stream()
@@ -336,8 +409,15 @@ async fn load_table(
         if options.cancel.is_cancelled() {
             return Err(cancelled());
         }
+        if !options.allow_shrink {
+            shrink_guard(&client, &plan, final_count, config.load.max_shrink).await?;
+        }
         refresh::swap(&client, &plan, &staging).await?;
-        Ok(Loaded { rows, final_count })
+        Ok(Loaded {
+            rows,
+            final_count,
+            source: source_id.clone(),
+        })
     };
     // Cancelling drops the load mid-flight: the COPY is abandoned, and the
     // staging table is dropped below, before the lock is released.
@@ -357,6 +437,30 @@ async fn load_table(
         s.logout().await;
     }
     result
+}
+
+/// Refuses a swap that would empty the target or shrink it by more than
+/// `max_shrink`: a source that returned nothing, or far too little, is far
+/// more often a broken source than a real change.
+async fn shrink_guard(
+    client: &Client,
+    plan: &TablePlan,
+    new: u64,
+    max_shrink: f64,
+) -> Result<(), PipelineError> {
+    let Some(old) = refresh::current_count(client, plan).await? else {
+        return Ok(());
+    };
+    let floor = (old as f64 * (1.0 - max_shrink)).ceil() as u64;
+    if old > 0 && (new == 0 || new < floor) {
+        return Err(PipelineError::Shrink {
+            table: plan.table.clone(),
+            old,
+            new,
+            max_shrink_pct: (max_shrink * 100.0).round() as u32,
+        });
+    }
+    Ok(())
 }
 
 /// Decides each output column's Postgres type, checking the table's

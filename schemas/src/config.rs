@@ -131,7 +131,7 @@ impl TargetConfig {
 
 /// The Snowflake connection, with the official connectors' parameter names.
 /// Each key can be overridden by `SNOWFLAKE_<KEY>` in the environment.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnowflakeConfig {
     pub account: Option<String>,
@@ -164,12 +164,37 @@ pub struct SnowflakeConfig {
     pub max_buffered_bytes: usize,
 }
 
+impl Default for SnowflakeConfig {
+    /// No connection details; the same download bounds as an empty `[snowflake]` section.
+    fn default() -> Self {
+        SnowflakeConfig {
+            account: None,
+            user: None,
+            password: None,
+            authenticator: None,
+            private_key_file: None,
+            private_key_passphrase: None,
+            token: None,
+            role: None,
+            warehouse: None,
+            database: None,
+            schema: None,
+            host: None,
+            port: None,
+            protocol: None,
+            geography_output_format: None,
+            prefetch_threads: default_prefetch(),
+            max_buffered_bytes: default_result_buffer(),
+        }
+    }
+}
+
 fn default_prefetch() -> usize {
     4
 }
 
 fn default_result_buffer() -> usize {
-    256 << 20
+    64 << 20
 }
 
 impl fmt::Debug for SnowflakeConfig {
@@ -264,16 +289,22 @@ pub struct LoadConfig {
     /// crashed floe can never leave locks behind.
     #[serde(with = "duration_text")]
     pub idle_in_transaction_timeout: Duration,
+    /// The shrink guard: a full refresh that would replace a non-empty table
+    /// with zero rows, or with fewer than `(1 - max_shrink)` of its rows,
+    /// fails before the swap unless `--allow-shrink` is given. An empty or
+    /// truncated source must never pass for a good one.
+    pub max_shrink: f64,
 }
 
 impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
             batch_size: 8192,
-            max_in_flight_bytes: 64 << 20,
+            max_in_flight_bytes: 16 << 20,
             lock_timeout: Duration::from_secs(10),
             statement_timeout: Duration::from_secs(300),
             idle_in_transaction_timeout: Duration::from_secs(60),
+            max_shrink: 0.5,
         }
     }
 }
@@ -428,6 +459,13 @@ impl Config {
                 "must be at least 1048576 (1 MiB)",
             ));
         }
+        if !(0.0..=1.0).contains(&self.load.max_shrink) {
+            return Err(self.invalid(
+                "-",
+                "load.max_shrink",
+                "must be between 0 and 1 (0.5 = a refresh may drop at most half the rows)",
+            ));
+        }
         let mut targets = BTreeMap::new();
         for (name, t) in &self.tables {
             if t.source().is_none() {
@@ -539,6 +577,16 @@ target = "t_cache"
         let t = &c.tables["t"];
         assert_eq!(t.transform_sql(), "SELECT * FROM source");
         assert_eq!(t.source(), Some(SourceSpec::Parquet("x.parquet".into())));
+    }
+
+    #[test]
+    fn without_a_snowflake_section_downloads_keep_their_documented_bounds() {
+        // A derived Default once gave 0 here: one download at a time and a 1 MiB budget.
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.snowflake.prefetch_threads, 4);
+        assert_eq!(c.snowflake.max_buffered_bytes, 64 << 20);
+        let d = SnowflakeConfig::default();
+        assert_eq!((d.prefetch_threads, d.max_buffered_bytes), (4, 64 << 20));
     }
 
     #[test]

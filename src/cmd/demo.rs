@@ -103,6 +103,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         run_id: new_run_id(),
         parquet_dir: None,
         cancel,
+        allow_shrink: false,
     };
     let tables = super::select_tables(&config, &[])?;
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;

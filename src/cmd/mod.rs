@@ -4,6 +4,7 @@ pub mod demo;
 pub mod emulate;
 pub mod generate;
 pub mod run;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 

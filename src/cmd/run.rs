@@ -21,6 +21,9 @@ pub struct Args {
     /// Read every table from DIR/<SNOWFLAKE_TABLE>.parquet instead of its configured source.
     #[arg(long)]
     parquet: Option<PathBuf>,
+    /// Let a refresh shrink a table by more than `load.max_shrink`, or empty it.
+    #[arg(long)]
+    allow_shrink: bool,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
 }
@@ -39,6 +42,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         run_id: new_run_id(),
         parquet_dir: args.parquet,
         cancel,
+        allow_shrink: args.allow_shrink,
     };
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
     Ok(if let Some(code) = signal.exit_code() {

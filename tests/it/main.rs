@@ -1,10 +1,12 @@
 //! Integration tests against a real PostgreSQL + PostGIS (an ephemeral
 //! cluster per test binary; see `support`).
 
+mod bounded_memory;
 mod cli;
 mod conformance;
 mod grid;
 mod refresh;
+mod runs;
 mod snowflake;
 mod support;
 mod types;

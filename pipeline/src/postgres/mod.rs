@@ -3,6 +3,7 @@
 
 pub mod encode;
 pub mod refresh;
+pub mod runs;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -311,6 +311,28 @@ pub async fn swap(client: &Client, plan: &TablePlan, staging: &str) -> Result<()
 
 /// Drops the staging table after a failure (best effort; the next run drops
 /// any that remain).
+/// Rows in the live target table, or `None` if it does not exist yet.
+pub async fn current_count(
+    client: &Client,
+    plan: &TablePlan,
+) -> Result<Option<u64>, PipelineError> {
+    let q = plan.qualified(&plan.target);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q])
+        .await
+        .map_err(pg(plan, "looking up the target table"))?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let n: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {q}"), &[])
+        .await
+        .map_err(pg(plan, "counting the target table"))?
+        .get(0);
+    Ok(Some(n as u64))
+}
+
 pub async fn discard(client: &Client, plan: &TablePlan, staging: &str) {
     let sql = format!("DROP TABLE IF EXISTS {}", plan.qualified(staging));
     if let Err(e) = client.batch_execute(&sql).await {

@@ -1,0 +1,192 @@
+//! `floe.sync_runs`: one row per table per run, in the target database, so
+//! an operator can see what every run did with one query (or `floe status`).
+//!
+//! Each write is a single autocommit statement on its own connection: the
+//! record never waits on the load, and a crash leaves the row `running`,
+//! which the next run of that table (once it holds the table's lock) marks
+//! `abandoned`.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+/// Creates the `floe` schema and the table if missing.
+const CREATE_SQL: &str = "\
+CREATE SCHEMA IF NOT EXISTS floe;
+CREATE TABLE IF NOT EXISTS floe.sync_runs (
+    run_id       text        NOT NULL,
+    table_name   text        NOT NULL,
+    target       text        NOT NULL,
+    mode         text        NOT NULL,
+    source       text,
+    started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at  timestamptz,
+    rows_read    bigint,
+    rows_written bigint,
+    final_count  bigint,
+    checksum     text,
+    status       text        NOT NULL
+        CHECK (status IN ('running', 'success', 'failed', 'cancelled', 'abandoned')),
+    error        text,
+    PRIMARY KEY (run_id, table_name)
+);
+CREATE INDEX IF NOT EXISTS sync_runs_target_started ON floe.sync_runs (target, started_at DESC);";
+
+/// Creates the bookkeeping table, tolerating a concurrent run doing the same.
+pub async fn ensure(client: &Client) -> Result<(), tokio_postgres::Error> {
+    match client.batch_execute(CREATE_SQL).await {
+        Ok(()) => Ok(()),
+        // Two first runs racing on CREATE ... IF NOT EXISTS: the other one won.
+        Err(e)
+            if e.code().is_some_and(|c| {
+                *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    || *c == tokio_postgres::error::SqlState::DUPLICATE_OBJECT
+            }) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Records that `run_id` started loading `target` (schema-qualified).
+pub async fn start(
+    client: &Client,
+    run_id: &str,
+    table: &str,
+    target: &str,
+    source: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO floe.sync_runs (run_id, table_name, target, mode, source, status) \
+             VALUES ($1, $2, $3, 'full', $4, 'running')",
+            &[&run_id, &table, &target, &source],
+        )
+        .await
+        .map(drop)
+}
+
+/// Marks other runs of `target` still `running` as `abandoned`. Call while
+/// holding the target's advisory lock: no live run can then be loading it.
+pub async fn mark_abandoned(
+    client: &Client,
+    target: &str,
+    run_id: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE floe.sync_runs SET status = 'abandoned', finished_at = clock_timestamp(), \
+             error = coalesce(error, 'the run ended without recording a result (crash or kill); found by run ' || $2) \
+             WHERE target = $1 AND status = 'running' AND run_id <> $2",
+            &[&target, &run_id],
+        )
+        .await
+}
+
+/// How a run ended, as recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome<'a> {
+    pub status: &'a str,
+    pub source: Option<&'a str>,
+    pub rows_read: Option<u64>,
+    pub rows_written: Option<u64>,
+    pub final_count: Option<u64>,
+    pub checksum: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+/// Records the end of a run.
+pub async fn finish(
+    client: &Client,
+    run_id: &str,
+    table: &str,
+    outcome: &Outcome<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    let n = |v: Option<u64>| v.map(|v| v as i64);
+    client
+        .execute(
+            "UPDATE floe.sync_runs SET status = $3, finished_at = clock_timestamp(), \
+             source = coalesce($4, source), rows_read = $5, rows_written = $6, final_count = $7, \
+             checksum = $8, error = $9 WHERE run_id = $1 AND table_name = $2",
+            &[
+                &run_id,
+                &table,
+                &outcome.status,
+                &outcome.source,
+                &n(outcome.rows_read),
+                &n(outcome.rows_written),
+                &n(outcome.final_count),
+                &outcome.checksum,
+                &outcome.error,
+            ],
+        )
+        .await
+        .map(drop)
+}
+
+/// One recorded run, as `floe status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub table: String,
+    pub target: String,
+    pub mode: String,
+    pub source: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub seconds: Option<f64>,
+    pub rows_read: Option<i64>,
+    pub rows_written: Option<i64>,
+    pub final_count: Option<i64>,
+    pub checksum: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// The last `per_table` runs of every table (or of the tables named), newest first.
+pub async fn last_runs(
+    client: &Client,
+    tables: &[String],
+    per_table: i64,
+) -> Result<Vec<RunRecord>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('floe.sync_runs') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT run_id, table_name, target, mode, source, \
+                    to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                    to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                    extract(epoch FROM finished_at - started_at)::float8, \
+                    rows_read, rows_written, final_count, checksum, status, error \
+             FROM (SELECT *, row_number() OVER (PARTITION BY target ORDER BY started_at DESC) AS n \
+                   FROM floe.sync_runs \
+                   WHERE cardinality($1::text[]) = 0 OR table_name = ANY($1) OR target = ANY($1)) r \
+             WHERE n <= $2 ORDER BY table_name, started_at DESC",
+            &[&tables, &per_table],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| RunRecord {
+            run_id: r.get(0),
+            table: r.get(1),
+            target: r.get(2),
+            mode: r.get(3),
+            source: r.get(4),
+            started_at: r.get(5),
+            finished_at: r.get(6),
+            seconds: r.get(7),
+            rows_read: r.get(8),
+            rows_written: r.get(9),
+            final_count: r.get(10),
+            checksum: r.get(11),
+            status: r.get(12),
+            error: r.get(13),
+        })
+        .collect())
+}

@@ -1,0 +1,92 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use pipeline::postgres::{runs, Target};
+
+use crate::output::OutputFormat;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Config file (default: ./floe.toml, else the shipped grid config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Only these tables (config name or Postgres table); repeatable. Default: all recorded.
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// Postgres URL, overriding the config's [target] (password is never printed).
+    #[arg(long, env = "FLOE_TARGET_URL", hide_env_values = true)]
+    target: Option<String>,
+    /// Runs shown per table, newest first.
+    #[arg(long, default_value_t = 5)]
+    last: i64,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+}
+
+/// `floe status`: the last runs per table from `floe.sync_runs`.
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let config = super::load_config(args.config.as_deref())?;
+    let target_config = match &args.target {
+        Some(url) => config.target.with_url(url),
+        None => config.target.clone(),
+    };
+    let target = Target::resolve(&target_config)?;
+    // Config names and Postgres names both select; resolve config names to targets.
+    let tables: Vec<String> = args
+        .tables
+        .iter()
+        .flat_map(|t| match config.find_table(t) {
+            Some((name, tc)) => vec![name.to_string(), format!("{}.{}", target.schema, tc.target)],
+            None => vec![t.clone()],
+        })
+        .collect();
+    let session = target
+        .connect("floe/status", &config.load)
+        .await
+        .context("connecting to the target")?;
+    let records = runs::last_runs(&session.client, &tables, args.last.max(1))
+        .await
+        .context("reading floe.sync_runs")?;
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+        OutputFormat::Text => {
+            if records.is_empty() {
+                println!("no runs recorded in {} yet", target.display());
+            } else {
+                println!(
+                    "{:<12} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  error",
+                    "status",
+                    "target",
+                    "run",
+                    "started (UTC)",
+                    "seconds",
+                    "rows_read",
+                    "final_count"
+                );
+            }
+            for r in &records {
+                let n = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<12} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  {}",
+                    r.status,
+                    r.target,
+                    r.run_id,
+                    r.started_at,
+                    r.seconds
+                        .map(|s| format!("{s:.2}"))
+                        .unwrap_or_else(|| "-".into()),
+                    n(r.rows_read),
+                    n(r.final_count),
+                    r.error
+                        .as_deref()
+                        .unwrap_or("")
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,215 @@
+//! Every run is recorded in `floe.sync_runs`; a crashed run is marked
+//! `abandoned` by the next; the shrink guard refuses to replace a table with
+//! an empty or much smaller one; `floe status` shows it all.
+
+use std::process::Command;
+
+use crate::support::*;
+
+#[derive(Debug)]
+struct Recorded {
+    status: String,
+    rows_read: Option<i64>,
+    final_count: Option<i64>,
+    source: Option<String>,
+    error: Option<String>,
+    finished: bool,
+}
+
+async fn recorded(client: &tokio_postgres::Client, target: &str) -> Vec<Recorded> {
+    client
+        .query(
+            "SELECT status, rows_read, final_count, source, error, finished_at IS NOT NULL \
+             FROM floe.sync_runs WHERE target = $1 ORDER BY started_at",
+            &[&target],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| Recorded {
+            status: r.get(0),
+            rows_read: r.get(1),
+            final_count: r.get(2),
+            source: r.get(3),
+            error: r.get(4),
+            finished: r.get(5),
+        })
+        .collect()
+}
+
+/// A vegetation parquet file of `rows` rows.
+fn vegetation(dir: &std::path::Path, rows: u64) -> std::path::PathBuf {
+    let d = schemas::datasets::find("vegetation").unwrap();
+    let path = dir.join(format!("veg_{rows}.parquet"));
+    pipeline::generate::write_table(d, rows, 7, &path).unwrap();
+    path
+}
+
+fn vegetation_config(path: &std::path::Path) -> schemas::config::Config {
+    parquet_config(
+        path,
+        "veg",
+        "primary_key = [\"zone_id\"]\ntransform = \"SELECT zone_id, species, to_geography(canopy) AS canopy FROM source\"",
+    )
+}
+
+#[tokio::test]
+async fn every_run_is_recorded_and_the_shrink_guard_keeps_the_old_table() {
+    let url = fresh_db("runs_shrink").await;
+    let client = connect(&url).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let full = vegetation(tmp.path(), 2_000);
+    let small = vegetation(tmp.path(), 900);
+    let empty = vegetation(tmp.path(), 0);
+
+    assert_success(&run(&vegetation_config(&full), "t", &url, None).await);
+    let before = fingerprint(&client, "veg").await;
+
+    // Less than half the rows, then none: refused, old table kept.
+    for (path, rows) in [(&small, 900), (&empty, 0)] {
+        let r = run(&vegetation_config(path), "t", &url, None).await;
+        assert_eq!(r.status, "failed", "{rows} rows were swapped in");
+        let e = r.error.unwrap();
+        assert!(
+            e.contains(&format!("refusing to replace 2000 rows with {rows}")),
+            "{e}"
+        );
+        assert!(e.contains("--allow-shrink"), "{e}");
+        assert_eq!(r.final_count, Some(2_000));
+        assert_eq!(fingerprint(&client, "veg").await, before);
+        assert!(staging_tables(&client).await.is_empty());
+    }
+    // Asked for: the smaller table goes in.
+    let target =
+        pipeline::postgres::Target::resolve(&vegetation_config(&small).target.with_url(&url))
+            .unwrap();
+    let options = pipeline::run::RunOptions {
+        run_id: pipeline::run::new_run_id(),
+        allow_shrink: true,
+        ..Default::default()
+    };
+    let r = pipeline::run::run_table(
+        &vegetation_config(&small),
+        "t",
+        &target,
+        &options,
+        &std::sync::atomic::AtomicU64::new(0),
+    )
+    .await;
+    assert_success(&r);
+    assert_eq!(r.final_count, Some(900));
+
+    let runs = recorded(&client, "public.veg").await;
+    let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["success", "failed", "failed", "success"]);
+    assert!(runs.iter().all(|r| r.finished));
+    assert_eq!(runs[0].rows_read, Some(2_000));
+    assert_eq!(runs[0].final_count, Some(2_000));
+    assert!(
+        runs[0].source.as_deref().unwrap().starts_with("parquet "),
+        "{:?}",
+        runs[0]
+    );
+    assert_eq!(
+        runs[1].final_count,
+        Some(2_000),
+        "a refused run records the kept count"
+    );
+    assert!(runs[1].error.as_deref().unwrap().contains("refusing"));
+    assert_eq!(runs[3].final_count, Some(900));
+}
+
+#[tokio::test]
+async fn a_killed_run_is_marked_abandoned_by_the_next_and_floe_status_shows_it() {
+    // GIVEN a floe run killed (SIGKILL) while Snowflake still runs its query
+    let (_emulator, port) = emulator_process(
+        grid_dir(),
+        &["--user", "etl", "--fault", "long-query-secs=60"],
+        &[("SNOWFLAKE_PASSWORD", "pw")],
+    );
+    let url = fresh_db("runs_abandoned").await;
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_floe"))
+            .args(["run", "--table", "transformers", "--target", &url])
+            .env_remove("FLOE_TARGET_URL")
+            .envs(snowflake_env(port, "etl", "pw"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_for_stats(port, |s| s["result_polls"].as_u64() >= Some(1))
+            .await
+            .is_some()
+    );
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let client = connect(&url).await;
+    let runs = recorded(&client, "public.transformers_cache").await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, "running", "{runs:?}");
+
+    // WHEN the next run comes (the fault is used up)
+    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(["run", "--table", "transformers", "--target", &url])
+        .env_remove("FLOE_TARGET_URL")
+        .envs(snowflake_env(port, "etl", "pw"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // THEN the killed run is `abandoned`, the new one `success` with its query id
+    let runs = recorded(&client, "public.transformers_cache").await;
+    let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["abandoned", "success"]);
+    assert!(runs[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("without recording a result"));
+    assert!(
+        runs[1]
+            .source
+            .as_deref()
+            .unwrap()
+            .starts_with("snowflake query "),
+        "{runs:?}"
+    );
+    assert_eq!(runs[1].final_count, Some(GRID_ROWS as i64));
+
+    // AND floe status shows both, newest first
+    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args([
+            "status",
+            "--table",
+            "transformers",
+            "--output",
+            "json",
+            "--target",
+            &url,
+        ])
+        .env_remove("FLOE_TARGET_URL")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let shown: Vec<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, ["success", "abandoned"]);
+    assert_eq!(status[0]["final_count"], GRID_ROWS);
+    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(["status", "--target", &url])
+        .env_remove("FLOE_TARGET_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("abandoned") && text.contains("public.transformers_cache"),
+        "{text}"
+    );
+}
