@@ -244,6 +244,9 @@ pub(crate) async fn token_request(
     let Some(master) = bearer(&headers).map(str::to_string) else {
         return failure("390113", "Master token not found.", Value::Null);
     };
+    if state.with_faults(|f| std::mem::take(&mut f.expire_master)) {
+        return failure("390114", "Master token expired.", Value::Null);
+    }
     let old = body["oldSessionToken"].as_str().unwrap_or("").to_string();
     let new_token = state.new_id();
     let validity = state.session_validity;

@@ -19,6 +19,9 @@ pub struct Faults {
     pub truncated_chunk: u32,
     /// Every live session token expires now (the master token stays valid).
     pub expire_session: bool,
+    /// The next renewal is refused as if the master token had expired
+    /// (`390114`), so the client must log in again.
+    pub expire_master: bool,
     /// The next query keeps running for this many seconds: its answer is
     /// `333333` with a result URL to poll.
     pub long_query_secs: u64,
@@ -51,6 +54,7 @@ impl Faults {
             "slow_chunks" => self.slow_chunks = count(value)?,
             "truncated_chunk" => self.truncated_chunk = count(value)?,
             "expire_session" => self.expire_session = value.is_none_or(|v| v != "false"),
+            "expire_master" => self.expire_master = value.is_none_or(|v| v != "false"),
             "long_query_secs" | "long_query" => self.long_query_secs = number(value)?,
             "login_failure" => self.login_failure = count(value)?,
             "query_error" => {
@@ -62,7 +66,7 @@ impl Faults {
             }
             other => {
                 return Err(format!(
-                    "unknown fault `{other}` (chunk-503, slow-chunk-ms, slow-chunks, truncated-chunk, expire-session, long-query-secs, login-failure, query-error)"
+                    "unknown fault `{other}` (chunk-503, slow-chunk-ms, slow-chunks, truncated-chunk, expire-session, expire-master, long-query-secs, login-failure, query-error)"
                 ))
             }
         }

@@ -43,6 +43,15 @@ pub enum PipelineError {
         read: u64,
         staged: u64,
     },
+    /// Readers kept the target locked through every swap attempt.
+    #[error("table {table}: the swap could not lock {target}: {attempts} attempts each waited lock_timeout ({lock_timeout_ms} ms); held by {blockers}; the target was left unchanged")]
+    SwapBlocked {
+        table: String,
+        target: String,
+        attempts: u32,
+        lock_timeout_ms: u64,
+        blockers: String,
+    },
     /// The shrink guard refused the swap; the old table is kept.
     #[error("table {table}: refusing to replace {old} rows with {new} (more than {max_shrink_pct}% fewer, or empty); the target was left unchanged. If the source really shrank, rerun with --allow-shrink")]
     Shrink {

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod error;
 pub mod generate;
 pub mod postgres;
+pub mod retry;
 pub mod run;
 pub mod snowflake;
 pub mod source;

@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value_t = emulator::SESSION_VALIDITY.as_secs())]
     session_validity: u64,
     /// Arm a fault: chunk-503[=N], slow-chunk-ms=MS, slow-chunks=N, truncated-chunk[=N],
-    /// expire-session, long-query-secs=S, login-failure[=N], query-error=CODE. Repeatable;
+    /// expire-session, expire-master, long-query-secs=S, login-failure[=N], query-error=CODE. Repeatable;
     /// also settable at runtime with `POST /floe/faults`.
     #[arg(long = "fault", value_name = "NAME[=VALUE]")]
     faults: Vec<String>,

@@ -266,3 +266,84 @@ async fn a_batch_larger_than_the_whole_in_flight_budget_still_goes_through() {
     assert_success(&report);
     assert_eq!(report.final_count, Some(GRID_ROWS));
 }
+
+/// Connects as a named session (so the swap's error can name it).
+async fn named_reader(url: &str, application_name: &str) -> tokio_postgres::Client {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    connect(&format!("{url}{sep}application_name={application_name}")).await
+}
+
+#[tokio::test]
+async fn a_reader_holding_the_table_through_every_swap_attempt_is_named_and_nothing_changes() {
+    let url = fresh_db("swap_blocked").await;
+    let mut config = shipped_config();
+    config.load.lock_timeout = std::time::Duration::from_millis(200);
+    assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
+    let client = connect(&url).await;
+    let before = fingerprint(&client, "transformers_cache").await;
+
+    // A report left open in a transaction on the cache table.
+    let reader = named_reader(&url, "map-report").await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM transformers_cache")
+        .await
+        .unwrap();
+    let r = run(&config, "transformers", &url, Some(grid_dir())).await;
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("3 attempts") && e.contains("map-report") && e.contains("idle in transaction"),
+        "{e}"
+    );
+    assert!(e.contains("SELECT count(*) FROM transformers_cache"), "{e}");
+    assert_eq!(fingerprint(&client, "transformers_cache").await, before);
+    assert!(staging_tables(&client).await.is_empty());
+    // Every floe session is gone; the reader's transaction was never disturbed.
+    let floe_sessions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'floe/%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(floe_sessions, 0);
+    reader.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reader_that_lets_go_between_attempts_only_delays_the_swap() {
+    let url = fresh_db("swap_retried").await;
+    let mut config = shipped_config();
+    config.load.lock_timeout = std::time::Duration::from_millis(300);
+    assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
+    let reader = named_reader(&url, "short-report").await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM transformers_cache")
+        .await
+        .unwrap();
+    // The reader lets go only after floe's first attempt has timed out waiting for it.
+    let monitor = connect(&url).await;
+    let release = tokio::spawn(async move {
+        loop {
+            let waiting: i64 = monitor
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE relation = 'transformers_cache'::regclass AND NOT granted",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+        reader.batch_execute("COMMIT").await.unwrap();
+    });
+    let r = run(&config, "transformers", &url, Some(grid_dir())).await;
+    release.await.unwrap();
+    assert_success(&r);
+    assert_eq!(r.final_count, Some(GRID_ROWS));
+}

@@ -253,6 +253,25 @@ async fn an_expired_session_token_is_renewed_and_the_query_replayed() {
 }
 
 #[tokio::test]
+async fn when_the_master_token_is_gone_too_the_client_logs_in_again() {
+    let emulator = emulator().await;
+    let session = SnowflakeSession::login(&client_config(&emulator, "grid-secret"))
+        .await
+        .unwrap();
+    emulator.inject(|f| {
+        f.expire_session = true;
+        f.expire_master = true;
+    });
+    let got = read_all(&session, "TRANSFORMERS").await;
+    assert_eq!(got, parquet_table("TRANSFORMERS"));
+    let stats = emulator.stats();
+    assert_eq!((stats.logins, stats.renewals), (2, 0), "{stats:?}");
+    session.logout().await;
+    // The expired first session is still on the books; the second was closed.
+    assert_eq!(emulator.stats().logouts, 1);
+}
+
+#[tokio::test]
 async fn a_long_running_query_is_polled_until_its_result_is_ready() {
     let emulator = emulator().await;
     let session = SnowflakeSession::login(&client_config(&emulator, "grid-secret"))

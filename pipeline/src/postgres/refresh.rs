@@ -235,7 +235,67 @@ pub async fn build_and_verify(
 }
 
 /// Swaps the verified staging table into place in one short transaction.
+/// Swap attempts when readers hold the target past `lock_timeout`.
+const SWAP_ATTEMPTS: u32 = 3;
+
+/// Swaps the staging table into place. Each attempt waits at most
+/// `lock_timeout` for readers; between attempts floe backs off (the lock
+/// is never held while waiting), and after the last it names the sessions
+/// in the way. The old table is untouched until an attempt commits.
 pub async fn swap(client: &Client, plan: &TablePlan, staging: &str) -> Result<(), PipelineError> {
+    let mut attempt = 1;
+    loop {
+        match swap_once(client, plan, staging).await {
+            Err(e) if is_lock_timeout(&e) => {
+                if attempt == SWAP_ATTEMPTS {
+                    return Err(PipelineError::SwapBlocked {
+                        table: plan.table.clone(),
+                        target: plan.qualified(&plan.target),
+                        attempts: attempt,
+                        lock_timeout_ms: plan.lock_timeout.as_millis() as u64,
+                        blockers: blockers(client, plan).await,
+                    });
+                }
+                let pause = plan.lock_timeout.min(std::time::Duration::from_secs(2)) * attempt
+                    + crate::retry::jitter(std::time::Duration::from_millis(250));
+                tracing::warn!(table = %plan.table, attempt, "readers held the target past lock_timeout; retrying the swap in {pause:?}");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_lock_timeout(e: &PipelineError) -> bool {
+    matches!(e, PipelineError::Postgres { source, .. }
+        if source.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE))
+}
+
+/// The other sessions holding a lock on the target: who is in the swap's way.
+async fn blockers(client: &Client, plan: &TablePlan) -> String {
+    let rows = client
+        .query(
+            "SELECT DISTINCT a.pid, coalesce(a.application_name, ''), coalesce(a.state, ''),                     left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120),                     coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8, 0)              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid              WHERE l.relation = to_regclass($1) AND l.granted AND l.pid <> pg_backend_pid()",
+            &[&plan.qualified(&plan.target)],
+        )
+        .await;
+    match rows {
+        Ok(rows) if !rows.is_empty() => rows
+            .iter()
+            .map(|r| {
+                let (pid, app, state, query, age): (i32, String, String, String, f64) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                format!("pid {pid} (application_name '{app}', {state} for {age:.0}s): {query}")
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Ok(_) => "no session holds it any more".into(),
+        Err(e) => format!("cannot list them: {e}"),
+    }
+}
+
+async fn swap_once(client: &Client, plan: &TablePlan, staging: &str) -> Result<(), PipelineError> {
     let target = plan.qualified(&plan.target);
     let exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])

@@ -798,11 +798,5 @@ fn inflate(body: &[u8]) -> Result<Vec<u8>, SnowflakeError> {
 
 /// Exponential backoff from 100 ms, capped at 5 s, with up to 50% jitter.
 fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0)
-        % (base / 2 + 1);
-    Duration::from_millis(base + jitter)
+    crate::retry::backoff(attempt, Duration::from_millis(100), Duration::from_secs(5))
 }
