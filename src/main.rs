@@ -30,6 +30,8 @@ enum Command {
     EmulateSnowflake(cmd::emulate::Args),
     /// Show the last recorded runs per table (floe.sync_runs in the target).
     Status(cmd::status::Args),
+    /// Check the target: timeouts, PostGIS, sessions idle in transaction, cache tables vs their last run, staging leftovers, lock waits.
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::EmulateSnowflake(args) => cmd::emulate::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,
+            Command::Doctor(args) => cmd::doctor::run(args).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! One module per subcommand; shared config loading lives here.
 
 pub mod demo;
+pub mod doctor;
 pub mod emulate;
 pub mod generate;
 pub mod run;

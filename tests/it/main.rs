@@ -4,6 +4,7 @@
 mod bounded_memory;
 mod cli;
 mod conformance;
+mod doctor;
 mod grid;
 mod refresh;
 mod runs;
