@@ -63,6 +63,13 @@ pub enum PipelineError {
     /// The run was cancelled (Ctrl-C, SIGTERM); the old table is kept.
     #[error("table {table}: cancelled; the target was left unchanged")]
     Cancelled { table: String },
+    /// The staged content does not hash to what floe sent; the old table is kept.
+    #[error("table {table}: verification failed: the staged rows' checksum is {staged} but floe sent {sent}; the target was left unchanged")]
+    ChecksumMismatch {
+        table: String,
+        sent: String,
+        staged: String,
+    },
     /// Another floe run holds this table.
     #[error("table {table}: another floe run is loading {target} right now")]
     Busy { table: String, target: String },

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::Client;
 
+use crate::postgres::checksum::RowChecksum;
 use crate::postgres::encode::{CopyEncoder, COPY_HEADER, COPY_TRAILER};
 use crate::postgres::refresh::{self, TablePlan};
 use crate::postgres::{runs, Target};
@@ -196,7 +197,7 @@ pub async fn run_table(
             rows_read: loaded.map(|l| l.rows),
             rows_written: loaded.map(|l| l.final_count),
             final_count: report.final_count,
-            checksum: None,
+            checksum: loaded.map(|l| l.checksum.as_str()),
             error: report.error.as_deref(),
         };
         if let Err(e) = runs::finish(&book.client, &options.run_id, name, &outcome).await {
@@ -282,6 +283,8 @@ struct Loaded {
     final_count: u64,
     /// Where the rows came from, once known (the Snowflake query id).
     source: Option<String>,
+    /// The verified content checksum (see `postgres::checksum`).
+    checksum: String,
 }
 
 /// Plans the transform and the Postgres columns, then runs the refresh.
@@ -366,6 +369,7 @@ async fn load_table(
         indexes: t.indexes.clone(),
         lock_timeout: config.load.lock_timeout,
     };
+    let mut checksum = RowChecksum::new(&columns);
     let mut encoder = CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?;
 
     let session = target
@@ -401,11 +405,13 @@ async fn load_table(
             &staging,
             stream,
             &mut encoder,
+            &mut checksum,
             config.load.max_in_flight_bytes,
             progress,
         )
         .await?;
-        let final_count = refresh::build_and_verify(&client, &plan, &staging, rows).await?;
+        let sum = checksum.hex();
+        let final_count = refresh::build_and_verify(&client, &plan, &staging, rows, &sum).await?;
         if options.cancel.is_cancelled() {
             return Err(cancelled());
         }
@@ -417,6 +423,7 @@ async fn load_table(
             rows,
             final_count,
             source: source_id.clone(),
+            checksum: sum,
         })
     };
     // Cancelling drops the load mid-flight: the COPY is abandoned, and the
@@ -540,6 +547,7 @@ async fn copy_stream(
     staging: &str,
     mut stream: SendableRecordBatchStream,
     encoder: &mut CopyEncoder,
+    checksum: &mut RowChecksum,
     budget: usize,
     progress: &AtomicU64,
 ) -> Result<u64, PipelineError> {
@@ -582,11 +590,20 @@ async fn copy_stream(
             let batch = batch.map_err(|e| transform_error(&plan.table, rows, e))?;
             let mut buf =
                 BytesMut::with_capacity(batch.get_array_memory_size() / 2 + COPY_HEADER.len());
-            if first {
+            let start = if first {
                 buf.extend_from_slice(COPY_HEADER);
                 first = false;
-            }
+                COPY_HEADER.len()
+            } else {
+                0
+            };
             encoder.encode(&batch, &mut buf)?;
+            checksum
+                .add_tuples(&buf[start..])
+                .map_err(|message| PipelineError::Transform {
+                    table: plan.table.clone(),
+                    message: format!("checksum of the encoded rows: {message}"),
+                })?;
             let cost = buf.len().clamp(1, budget) as u32;
             let Ok(permit) = Arc::clone(&permits).acquire_many_owned(cost).await else {
                 return Ok(None);

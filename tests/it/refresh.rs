@@ -347,3 +347,67 @@ async fn a_reader_that_lets_go_between_attempts_only_delays_the_swap() {
     assert_success(&r);
     assert_eq!(r.final_count, Some(GRID_ROWS));
 }
+
+#[tokio::test]
+async fn rows_changed_on_their_way_into_staging_fail_the_checksum_and_keep_the_old_table() {
+    let url = fresh_db("checksum_mismatch").await;
+    let config = shipped_config();
+    assert_success(&run(&config, "vegetation", &url, Some(grid_dir())).await);
+    let client = connect(&url).await;
+    let before = fingerprint(&client, "vegetation_cache").await;
+    let recorded: Option<String> = client
+        .query_one(
+            "SELECT checksum FROM floe.sync_runs WHERE status = 'success'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded.as_deref().map(str::len), Some(16), "{recorded:?}");
+
+    // Something in the database rewrites rows as they are inserted (here: a
+    // trigger that an event trigger attaches to every new table). Same count,
+    // different content.
+    client
+        .batch_execute(
+            "CREATE FUNCTION tamper() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN NEW.species := upper(NEW.species); RETURN NEW; END $$;
+             CREATE FUNCTION attach_tamper() RETURNS event_trigger LANGUAGE plpgsql AS $$
+               DECLARE r record;
+               BEGIN
+                 FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
+                   EXECUTE format('CREATE TRIGGER tamper BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION tamper()', r.object_identity);
+                 END LOOP;
+               END $$;
+             CREATE EVENT TRIGGER attach_tamper ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+               EXECUTE FUNCTION attach_tamper();",
+        )
+        .await
+        .unwrap();
+    let r = run(&config, "vegetation", &url, Some(grid_dir())).await;
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("checksum") && e.contains("left unchanged"),
+        "{e}"
+    );
+    assert_eq!(fingerprint(&client, "vegetation_cache").await, before);
+    assert!(staging_tables(&client).await.is_empty());
+
+    client
+        .batch_execute("DROP EVENT TRIGGER attach_tamper")
+        .await
+        .unwrap();
+    let r = run(&config, "vegetation", &url, Some(grid_dir())).await;
+    assert_success(&r);
+    // The same data again: the same checksum as the first run.
+    let last: Option<String> = client
+        .query_one(
+            "SELECT checksum FROM floe.sync_runs WHERE status = 'success' ORDER BY finished_at DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, recorded);
+}

@@ -1,6 +1,7 @@
 //! The Postgres side: connecting with safe session settings, the binary COPY
 //! encoder ([`encode`]) and the staged full refresh ([`refresh`]).
 
+pub mod checksum;
 pub mod doctor;
 pub mod encode;
 pub mod refresh;

@@ -26,6 +26,7 @@ use schemas::config::IndexConfig;
 use schemas::pg::{quote_ident, quote_qualified, PgColumn};
 use tokio_postgres::Client;
 
+use super::checksum;
 use crate::PipelineError;
 
 /// Session memory for building indexes after the load.
@@ -183,6 +184,7 @@ pub async fn build_and_verify(
     plan: &TablePlan,
     staging: &str,
     rows_read: u64,
+    checksum: &str,
 ) -> Result<u64, PipelineError> {
     let table = plan.qualified(staging);
     client
@@ -229,6 +231,35 @@ pub async fn build_and_verify(
             table: plan.table.clone(),
             read: rows_read,
             staged,
+        });
+    }
+    let columns: Vec<checksum::SendColumn> = client
+        .query(
+            "SELECT a.attname::text, t.typsend::text, t.typname = 'jsonb' \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&table],
+        )
+        .await
+        .map_err(pg(plan, "reading the staging table's columns"))?
+        .into_iter()
+        .map(|r| checksum::SendColumn {
+            name: r.get(0),
+            send: r.get(1),
+            jsonb: r.get(2),
+        })
+        .collect();
+    let answer: String = client
+        .query_one(&checksum::sql(&table, &columns), &[])
+        .await
+        .map_err(pg(plan, "computing the staged rows' checksum"))?
+        .get(0);
+    let staged_sum = checksum::from_sql(&answer).unwrap_or(answer);
+    if staged_sum != checksum {
+        return Err(PipelineError::ChecksumMismatch {
+            table: plan.table.clone(),
+            sent: checksum.to_string(),
+            staged: staged_sum,
         });
     }
     Ok(staged)
