@@ -369,8 +369,10 @@ async fn load_table(
         indexes: t.indexes.clone(),
         lock_timeout: config.load.lock_timeout,
     };
-    let mut checksum = RowChecksum::new(&columns);
-    let mut encoder = CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?;
+    let mut encoding = Encoding {
+        checksum: RowChecksum::new(&columns),
+        encoder: CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?,
+    };
 
     let session = target
         .connect(
@@ -404,13 +406,12 @@ async fn load_table(
             &plan,
             &staging,
             stream,
-            &mut encoder,
-            &mut checksum,
+            &mut encoding,
             config.load.max_in_flight_bytes,
             progress,
         )
         .await?;
-        let sum = checksum.hex();
+        let sum = encoding.checksum.hex();
         let final_count = refresh::build_and_verify(&client, &plan, &staging, rows, &sum).await?;
         if options.cancel.is_cancelled() {
             return Err(cancelled());
@@ -541,13 +542,18 @@ enum Frame {
 /// Streams the transform's batches through the encoder into `COPY ... FROM
 /// STDIN` on `client`, with at most `budget` encoded bytes queued between the
 /// two. Returns the rows read (which the COPY's own count must equal).
+/// What turns batches into COPY bytes, and the checksum of those bytes.
+struct Encoding {
+    encoder: CopyEncoder,
+    checksum: RowChecksum,
+}
+
 async fn copy_stream(
     client: &Arc<Client>,
     plan: &TablePlan,
     staging: &str,
     mut stream: SendableRecordBatchStream,
-    encoder: &mut CopyEncoder,
-    checksum: &mut RowChecksum,
+    encoding: &mut Encoding,
     budget: usize,
     progress: &AtomicU64,
 ) -> Result<u64, PipelineError> {
@@ -597,8 +603,9 @@ async fn copy_stream(
             } else {
                 0
             };
-            encoder.encode(&batch, &mut buf)?;
-            checksum
+            encoding.encoder.encode(&batch, &mut buf)?;
+            encoding
+                .checksum
                 .add_tuples(&buf[start..])
                 .map_err(|message| PipelineError::Transform {
                     table: plan.table.clone(),
