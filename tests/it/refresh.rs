@@ -299,14 +299,23 @@ async fn a_reader_holding_the_table_through_every_swap_attempt_is_named_and_noth
     assert_eq!(fingerprint(&client, "transformers_cache").await, before);
     assert!(staging_tables(&client).await.is_empty());
     // Every floe session is gone; the reader's transaction was never disturbed.
-    let floe_sessions: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'floe/%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    // (A closed connection's backend may take a moment to exit.)
+    let mut floe_sessions: i64 = -1;
+    for _ in 0..50 {
+        floe_sessions = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name LIKE 'floe/%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if floe_sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(floe_sessions, 0);
     reader.batch_execute("COMMIT").await.unwrap();
 }

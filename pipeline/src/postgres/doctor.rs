@@ -1,4 +1,5 @@
 //! `floe doctor`: the checks an operator runs when the map looks wrong —
+//! in the target's database (sessions elsewhere on the server cannot block it) —
 //! timeouts that stop sessions from idling in transaction, PostGIS, sessions
 //! idle in transaction (floe's own marked), each cache table's row count
 //! against its last successful run, orphaned staging tables, lock waits.
@@ -210,6 +211,7 @@ async fn idle_in_transaction(
                     left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 120) \
              FROM pg_stat_activity \
              WHERE state IN ('idle in transaction', 'idle in transaction (aborted)') AND pid <> pg_backend_pid() \
+               AND datname = current_database() \
              ORDER BY state_change",
             &[],
         )
@@ -360,7 +362,8 @@ async fn staging_tables(client: &Client, schema: &str) -> Result<Finding, tokio_
     // A staging table is in use while some floe session runs; else it is an orphan.
     let loading: i64 = client
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'floe/%' AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'floe/%' \
+             AND pid <> pg_backend_pid() AND datname = current_database()",
             &[],
         )
         .await?
@@ -398,7 +401,8 @@ async fn lock_waits(client: &Client) -> Result<Finding, tokio_postgres::Error> {
             "SELECT a.pid, coalesce(a.application_name, ''), pg_blocking_pids(a.pid), \
                     extract(epoch FROM now() - a.query_start)::float8, \
                     left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120) \
-             FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()",
+             FROM pg_stat_activity a WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid() \
+               AND a.datname = current_database()",
             &[],
         )
         .await?;
