@@ -162,6 +162,10 @@ pub struct SnowflakeConfig {
     /// Upper bound on decoded result bytes downloaded but not yet consumed.
     #[serde(default = "default_result_buffer")]
     pub max_buffered_bytes: usize,
+    /// A response (or chunk) that sends nothing for this long is abandoned
+    /// and retried: a stalled source must not hang a run.
+    #[serde(default = "default_read_timeout", with = "duration_text")]
+    pub read_timeout: Duration,
 }
 
 impl Default for SnowflakeConfig {
@@ -185,8 +189,13 @@ impl Default for SnowflakeConfig {
             geography_output_format: None,
             prefetch_threads: default_prefetch(),
             max_buffered_bytes: default_result_buffer(),
+            read_timeout: default_read_timeout(),
         }
     }
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_prefetch() -> usize {

@@ -213,47 +213,56 @@ async fn floe_run_reads_snowflake_configured_only_by_environment() {
 }
 
 #[tokio::test]
-async fn ctrl_c_during_a_snowflake_query_aborts_it_rolls_back_and_exits_130() {
-    // GIVEN an emulator whose next query keeps running for a minute
-    let (_emulator, port) = emulator_process(
-        grid_dir(),
-        &["--user", "etl", "--fault", "long-query-secs=60"],
-        &[("SNOWFLAKE_PASSWORD", "pw")],
-    );
-    let url = fresh_db("cli_ctrl_c").await;
-    let child = Command::new(env!("CARGO_BIN_EXE_floe"))
-        .args(["run", "--table", "transformers", "--target", &url])
-        .env_remove("FLOE_TARGET_URL")
-        .envs(snowflake_env(port, "etl", "pw"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // WHEN Ctrl-C arrives while floe waits for the query
-    let aborted = wait_for_stats(port, |s| s["result_polls"].as_u64() >= Some(1)).await;
-    assert!(aborted.is_some(), "floe never polled the running query");
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let o = child.wait_with_output().unwrap();
-    // THEN floe exits 130, says it rolled back, and the query was aborted on the server
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("cancelled"), "{out}");
-    let stats = wait_for_stats(port, |s| {
-        s["aborted"].as_array().is_some_and(|a| a.len() == 1)
-    })
-    .await
-    .expect("an abort-request reached the server");
-    assert_eq!(stats["live_sessions"], 0, "{stats}");
-    let client = connect(&url).await;
-    assert!(staging_tables(&client).await.is_empty());
-    let exists: bool = client
-        .query_one("SELECT to_regclass('transformers_cache') IS NOT NULL", &[])
+async fn sigint_and_sigterm_during_a_snowflake_query_abort_it_roll_back_and_exit_130_143() {
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        // GIVEN an emulator whose next query keeps running for a minute
+        let (_emulator, port) = emulator_process(
+            grid_dir(),
+            &["--user", "etl", "--fault", "long-query-secs=60"],
+            &[("SNOWFLAKE_PASSWORD", "pw")],
+        );
+        let db = format!("cli_signal_{code}");
+        let url = fresh_db(&db).await;
+        let child = Command::new(env!("CARGO_BIN_EXE_floe"))
+            .args(["run", "--table", "transformers", "--target", &url])
+            .env_remove("FLOE_TARGET_URL")
+            .envs(snowflake_env(port, "etl", "pw"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // WHEN the signal arrives while floe waits for the query
+        let polled = wait_for_stats(port, |s| s["result_polls"].as_u64() >= Some(1)).await;
+        assert!(polled.is_some(), "floe never polled the running query");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let o = child.wait_with_output().unwrap();
+        // THEN floe exits 128+signal, says it rolled back, and the query was aborted on the server
+        assert_eq!(o.status.code(), Some(code), "{signal}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("cancelled"), "{out}");
+        let stats = wait_for_stats(port, |s| {
+            s["aborted"].as_array().is_some_and(|a| a.len() == 1)
+        })
         .await
-        .unwrap()
-        .get(0);
-    assert!(!exists, "a cancelled first load must not create the table");
+        .expect("an abort-request reached the server");
+        assert_eq!(stats["live_sessions"], 0, "{stats}");
+        let client = connect(&url).await;
+        assert!(staging_tables(&client).await.is_empty());
+        let exists: bool = client
+            .query_one("SELECT to_regclass('transformers_cache') IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!exists, "a cancelled first load must not create the table");
+        let recorded: String = client
+            .query_one("SELECT status FROM floe.sync_runs", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(recorded, "cancelled");
+    }
 }

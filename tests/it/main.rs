@@ -5,6 +5,7 @@ mod bounded_memory;
 mod cli;
 mod conformance;
 mod doctor;
+mod faults;
 mod grid;
 mod refresh;
 mod runs;

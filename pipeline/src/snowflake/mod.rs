@@ -153,9 +153,17 @@ pub struct QueryResult {
 }
 
 fn http_err(e: reqwest::Error) -> SnowflakeError {
-    // reqwest's message can include the URL; Snowflake URLs carry no secrets
-    // (the session token travels in a header).
-    SnowflakeError::Http(e.without_url().to_string())
+    // Without the URL: pre-signed chunk URLs carry signatures. The causes
+    // (timed out, connection reset) are what an operator needs.
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    SnowflakeError::Http(message)
 }
 
 fn unix_now() -> u64 {
@@ -214,7 +222,7 @@ impl SnowflakeSession {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .read_timeout(cfg.read_timeout.max(Duration::from_millis(100)))
             .build()
             .map_err(http_err)?;
         let mut login_query: Vec<(&'static str, String)> = Vec::new();

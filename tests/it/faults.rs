@@ -1,0 +1,285 @@
+//! Faults during a run, against a real Postgres and the Snowflake emulator.
+//! For each: the target keeps its previous content (count and checksum), no
+//! floe session is left idle in transaction, no staging table survives the
+//! next run, `sync_runs` records the failure with its cause, and the next
+//! run succeeds.
+
+use std::time::Duration;
+
+use emulator::{Emulator, EmulatorConfig};
+use schemas::config::{Config, SnowflakeConfig};
+use tokio_postgres::Client;
+
+use crate::support::*;
+
+async fn emulator() -> Emulator {
+    Emulator::start(EmulatorConfig {
+        chunk_rows: 2_000,
+        ..EmulatorConfig::new(grid_dir(), "floe", "pw")
+    })
+    .await
+    .expect("emulator starts")
+}
+
+fn config_for(emulator: &Emulator) -> Config {
+    let mut config = shipped_config();
+    config.snowflake = SnowflakeConfig {
+        account: Some("emulator".into()),
+        user: Some("floe".into()),
+        password: Some("pw".into()),
+        host: Some("127.0.0.1".into()),
+        port: Some(emulator.port()),
+        protocol: Some("http".into()),
+        ..Default::default()
+    };
+    config
+}
+
+/// floe sessions of this database idle in transaction.
+async fn floe_idle_in_transaction(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name LIKE 'floe/%' AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The last recorded run of `target`: status and error.
+async fn last_run(client: &Client, target: &str) -> (String, String) {
+    let row = client
+        .query_one(
+            "SELECT status, coalesce(error, '') FROM floe.sync_runs WHERE target = $1 \
+             ORDER BY started_at DESC LIMIT 1",
+            &[&target],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Everything a fault must leave true, then a clean run.
+async fn assert_survived(
+    config: &Config,
+    url: &str,
+    client: &Client,
+    before: &(i64, String),
+    cause: &str,
+) {
+    assert_eq!(&fingerprint(client, "transformers_cache").await, before);
+    assert_eq!(floe_idle_in_transaction(client).await, 0);
+    let (status, error) = last_run(client, "public.transformers_cache").await;
+    assert_eq!(status, "failed");
+    assert!(
+        error.contains(cause),
+        "sync_runs error {error:?} lacks {cause:?}"
+    );
+    let again = run(config, "transformers", url, None).await;
+    assert_success(&again);
+    assert!(staging_tables(client).await.is_empty());
+    assert_eq!(
+        last_run(client, "public.transformers_cache").await.0,
+        "success"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floe_backend_terminated_mid_copy() {
+    let emulator = emulator().await;
+    let config = config_for(&emulator);
+    let url = fresh_db("fault_terminate").await;
+    assert_success(&run(&config, "transformers", &url, None).await);
+    let client = connect(&url).await;
+    let before = fingerprint(&client, "transformers_cache").await;
+
+    // A chunk that takes 3 s: COPY is open, waiting for data, when the backend dies.
+    emulator.inject(|f| {
+        f.slow_chunk_ms = 3_000;
+        f.slow_chunks = 1;
+    });
+    let killer = {
+        let client = connect(&url).await;
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let n: i64 = client
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE datname = current_database() AND application_name LIKE 'floe/transformers_cache/%' \
+                         AND query LIKE 'COPY%'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if n > 0 {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        })
+    };
+    let r = run(&config, "transformers", &url, None).await;
+    assert!(killer.await.unwrap(), "never saw floe's COPY");
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(e.contains("COPY"), "{e}");
+    assert_survived(&config, &url, &client, &before, "COPY").await;
+}
+
+#[tokio::test]
+async fn statement_timeout_fires_during_the_index_build() {
+    let url = fresh_db("fault_statement_timeout").await;
+    let mut config = shipped_config();
+    let client = connect(&url).await;
+    assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
+    let before = fingerprint(&client, "transformers_cache").await;
+    // Index builds become slow (an event trigger sleeps inside CREATE INDEX).
+    client
+        .batch_execute(
+            "CREATE FUNCTION slow_index() RETURNS event_trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(3); END $$;
+             CREATE EVENT TRIGGER slow_index ON ddl_command_start WHEN TAG IN ('CREATE INDEX')
+               EXECUTE FUNCTION slow_index();",
+        )
+        .await
+        .unwrap();
+    config.load.statement_timeout = Duration::from_millis(1_500);
+    let r = run(&config, "transformers", &url, Some(grid_dir())).await;
+    assert_eq!(r.status, "failed", "{r:?}");
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("building an index") && e.contains("statement timeout"),
+        "{e}"
+    );
+    client
+        .batch_execute("DROP EVENT TRIGGER slow_index")
+        .await
+        .unwrap();
+    // (the clean run reads the same parquet)
+    assert_eq!(fingerprint(&client, "transformers_cache").await, before);
+    assert_eq!(floe_idle_in_transaction(&client).await, 0);
+    let (status, error) = last_run(&client, "public.transformers_cache").await;
+    assert_eq!(status, "failed");
+    assert!(error.contains("statement timeout"), "{error}");
+    assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
+    assert!(staging_tables(&client).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_chunk_is_abandoned_after_read_timeout_and_fetched_again() {
+    let emulator = emulator().await;
+    let mut config = config_for(&emulator);
+    config.snowflake.read_timeout = Duration::from_millis(800);
+    let url = fresh_db("fault_stall").await;
+    let client = connect(&url).await;
+    assert_success(&run(&config, "transformers", &url, None).await);
+    let before = fingerprint(&client, "transformers_cache").await;
+
+    // Once: the stalled download is dropped and fetched again.
+    let requests = emulator.stats().chunk_requests;
+    emulator.inject(|f| {
+        f.slow_chunk_ms = 5_000;
+        f.slow_chunks = 1;
+    });
+    let started = std::time::Instant::now();
+    assert_success(&run(&config, "transformers", &url, None).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited out the stall"
+    );
+    // 20,000 rows at 2,000 a chunk: 9 downloads, plus the retry.
+    assert_eq!(emulator.stats().chunk_requests - requests, 10);
+    assert_eq!(fingerprint(&client, "transformers_cache").await, before);
+
+    // Every attempt stalls: a clear failure, the table as it was.
+    emulator.inject(|f| {
+        f.slow_chunk_ms = 5_000;
+        f.slow_chunks = 100;
+    });
+    let r = run(&config, "transformers", &url, None).await;
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(e.contains("timed out") && e.contains("attempts"), "{e}");
+    emulator.inject(|f| f.slow_chunks = 0);
+    assert_survived(&config, &url, &client, &before, "timed out").await;
+}
+
+/// Unmounts the tiny filesystem however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn the_target_disk_fills_up_during_copy() {
+    // A 2 MiB tmpfs as a tablespace where new tables go: the staging table
+    // fills it, the existing cache table lives elsewhere. (CI runs as root,
+    // which mounting needs.)
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("tiny");
+    std::fs::create_dir(&mount).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .expect("mount");
+    assert!(status.success(), "mounting a tmpfs needs root");
+    let _mounted = Mounted(mount.clone());
+    let pg_dir = mount.join("pg");
+    std::fs::create_dir(&pg_dir).unwrap();
+    let owner = std::fs::metadata(cluster().data_dir()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(&pg_dir, Some(owner.uid()), Some(owner.gid())).unwrap();
+
+    let url = fresh_db("fault_disk_full").await;
+    let client = connect(&url).await;
+    let config = shipped_config();
+    assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
+    let before = fingerprint(&client, "transformers_cache").await;
+    let admin = connect(&cluster().url()).await;
+    admin
+        .batch_execute("DROP TABLESPACE IF EXISTS tiny")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLESPACE tiny LOCATION '{}'",
+            pg_dir.display()
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("ALTER DATABASE fault_disk_full SET default_tablespace = tiny")
+        .await
+        .unwrap();
+    let r = run(&config, "transformers", &url, Some(grid_dir())).await;
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("No space left on device") || e.contains("could not extend"),
+        "{e}"
+    );
+    assert_eq!(fingerprint(&client, "transformers_cache").await, before);
+    assert_eq!(floe_idle_in_transaction(&client).await, 0);
+    let (status, error) = last_run(&client, "public.transformers_cache").await;
+    assert_eq!(status, "failed");
+    assert!(
+        error.contains("space") || error.contains("extend"),
+        "{error}"
+    );
+    // Space again: the next run succeeds and cleans up.
+    admin
+        .batch_execute("ALTER DATABASE fault_disk_full RESET default_tablespace")
+        .await
+        .unwrap();
+    assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
+    assert!(staging_tables(&client).await.is_empty());
+    admin.batch_execute("DROP TABLESPACE tiny").await.unwrap();
+}
