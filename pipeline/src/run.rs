@@ -197,7 +197,7 @@ pub async fn run_table(
             rows_read: loaded.map(|l| l.rows),
             rows_written: loaded.map(|l| l.final_count),
             final_count: report.final_count,
-            checksum: loaded.map(|l| l.checksum.as_str()),
+            checksum: loaded.and_then(|l| l.checksum.as_deref()),
             error: report.error.as_deref(),
         };
         if let Err(e) = runs::finish(&book.client, &options.run_id, name, &outcome).await {
@@ -283,8 +283,8 @@ struct Loaded {
     final_count: u64,
     /// Where the rows came from, once known (the Snowflake query id).
     source: Option<String>,
-    /// The verified content checksum (see `postgres::checksum`).
-    checksum: String,
+    /// The verified content checksum (see `postgres::checksum`), unless turned off.
+    checksum: Option<String>,
 }
 
 /// Plans the transform and the Postgres columns, then runs the refresh.
@@ -369,10 +369,7 @@ async fn load_table(
         indexes: t.indexes.clone(),
         lock_timeout: config.load.lock_timeout,
     };
-    let mut encoding = Encoding {
-        checksum: RowChecksum::new(&columns),
-        encoder: CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?,
-    };
+    let encoder = CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?;
 
     let session = target
         .connect(
@@ -382,6 +379,7 @@ async fn load_table(
         .await?;
     let client = Arc::clone(&session.client);
     let staging = refresh::prepare(&client, &plan, &options.run_id).await?;
+
     // Holding the table's lock: a `running` record of another run is a dead run's.
     let target_name = format!("{}.{}", target.schema, t.target);
     match runs::mark_abandoned(&client, &target_name, &options.run_id).await {
@@ -394,6 +392,12 @@ async fn load_table(
         Err(e) => tracing::debug!(table = name, "sync_runs not updated: {e}"),
     }
     let load = async {
+        let checksum = if config.load.verify_checksum {
+            let columns = refresh::staged_columns(&client, &plan, &staging).await?;
+            Some(RowChecksum::new(&columns))
+        } else {
+            None
+        };
         let stream = df
             .execute_stream()
             .await
@@ -406,13 +410,41 @@ async fn load_table(
             &plan,
             &staging,
             stream,
-            &mut encoding,
+            Encoding { encoder, checksum },
             config.load.max_in_flight_bytes,
             progress,
         )
         .await?;
-        let sum = encoding.checksum.hex();
-        let final_count = refresh::build_and_verify(&client, &plan, &staging, rows, &sum).await?;
+        let (rows, sum) = rows;
+        // Verification reads the staged table on a second session while the
+        // first builds the indexes: on two cores it costs little wall time.
+        let verifier = target
+            .connect(
+                &format!("floe/{}/{}/verify", t.target, options.run_id),
+                &config.load,
+            )
+            .await?;
+        let started = Instant::now();
+        let ((built, build_time), (verified, verify_time)) = tokio::join!(
+            async {
+                let r = refresh::build(&client, &plan, &staging).await;
+                (r, started.elapsed())
+            },
+            async {
+                let r =
+                    refresh::verify(&verifier.client, &plan, &staging, rows, sum.as_deref()).await;
+                (r, started.elapsed())
+            }
+        );
+        tracing::info!(
+            table = name,
+            ?build_time,
+            ?verify_time,
+            "indexes built; staged rows verified"
+        );
+        drop(verifier);
+        built?;
+        let final_count = verified?;
         if options.cancel.is_cancelled() {
             return Err(cancelled());
         }
@@ -531,10 +563,17 @@ fn plan_columns(
         .collect()
 }
 
+/// The encoder, and the checksum of what it produces (unless turned off).
+struct Encoding {
+    encoder: CopyEncoder,
+    checksum: Option<RowChecksum>,
+}
+
 /// One message from the encoder to the COPY writer.
 enum Frame {
-    /// Encoded bytes, holding their share of the in-flight budget until written.
-    Data(Bytes, OwnedSemaphorePermit),
+    /// Encoded bytes, holding their share of the in-flight budget until
+    /// written; `tuples` is where the rows are (not the COPY header/trailer).
+    Data(Bytes, OwnedSemaphorePermit, std::ops::Range<usize>),
     /// Everything was sent: complete the COPY. Without it the COPY is aborted.
     Finish,
 }
@@ -542,26 +581,24 @@ enum Frame {
 /// Streams the transform's batches through the encoder into `COPY ... FROM
 /// STDIN` on `client`, with at most `budget` encoded bytes queued between the
 /// two. Returns the rows read (which the COPY's own count must equal).
-/// What turns batches into COPY bytes, and the checksum of those bytes.
-struct Encoding {
-    encoder: CopyEncoder,
-    checksum: RowChecksum,
-}
-
 async fn copy_stream(
     client: &Arc<Client>,
     plan: &TablePlan,
     staging: &str,
     mut stream: SendableRecordBatchStream,
-    encoding: &mut Encoding,
+    encoding: Encoding,
     budget: usize,
     progress: &AtomicU64,
-) -> Result<u64, PipelineError> {
+) -> Result<(u64, Option<String>), PipelineError> {
     let permits = Arc::new(Semaphore::new(budget));
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let copy_sql = plan.copy_sql(staging);
     let writer_client = Arc::clone(client);
     let table = plan.table.clone();
+    let Encoding {
+        mut encoder,
+        mut checksum,
+    } = encoding;
     let writer = tokio::spawn(async move {
         let to_err = |step, e| PipelineError::postgres(&table, step, e);
         let sink = writer_client
@@ -571,7 +608,16 @@ async fn copy_stream(
         let mut sink = Box::pin(sink);
         while let Some(frame) = rx.recv().await {
             match frame {
-                Frame::Data(bytes, permit) => {
+                Frame::Data(bytes, permit, tuples) => {
+                    // Hashed here, off the encoder's path: the two run in parallel.
+                    if let Some(c) = checksum.as_mut() {
+                        c.add_tuples(&bytes[tuples]).map_err(|message| {
+                            PipelineError::Transform {
+                                table: table.clone(),
+                                message: format!("checksum of the encoded rows: {message}"),
+                            }
+                        })?;
+                    }
                     sink.send(bytes).await.map_err(|e| to_err("COPY", e))?;
                     drop(permit);
                 }
@@ -581,7 +627,7 @@ async fn copy_stream(
                         .finish()
                         .await
                         .map_err(|e| to_err("completing COPY", e))?;
-                    return Ok(Some(n));
+                    return Ok(Some((n, checksum.map(|c| c.hex()))));
                 }
             }
         }
@@ -603,19 +649,13 @@ async fn copy_stream(
             } else {
                 0
             };
-            encoding.encoder.encode(&batch, &mut buf)?;
-            encoding
-                .checksum
-                .add_tuples(&buf[start..])
-                .map_err(|message| PipelineError::Transform {
-                    table: plan.table.clone(),
-                    message: format!("checksum of the encoded rows: {message}"),
-                })?;
+            encoder.encode(&batch, &mut buf)?;
+            let tuples = start..buf.len();
             let cost = buf.len().clamp(1, budget) as u32;
             let Ok(permit) = Arc::clone(&permits).acquire_many_owned(cost).await else {
                 return Ok(None);
             };
-            if tx.send(Frame::Data(buf.freeze(), permit)).is_err() {
+            if tx.send(Frame::Data(buf.freeze(), permit, tuples)).is_err() {
                 return Ok(None); // the writer failed; its error is the cause
             }
             rows += batch.num_rows() as u64;
@@ -628,7 +668,7 @@ async fn copy_stream(
         tail.extend_from_slice(COPY_TRAILER);
         let cost = tail.len() as u32;
         if let Ok(permit) = Arc::clone(&permits).acquire_many_owned(cost).await {
-            if tx.send(Frame::Data(tail.freeze(), permit)).is_ok() {
+            if tx.send(Frame::Data(tail.freeze(), permit, 0..0)).is_ok() {
                 let _ = tx.send(Frame::Finish);
             }
         }
@@ -643,8 +683,8 @@ async fn copy_stream(
     match (produced, written) {
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => Err(e),
-        (Ok(Some(read)), Ok(Some(copied))) if read == copied => Ok(read),
-        (Ok(Some(read)), Ok(Some(copied))) => Err(PipelineError::CountMismatch {
+        (Ok(Some(read)), Ok(Some((copied, sum)))) if read == copied => Ok((read, sum)),
+        (Ok(Some(read)), Ok(Some((copied, _)))) => Err(PipelineError::CountMismatch {
             table: plan.table.clone(),
             read,
             staged: copied,

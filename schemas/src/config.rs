@@ -303,6 +303,9 @@ pub struct LoadConfig {
     /// fails before the swap unless `--allow-shrink` is given. An empty or
     /// truncated source must never pass for a good one.
     pub max_shrink: f64,
+    /// Verify content, not only the row count, before the swap (see README:
+    /// the checksum). On by default; off only to measure what it costs.
+    pub verify_checksum: bool,
 }
 
 impl Default for LoadConfig {
@@ -314,6 +317,7 @@ impl Default for LoadConfig {
             statement_timeout: Duration::from_secs(300),
             idle_in_transaction_timeout: Duration::from_secs(60),
             max_shrink: 0.5,
+            verify_checksum: true,
         }
     }
 }

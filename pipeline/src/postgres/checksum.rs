@@ -1,32 +1,50 @@
 //! The content checksum both floe and Postgres compute, so a load is
 //! verified by content and not only by row count.
 //!
-//! Definition: for each row, SHA-256 over its fields as binary COPY carries
-//! them (each a 4-byte big-endian length and the value's binary form, or
-//! length -1 for NULL), in column order; the checksum is the sum, modulo
-//! 2^64, of each row's first 8 digest bytes read as a big-endian integer.
-//! A sum does not depend on row order, so floe computes it while streaming
-//! and Postgres over the staged table with the types' own `*send`
-//! functions, which produce exactly those bytes. `jsonb` columns are left
-//! out: Postgres normalises JSON (key order, whitespace), so what it stores
-//! is not byte-for-byte what floe sent; their rows are still counted.
+//! Definition: for each row, SHA-256 over the row in Postgres's binary
+//! record format — the field count (4 bytes), then per field its type OID
+//! (4 bytes), its length (4 bytes, -1 for NULL) and its binary value — in
+//! column order; the checksum is the sum, modulo 2^64, of each row's first
+//! 8 digest bytes read as a big-endian integer. A sum does not depend on
+//! row order, so floe computes it while streaming (binary COPY carries
+//! exactly each field's length and value) and Postgres computes it over the
+//! staged table with one `record_send(ROW(...))` per row. `jsonb` columns
+//! are left out: Postgres normalises JSON (key order, whitespace), so what
+//! it stores is not byte-for-byte what floe sent; their rows still count.
 
 use ring::digest::{Context, SHA256};
-use schemas::pg::{quote_ident, PgColumn, PgType};
+use schemas::pg::quote_ident;
+
+/// A column of the staged table, as the checksum needs it.
+#[derive(Debug, Clone)]
+pub struct StagedColumn {
+    pub name: String,
+    /// The column type's OID (part of the binary record format).
+    pub oid: u32,
+    pub jsonb: bool,
+}
 
 /// The running checksum of what floe sent.
 #[derive(Debug, Clone)]
 pub struct RowChecksum {
     sum: u64,
-    /// Per column: left out of the digest (jsonb).
-    skip: Vec<bool>,
+    /// Per column: its type OID, or `None` when left out (jsonb).
+    oids: Vec<Option<[u8; 4]>>,
+    /// The record's field count, as it starts every row's digest.
+    count: [u8; 4],
 }
 
 impl RowChecksum {
-    pub fn new(columns: &[PgColumn]) -> RowChecksum {
+    pub fn new(columns: &[StagedColumn]) -> RowChecksum {
+        let oids: Vec<Option<[u8; 4]>> = columns
+            .iter()
+            .map(|c| (!c.jsonb).then(|| c.oid.to_be_bytes()))
+            .collect();
+        let count = (oids.iter().flatten().count() as i32).to_be_bytes();
         RowChecksum {
             sum: 0,
-            skip: columns.iter().map(|c| c.ty == PgType::Jsonb).collect(),
+            oids,
+            count,
         }
     }
 
@@ -42,14 +60,15 @@ impl RowChecksum {
         while !tuples.is_empty() {
             let fields = i16::from_be_bytes([tuples[0], *tuples.get(1).ok_or("short tuple")?]);
             take(&mut tuples, 2)?;
-            if fields as usize != self.skip.len() {
+            if fields as usize != self.oids.len() {
                 return Err(format!(
                     "a tuple has {fields} fields, the table {}",
-                    self.skip.len()
+                    self.oids.len()
                 ));
             }
             let mut digest = Context::new(&SHA256);
-            for &skip in &self.skip {
+            digest.update(&self.count);
+            for oid in &self.oids {
                 let len = i32::from_be_bytes(
                     tuples
                         .get(..4)
@@ -59,7 +78,8 @@ impl RowChecksum {
                 );
                 let size = 4 + len.max(0) as usize;
                 let field = tuples.get(..size).ok_or("a field ends early")?;
-                if !skip {
+                if let Some(oid) = oid {
+                    digest.update(oid);
                     digest.update(field);
                 }
                 take(&mut tuples, size)?;
@@ -77,34 +97,20 @@ impl RowChecksum {
     }
 }
 
-/// A column of the staged table and its type's binary send function.
-pub struct SendColumn {
-    pub name: String,
-    pub send: String,
-    pub jsonb: bool,
-}
-
 /// The query computing the same checksum over `table`: the sum modulo
 /// 2^64 as decimal text (see [`from_sql`]).
-pub fn sql(table: &str, columns: &[SendColumn]) -> String {
+pub fn sql(table: &str, columns: &[StagedColumn]) -> String {
     let fields: Vec<String> = columns
         .iter()
         .filter(|c| !c.jsonb)
-        .map(|c| {
-            let v = format!("{}({})", c.send, quote_ident(&c.name));
-            format!("coalesce(int4send(octet_length({v})) || {v}, '\\xffffffff'::bytea)")
-        })
+        .map(|c| quote_ident(&c.name))
         .collect();
-    let row = if fields.is_empty() {
-        "''::bytea".to_string()
-    } else {
-        fields.join(" || ")
-    };
     // Each row's 8 bytes as a signed bigint (two's complement, like floe's
     // wrapping u64 sum); sum() widens to numeric, so reduce modulo 2^64.
     format!(
-        "SELECT ((coalesce(sum(('x' || encode(substring(sha256({row}) FROM 1 FOR 8), 'hex'))::bit(64)::bigint), 0) \
-         % 18446744073709551616 + 18446744073709551616) % 18446744073709551616)::text FROM {table}"
+        "SELECT ((coalesce(sum(('x' || encode(substring(sha256(record_send(ROW({}))) FROM 1 FOR 8), 'hex'))::bit(64)::bigint), 0) \
+         % 18446744073709551616 + 18446744073709551616) % 18446744073709551616)::text FROM {table}",
+        fields.join(", ")
     )
 }
 
@@ -117,11 +123,11 @@ pub fn from_sql(decimal: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn col(name: &str, ty: PgType) -> PgColumn {
-        PgColumn {
+    fn col(name: &str, oid: u32, jsonb: bool) -> StagedColumn {
+        StagedColumn {
             name: name.into(),
-            ty,
-            nullable: true,
+            oid,
+            jsonb,
         }
     }
 
@@ -141,7 +147,7 @@ mod tests {
 
     #[test]
     fn order_does_not_matter_content_does_and_jsonb_is_left_out() {
-        let cols = [col("id", PgType::Int8), col("doc", PgType::Jsonb)];
+        let cols = [col("id", 20, false), col("doc", 3802, true)];
         let a = tuple(&[Some(&1i64.to_be_bytes()), Some(b"\x01{\"a\": 1}")]);
         let b = tuple(&[Some(&2i64.to_be_bytes()), None]);
         let sum = |parts: &[&[u8]]| {

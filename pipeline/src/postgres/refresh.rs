@@ -177,15 +177,11 @@ pub async fn prepare(
     Ok(staging)
 }
 
-/// Builds keys and indexes on the loaded staging table, analyzes it, and
-/// verifies it holds exactly `rows_read` rows. Returns the staged count.
-pub async fn build_and_verify(
-    client: &Client,
-    plan: &TablePlan,
-    staging: &str,
-    rows_read: u64,
-    checksum: &str,
-) -> Result<u64, PipelineError> {
+/// Builds the primary key and indexes on the staged table, then ANALYZE.
+/// The key starts as a plain unique index (which, unlike `ADD PRIMARY KEY`,
+/// lets the verification read the table at the same time) and becomes the
+/// constraint at the end.
+pub async fn build(client: &Client, plan: &TablePlan, staging: &str) -> Result<(), PipelineError> {
     let table = plan.qualified(staging);
     client
         .batch_execute(&format!(
@@ -193,12 +189,12 @@ pub async fn build_and_verify(
         ))
         .await
         .map_err(pg(plan, "setting maintenance_work_mem"))?;
+    let pkey = quote_ident(&format!("{staging}_pkey"));
     if !plan.primary_key.is_empty() {
         let cols: Vec<String> = plan.primary_key.iter().map(|c| quote_ident(c)).collect();
         client
             .batch_execute(&format!(
-                "ALTER TABLE {table} ADD CONSTRAINT {} PRIMARY KEY ({})",
-                quote_ident(&format!("{staging}_pkey")),
+                "CREATE UNIQUE INDEX {pkey} ON {table} ({})",
                 cols.join(", ")
             ))
             .await
@@ -216,10 +212,55 @@ pub async fn build_and_verify(
             .await
             .map_err(pg(plan, "building an index"))?;
     }
+    if !plan.primary_key.is_empty() {
+        client
+            .batch_execute(&format!(
+                "ALTER TABLE {table} ADD CONSTRAINT {pkey} PRIMARY KEY USING INDEX {pkey}"
+            ))
+            .await
+            .map_err(pg(plan, "building the primary key"))?;
+    }
     client
         .batch_execute(&format!("ANALYZE {table}"))
         .await
-        .map_err(pg(plan, "analyzing the staging table"))?;
+        .map_err(pg(plan, "analyzing the staging table"))
+}
+
+/// The staging table's columns with their type OIDs, for the checksum.
+pub async fn staged_columns(
+    client: &Client,
+    plan: &TablePlan,
+    staging: &str,
+) -> Result<Vec<checksum::StagedColumn>, PipelineError> {
+    Ok(client
+        .query(
+            "SELECT a.attname::text, a.atttypid::oid, t.typname = 'jsonb' \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&plan.qualified(staging)],
+        )
+        .await
+        .map_err(pg(plan, "reading the staging table's columns"))?
+        .into_iter()
+        .map(|r| checksum::StagedColumn {
+            name: r.get(0),
+            oid: r.get(1),
+            jsonb: r.get(2),
+        })
+        .collect())
+}
+
+/// Checks the staged table holds what floe sent: `rows_read` rows and, if
+/// given, content with floe's checksum. Meant for a second session, so it
+/// runs while [`build`] builds indexes. Returns the staged row count.
+pub async fn verify(
+    client: &Client,
+    plan: &TablePlan,
+    staging: &str,
+    rows_read: u64,
+    checksum: Option<&str>,
+) -> Result<u64, PipelineError> {
+    let table = plan.qualified(staging);
     let staged: i64 = client
         .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
@@ -233,22 +274,10 @@ pub async fn build_and_verify(
             staged,
         });
     }
-    let columns: Vec<checksum::SendColumn> = client
-        .query(
-            "SELECT a.attname::text, t.typsend::text, t.typname = 'jsonb' \
-             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
-             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            &[&table],
-        )
-        .await
-        .map_err(pg(plan, "reading the staging table's columns"))?
-        .into_iter()
-        .map(|r| checksum::SendColumn {
-            name: r.get(0),
-            send: r.get(1),
-            jsonb: r.get(2),
-        })
-        .collect();
+    let Some(checksum) = checksum else {
+        return Ok(staged);
+    };
+    let columns = staged_columns(client, plan, staging).await?;
     let answer: String = client
         .query_one(&checksum::sql(&table, &columns), &[])
         .await
