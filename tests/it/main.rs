@@ -9,6 +9,7 @@ mod faults;
 mod grid;
 mod refresh;
 mod runs;
+mod secrets;
 mod snowflake;
 mod support;
 mod types;
