@@ -271,6 +271,17 @@ impl EphemeralCluster {
         (self.port, dir)
     }
 
+    /// Stops the server (fast: sessions are disconnected) and starts it again
+    /// on the same port: what a failover or a restart does to clients.
+    pub fn restart(&mut self) -> Result<(), PipelineError> {
+        let data = self.data.to_string_lossy().to_string();
+        self.run(
+            "pg_ctl",
+            &["stop", "-D", &data, "-m", "fast", "-w", "-t", "30"],
+        )?;
+        self.pg_ctl_start()
+    }
+
     /// Stops the server now.
     pub fn stop(&mut self) -> Result<(), PipelineError> {
         if self.stopped {

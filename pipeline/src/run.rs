@@ -200,7 +200,21 @@ pub async fn run_table(
             checksum: loaded.and_then(|l| l.checksum.as_deref()),
             error: report.error.as_deref(),
         };
-        if let Err(e) = runs::finish(&book.client, &options.run_id, name, &outcome).await {
+        let mut recorded = runs::finish(&book.client, &options.run_id, name, &outcome).await;
+        if recorded.is_err() {
+            // The bookkeeping connection may have died with the failure
+            // (a restarted server): record on a fresh one.
+            if let Ok(session) = target
+                .connect(
+                    &format!("floe/{}/{}/record", table_cfg.target, options.run_id),
+                    &config.load,
+                )
+                .await
+            {
+                recorded = runs::finish(&session.client, &options.run_id, name, &outcome).await;
+            }
+        }
+        if let Err(e) = recorded {
             tracing::warn!(table = name, "cannot record the run in floe.sync_runs: {e}");
         }
     }

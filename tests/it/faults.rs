@@ -284,3 +284,64 @@ async fn the_target_disk_fills_up_during_copy() {
     assert!(staging_tables(&client).await.is_empty());
     admin.batch_execute("DROP TABLESPACE tiny").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarts_in_the_middle_of_a_run() {
+    // A cluster of its own: restarting the shared one would hit other tests.
+    let mut cluster = tokio::task::spawn_blocking(pipeline::cluster::EphemeralCluster::start)
+        .await
+        .unwrap()
+        .expect("a second cluster");
+    cluster.stop_when_process_exits().unwrap();
+    let url = cluster.url();
+    let emulator = emulator().await;
+    let config = config_for(&emulator);
+    assert_success(&run(&config, "transformers", &url, None).await);
+    let before = {
+        let client = connect(&url).await;
+        fingerprint(&client, "transformers_cache").await
+    };
+
+    // A chunk that takes 3 s holds floe inside COPY; the server restarts then.
+    emulator.inject(|f| {
+        f.slow_chunk_ms = 3_000;
+        f.slow_chunks = 1;
+    });
+    let restart = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let client = connect(&url).await;
+            for _ in 0..100 {
+                let copying: i64 = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'floe/%' AND query LIKE 'COPY%'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if copying > 0 {
+                    drop(client);
+                    // The cluster comes back out of the task: dropping it would stop it.
+                    let cluster = tokio::task::spawn_blocking(move || {
+                        cluster.restart().expect("restart");
+                        cluster
+                    })
+                    .await
+                    .unwrap();
+                    return Some(cluster);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        })
+    };
+    let r = run(&config, "transformers", &url, None).await;
+    assert_eq!(r.status, "failed", "{r:?}");
+    let _cluster = restart.await.unwrap().expect("never saw floe's COPY");
+    let e = r.error.unwrap();
+    assert!(e.contains("COPY"), "{e}");
+    // The server is back: the table as it was, the failure recorded, a clean next run.
+    let client = connect(&url).await;
+    assert_survived(&config, &url, &client, &before, "COPY").await;
+}

@@ -36,22 +36,32 @@ fn assert_clean(what: &str, text: &str) {
         assert!(!text.contains(secret), "{what} printed a secret:\n{text}");
     }
     for line in key_material() {
-        assert!(!text.contains(&line), "{what} printed private key material:\n{text}");
+        assert!(
+            !text.contains(&line),
+            "{what} printed private key material:\n{text}"
+        );
     }
 }
 
 #[tokio::test]
 async fn no_command_prints_a_password_passphrase_key_or_token() {
-    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/rsa_key.pub");
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/keys/rsa_key.pub"
+    );
     let (_emulator, port) = emulator_process(
         grid_dir(),
         &["--user", "etl", "--public-key", key],
-        &[("SNOWFLAKE_PASSWORD", "pw"), ("FLOE_EMULATOR_OAUTH_TOKEN", OAUTH_TOKEN)],
+        &[
+            ("SNOWFLAKE_PASSWORD", "pw"),
+            ("FLOE_EMULATOR_OAUTH_TOKEN", OAUTH_TOKEN),
+        ],
     );
     // The test cluster trusts local connections: the password rides along unused.
-    let url = fresh_db("secrets")
-        .await
-        .replacen("postgres@", &format!("postgres:{PG_PASSWORD}@"), 1);
+    let url =
+        fresh_db("secrets")
+            .await
+            .replacen("postgres@", &format!("postgres:{PG_PASSWORD}@"), 1);
     let floe = |args: &[&str], env: &[(&str, &str)]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_floe"));
         c.args(args)
@@ -65,18 +75,27 @@ async fn no_command_prints_a_password_passphrase_key_or_token() {
         ("SNOWFLAKE_AUTHENTICATOR", "snowflake_jwt"),
         (
             "SNOWFLAKE_PRIVATE_KEY_FILE",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/rsa_key_aes.p8"),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/keys/rsa_key_aes.p8"
+            ),
         ),
         ("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE", PASSPHRASE),
     ];
     // Key-pair login, full trace logging.
-    let o = floe(&["-vv", "run", "--table", "transformers", "--target", &url], &jwt);
+    let o = floe(
+        &["-vv", "run", "--table", "transformers", "--target", &url],
+        &jwt,
+    );
     assert!(o.status.success(), "{}", all_output(&o));
     assert_clean("floe run (key pair)", &all_output(&o));
     // OAuth login.
     let o = floe(
         &["-vv", "run", "--table", "vegetation", "--target", &url],
-        &[("SNOWFLAKE_AUTHENTICATOR", "oauth"), ("SNOWFLAKE_TOKEN", OAUTH_TOKEN)],
+        &[
+            ("SNOWFLAKE_AUTHENTICATOR", "oauth"),
+            ("SNOWFLAKE_TOKEN", OAUTH_TOKEN),
+        ],
     );
     assert!(o.status.success(), "{}", all_output(&o));
     assert_clean("floe run (OAuth)", &all_output(&o));
@@ -95,12 +114,18 @@ async fn no_command_prints_a_password_passphrase_key_or_token() {
     assert!(!text.contains("wrong-passphrase-XYZZY"), "{text}");
     let o = floe(
         &["run", "--table", "transformers", "--target", &url],
-        &[("SNOWFLAKE_AUTHENTICATOR", "oauth"), ("SNOWFLAKE_TOKEN", "oauth-Wrong-TOKEN")],
+        &[
+            ("SNOWFLAKE_AUTHENTICATOR", "oauth"),
+            ("SNOWFLAKE_TOKEN", "oauth-Wrong-TOKEN"),
+        ],
     );
     assert!(!o.status.success());
     assert!(!all_output(&o).contains("oauth-Wrong-TOKEN"));
     let unreachable = format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:1/nowhere");
-    let o = floe(&["run", "--table", "transformers", "--target", &unreachable], &jwt);
+    let o = floe(
+        &["run", "--table", "transformers", "--target", &unreachable],
+        &jwt,
+    );
     assert!(!o.status.success());
     assert_clean("floe run (unreachable target)", &all_output(&o));
     // What operators look at.

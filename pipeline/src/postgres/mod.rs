@@ -113,14 +113,33 @@ impl Target {
             load.lock_timeout.as_millis(),
             load.idle_in_transaction_timeout.as_millis()
         ));
-        let (client, connection) =
-            config
-                .connect(NoTls)
-                .await
-                .map_err(|e| PipelineError::Connect {
-                    target: self.display.clone(),
-                    message: describe_pg_error(&e),
-                })?;
+        // A server that is restarting refuses connections for a moment:
+        // retry those (bounded); anything else (auth, missing database) fails now.
+        let mut attempt = 1;
+        let (client, connection) = loop {
+            match config.connect(NoTls).await {
+                Ok(c) => break c,
+                Err(e) if attempt < CONNECT_ATTEMPTS && transient_connect_error(&e) => {
+                    let pause = crate::retry::backoff(
+                        attempt,
+                        std::time::Duration::from_millis(250),
+                        std::time::Duration::from_secs(2),
+                    );
+                    tracing::warn!(
+                        attempt,
+                        "cannot connect to Postgres ({e}); retrying in {pause:?}"
+                    );
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(PipelineError::Connect {
+                        target: self.display.clone(),
+                        message: describe_pg_error(&e),
+                    })
+                }
+            }
+        };
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres connection ended: {e}");
@@ -135,6 +154,36 @@ impl Target {
 
 /// One Postgres session. Dropping it closes the connection: a session is
 /// never handed back in an unknown state.
+/// Connection attempts while the server is (re)starting: about 2 s in all.
+const CONNECT_ATTEMPTS: u32 = 4;
+
+/// Refused, reset or "starting up / shutting down": the server may be back soon.
+fn transient_connect_error(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if let Some(db) = e.as_db_error() {
+        return [
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+        ]
+        .contains(db.code());
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
 pub struct Session {
     pub client: Arc<Client>,
     task: JoinHandle<()>,
