@@ -361,128 +361,134 @@ async fn load_table(
         }
         (None, None) => return Err(source_err("no source configured".into())),
     };
-    operators::register_source(&ctx, provider).map_err(|e| PipelineError::Transform {
-        table: name.to_string(),
-        message: e.to_string(),
-    })?;
-    let df = ctx
-        .sql(t.transform_sql())
-        .await
-        .map_err(|e| PipelineError::Transform {
+    // Everything after the source is opened runs in here, so the Snowflake
+    // session below is aborted and logged out however it ends.
+    let result = async {
+        operators::register_source(&ctx, provider).map_err(|e| PipelineError::Transform {
             table: name.to_string(),
             message: e.to_string(),
         })?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let columns = plan_columns(config, name, t, &schema)?;
-    let plan = TablePlan {
-        table: name.to_string(),
-        schema: target.schema.clone(),
-        target: t.target.clone(),
-        columns: columns.clone(),
-        primary_key: t.primary_key.clone(),
-        indexes: t.indexes.clone(),
-        lock_timeout: config.load.lock_timeout,
-    };
-    let encoder = CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?;
-
-    let session = target
-        .connect(
-            &format!("floe/{}/{}", t.target, options.run_id),
-            &config.load,
-        )
-        .await?;
-    let client = Arc::clone(&session.client);
-    let staging = refresh::prepare(&client, &plan, &options.run_id).await?;
-
-    // Holding the table's lock: a `running` record of another run is a dead run's.
-    let target_name = format!("{}.{}", target.schema, t.target);
-    match runs::mark_abandoned(&client, &target_name, &options.run_id).await {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            table = name,
-            runs = n,
-            "marked earlier runs that never finished as abandoned"
-        ),
-        Err(e) => tracing::debug!(table = name, "sync_runs not updated: {e}"),
-    }
-    let load = async {
-        let checksum = if config.load.verify_checksum {
-            let columns = refresh::staged_columns(&client, &plan, &staging).await?;
-            Some(RowChecksum::new(&columns))
-        } else {
-            None
-        };
-        let stream = df
-            .execute_stream()
+        let df = ctx
+            .sql(t.transform_sql())
             .await
             .map_err(|e| PipelineError::Transform {
                 table: name.to_string(),
                 message: e.to_string(),
             })?;
-        let rows = copy_stream(
-            &client,
-            &plan,
-            &staging,
-            stream,
-            Encoding { encoder, checksum },
-            config.load.max_in_flight_bytes,
-            progress,
-        )
-        .await?;
-        let (rows, sum) = rows;
-        // Verification reads the staged table on a second session while the
-        // first builds the indexes: on two cores it costs little wall time.
-        let verifier = target
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let columns = plan_columns(config, name, t, &schema)?;
+        let plan = TablePlan {
+            table: name.to_string(),
+            schema: target.schema.clone(),
+            target: t.target.clone(),
+            columns: columns.clone(),
+            primary_key: t.primary_key.clone(),
+            indexes: t.indexes.clone(),
+            lock_timeout: config.load.lock_timeout,
+        };
+        let encoder = CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?;
+
+        let session = target
             .connect(
-                &format!("floe/{}/{}/verify", t.target, options.run_id),
+                &format!("floe/{}/{}", t.target, options.run_id),
                 &config.load,
             )
             .await?;
-        let started = Instant::now();
-        let ((built, build_time), (verified, verify_time)) = tokio::join!(
-            async {
-                let r = refresh::build(&client, &plan, &staging).await;
-                (r, started.elapsed())
-            },
-            async {
-                let r =
-                    refresh::verify(&verifier.client, &plan, &staging, rows, sum.as_deref()).await;
-                (r, started.elapsed())
+        let client = Arc::clone(&session.client);
+        let staging = refresh::prepare(&client, &plan, &options.run_id).await?;
+
+        // Holding the table's lock: a `running` record of another run is a dead run's.
+        let target_name = format!("{}.{}", target.schema, t.target);
+        match runs::mark_abandoned(&client, &target_name, &options.run_id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                table = name,
+                runs = n,
+                "marked earlier runs that never finished as abandoned"
+            ),
+            Err(e) => tracing::debug!(table = name, "sync_runs not updated: {e}"),
+        }
+        let load = async {
+            let checksum = if config.load.verify_checksum {
+                let columns = refresh::staged_columns(&client, &plan, &staging).await?;
+                Some(RowChecksum::new(&columns))
+            } else {
+                None
+            };
+            let stream = df
+                .execute_stream()
+                .await
+                .map_err(|e| PipelineError::Transform {
+                    table: name.to_string(),
+                    message: e.to_string(),
+                })?;
+            let (rows, sum) = copy_stream(
+                &client,
+                &plan,
+                &staging,
+                stream,
+                Encoding { encoder, checksum },
+                config.load.max_in_flight_bytes,
+                progress,
+            )
+            .await?;
+            // Verification reads the staged table on a second session while the
+            // first builds the indexes: on two cores it costs little wall time.
+            let verifier = target
+                .connect(
+                    &format!("floe/{}/{}/verify", t.target, options.run_id),
+                    &config.load,
+                )
+                .await?;
+            let started = Instant::now();
+            let ((built, build_time), (verified, verify_time)) = tokio::join!(
+                async {
+                    let r = refresh::build(&client, &plan, &staging).await;
+                    (r, started.elapsed())
+                },
+                async {
+                    let r =
+                        refresh::verify(&verifier.client, &plan, &staging, rows, sum.as_deref())
+                            .await;
+                    (r, started.elapsed())
+                }
+            );
+            tracing::info!(
+                table = name,
+                ?build_time,
+                ?verify_time,
+                "indexes built; staged rows verified"
+            );
+            drop(verifier);
+            built?;
+            let final_count = verified?;
+            if options.cancel.is_cancelled() {
+                return Err(cancelled());
             }
-        );
-        tracing::info!(
-            table = name,
-            ?build_time,
-            ?verify_time,
-            "indexes built; staged rows verified"
-        );
-        drop(verifier);
-        built?;
-        let final_count = verified?;
-        if options.cancel.is_cancelled() {
-            return Err(cancelled());
+            if !options.allow_shrink {
+                shrink_guard(&client, &plan, final_count, config.load.max_shrink).await?;
+            }
+            refresh::swap(&client, &plan, &staging).await?;
+            Ok(Loaded {
+                rows,
+                final_count,
+                source: source_id.clone(),
+                checksum: sum,
+            })
+        };
+        // Cancelling drops the load mid-flight: the COPY is abandoned, and the
+        // staging table is dropped below, before the lock is released.
+        let result = tokio::select! {
+            r = load => r,
+            _ = options.cancel.cancelled() => Err(cancelled()),
+        };
+        if result.is_err() {
+            refresh::discard(&client, &plan, &staging).await;
         }
-        if !options.allow_shrink {
-            shrink_guard(&client, &plan, final_count, config.load.max_shrink).await?;
-        }
-        refresh::swap(&client, &plan, &staging).await?;
-        Ok(Loaded {
-            rows,
-            final_count,
-            source: source_id.clone(),
-            checksum: sum,
-        })
-    };
-    // Cancelling drops the load mid-flight: the COPY is abandoned, and the
-    // staging table is dropped below, before the lock is released.
-    let result = tokio::select! {
-        r = load => r,
-        _ = options.cancel.cancelled() => Err(cancelled()),
-    };
-    if result.is_err() {
-        refresh::discard(&client, &plan, &staging).await;
+        refresh::release(&client, &plan).await;
+        result
     }
-    refresh::release(&client, &plan).await;
+    .await;
     if let Some((s, ticket)) = snowflake_session {
         if result.is_err() {
             // A failed sink or Ctrl-C: stop the query on the server too.

@@ -452,3 +452,22 @@ async fn a_result_fault_during_a_run_leaves_the_target_as_it_was() {
     emulator.inject(|f| f.chunk_503 = 0);
     assert_success(&run(&config, "vegetation", &url, None).await);
 }
+
+#[tokio::test]
+async fn a_transform_that_fails_to_plan_still_ends_the_snowflake_session() {
+    let emulator = emulator().await;
+    let url = fresh_db("plan_failure_logs_out").await;
+    let mut config = shipped_config();
+    config.snowflake = client_config(&emulator, "grid-secret");
+    let table = config.tables.get_mut("transformers").unwrap();
+    table.transform = Some("SELECT no_such_column FROM source".into());
+    let r = run(&config, "transformers", &url, None).await;
+    assert_eq!(r.status, "failed");
+    assert!(r.error.unwrap().contains("no_such_column"));
+    let stats = emulator.stats();
+    assert_eq!(
+        stats.live_sessions, 0,
+        "the session was left open: {stats:?}"
+    );
+    assert_eq!(stats.aborted.len(), 1, "{stats:?}");
+}
