@@ -97,8 +97,8 @@ impl RowChecksum {
     }
 }
 
-/// The query computing the same checksum over `table`: the sum modulo
-/// 2^64 as decimal text (see [`from_sql`]).
+/// The query computing the same checksum over `table` in the same scan as
+/// its row count: `(count, sum modulo 2^64 as decimal text)` (see [`from_sql`]).
 pub fn sql(table: &str, columns: &[StagedColumn]) -> String {
     let fields: Vec<String> = columns
         .iter()
@@ -108,7 +108,7 @@ pub fn sql(table: &str, columns: &[StagedColumn]) -> String {
     // Each row's 8 bytes as a signed bigint (two's complement, like floe's
     // wrapping u64 sum); sum() widens to numeric, so reduce modulo 2^64.
     format!(
-        "SELECT ((coalesce(sum(('x' || encode(substring(sha256(record_send(ROW({}))) FROM 1 FOR 8), 'hex'))::bit(64)::bigint), 0) \
+        "SELECT count(*), ((coalesce(sum(('x' || encode(substring(sha256(record_send(ROW({}))) FROM 1 FOR 8), 'hex'))::bit(64)::bigint), 0) \
          % 18446744073709551616 + 18446744073709551616) % 18446744073709551616)::text FROM {table}",
         fields.join(", ")
     )

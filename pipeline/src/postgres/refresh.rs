@@ -261,11 +261,28 @@ pub async fn verify(
     checksum: Option<&str>,
 ) -> Result<u64, PipelineError> {
     let table = plan.qualified(staging);
-    let staged: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .map_err(pg(plan, "counting staged rows"))?
-        .get(0);
+    // One scan: the count, and the checksum when there is one to compare.
+    let (staged, staged_sum) = match checksum {
+        Some(_) => {
+            let columns = staged_columns(client, plan, staging).await?;
+            let row = client
+                .query_one(&checksum::sql(&table, &columns), &[])
+                .await
+                .map_err(pg(plan, "computing the staged rows' checksum"))?;
+            let answer: String = row.get(1);
+            (
+                row.get::<_, i64>(0),
+                Some(checksum::from_sql(&answer).unwrap_or(answer)),
+            )
+        }
+        None => {
+            let row = client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .map_err(pg(plan, "counting staged rows"))?;
+            (row.get::<_, i64>(0), None)
+        }
+    };
     let staged = staged as u64;
     if staged != rows_read {
         return Err(PipelineError::CountMismatch {
@@ -274,22 +291,14 @@ pub async fn verify(
             staged,
         });
     }
-    let Some(checksum) = checksum else {
-        return Ok(staged);
-    };
-    let columns = staged_columns(client, plan, staging).await?;
-    let answer: String = client
-        .query_one(&checksum::sql(&table, &columns), &[])
-        .await
-        .map_err(pg(plan, "computing the staged rows' checksum"))?
-        .get(0);
-    let staged_sum = checksum::from_sql(&answer).unwrap_or(answer);
-    if staged_sum != checksum {
-        return Err(PipelineError::ChecksumMismatch {
-            table: plan.table.clone(),
-            sent: checksum.to_string(),
-            staged: staged_sum,
-        });
+    if let (Some(sent), Some(staged_sum)) = (checksum, staged_sum) {
+        if staged_sum != sent {
+            return Err(PipelineError::ChecksumMismatch {
+                table: plan.table.clone(),
+                sent: sent.to_string(),
+                staged: staged_sum,
+            });
+        }
     }
     Ok(staged)
 }
