@@ -75,6 +75,11 @@ pub struct TargetConfig {
     /// The schema cache tables live in.
     #[serde(default = "default_schema")]
     pub schema: String,
+    /// libpq's `sslmode`: disable, prefer (default), require, verify-ca,
+    /// verify-full. Also accepted as `?sslmode=` in the URL (which wins).
+    pub sslmode: Option<String>,
+    /// The CA certificate (PEM) for verify-ca / verify-full.
+    pub sslrootcert: Option<PathBuf>,
 }
 
 fn default_schema() -> String {
@@ -93,6 +98,8 @@ impl Default for TargetConfig {
             password_env: None,
             password_file: None,
             schema: default_schema(),
+            sslmode: None,
+            sslrootcert: None,
         }
     }
 }
@@ -109,6 +116,8 @@ impl TargetConfig {
             password_env: self.password_env.clone(),
             password_file: self.password_file.clone(),
             schema: self.schema.clone(),
+            sslmode: self.sslmode.clone(),
+            sslrootcert: self.sslrootcert.clone(),
         }
     }
 

@@ -12,5 +12,6 @@ mod runs;
 mod secrets;
 mod snowflake;
 mod support;
+mod tls;
 mod types;
 mod udf_postgis;

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod encode;
 pub mod refresh;
 pub mod runs;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,8 @@ use crate::PipelineError;
 #[derive(Clone)]
 pub struct Target {
     config: tokio_postgres::Config,
+    /// rustls settings for the `sslmode`; `None` = plain connections.
+    tls: Option<Arc<rustls::ClientConfig>>,
     display: String,
     /// Schema holding the cache tables.
     pub schema: String,
@@ -39,12 +42,28 @@ impl Target {
             target: "the configured target".into(),
             message,
         };
-        let mut config = match &t.url {
+        let (url, url_mode, url_root) = match &t.url {
+            Some(url) => {
+                let (u, m, r) = tls::split_url(url);
+                (Some(u), m, r)
+            }
+            None => (None, None, None),
+        };
+        let mut config = match &url {
             Some(url) => url
                 .parse::<tokio_postgres::Config>()
                 .map_err(|e| invalid(format!("invalid target URL: {e}")))?,
             None => tokio_postgres::Config::new(),
         };
+        let mode: tls::SslMode = url_mode
+            .or_else(|| t.sslmode.clone())
+            .map(|m| m.parse())
+            .transpose()
+            .map_err(invalid)?
+            .unwrap_or_default();
+        let root = url_root.or_else(|| t.sslrootcert.clone());
+        let tls = tls::client_config(mode, root.as_deref()).map_err(invalid)?;
+        config.ssl_mode(mode.driver_mode());
         if let Some(h) = &t.host {
             config.host(h);
         }
@@ -86,6 +105,7 @@ impl Target {
         );
         Ok(Target {
             config,
+            tls,
             display,
             schema: t.schema.clone(),
         })
@@ -116,8 +136,8 @@ impl Target {
         // A server that is restarting refuses connections for a moment:
         // retry those (bounded); anything else (auth, missing database) fails now.
         let mut attempt = 1;
-        let (client, connection) = loop {
-            match config.connect(NoTls).await {
+        let (client, task) = loop {
+            match open(&config, self.tls.as_ref()).await {
                 Ok(c) => break c,
                 Err(e) if attempt < CONNECT_ATTEMPTS && transient_connect_error(&e) => {
                     let pause = crate::retry::backoff(
@@ -140,11 +160,6 @@ impl Target {
                 }
             }
         };
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("postgres connection ended: {e}");
-            }
-        });
         Ok(Session {
             client: Arc::new(client),
             task,
@@ -154,6 +169,34 @@ impl Target {
 
 /// One Postgres session. Dropping it closes the connection: a session is
 /// never handed back in an unknown state.
+/// Connects (plain or TLS) and drives the connection on its own task.
+async fn open(
+    config: &tokio_postgres::Config,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+    let drive = |e: tokio_postgres::Error| tracing::debug!("postgres connection ended: {e}");
+    Ok(match tls {
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    drive(e);
+                }
+            });
+            (client, task)
+        }
+        Some(tls) => {
+            let (client, connection) = config.connect(tls::MakeRustls(Arc::clone(tls))).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    drive(e);
+                }
+            });
+            (client, task)
+        }
+    })
+}
+
 /// Connection attempts while the server is (re)starting: about 2 s in all.
 const CONNECT_ATTEMPTS: u32 = 4;
 
