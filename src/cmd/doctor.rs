@@ -1,20 +1,14 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use pipeline::postgres::doctor::{self, Actions, Status};
-use pipeline::postgres::Target;
 
 use crate::output::OutputFormat;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Config file (default: ./floe.toml, else the shipped grid config).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Postgres URL, overriding the config's [target] (password is never printed).
-    #[arg(long, env = "FLOE_TARGET_URL", hide_env_values = true)]
-    target: Option<String>,
+    #[command(flatten)]
+    common: super::TargetArgs,
     /// Set the role-level timeouts (ALTER ROLE ... SET) to the config's [load] values.
     #[arg(long)]
     apply: bool,
@@ -27,12 +21,7 @@ pub struct Args {
 
 /// `floe doctor`: exits 1 when any check is an error.
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let config = super::load_config(args.config.as_deref())?;
-    let target_config = match &args.target {
-        Some(url) => config.target.with_url(url),
-        None => config.target.clone(),
-    };
-    let target = Target::resolve(&target_config)?;
+    let (config, target) = args.common.resolve()?;
     let session = target
         .connect("floe/doctor", &config.load)
         .await

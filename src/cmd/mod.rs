@@ -13,6 +13,30 @@ use anyhow::{bail, Context, Result};
 use schemas::config::Config;
 use schemas::datasets::{self, Dataset};
 
+/// `--config` and `--target`, as every command that talks to the target takes them.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// Config file (default: ./floe.toml, else the shipped grid config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Postgres URL, overriding the config's [target] (password is never printed).
+    #[arg(long, env = "FLOE_TARGET_URL", hide_env_values = true)]
+    target: Option<String>,
+}
+
+impl TargetArgs {
+    /// The config (see [`load_config`]) and the target it and `--target` name.
+    pub fn resolve(&self) -> Result<(Config, pipeline::postgres::Target)> {
+        let config = load_config(self.config.as_deref())?;
+        let target_config = match &self.target {
+            Some(url) => config.target.with_url(url),
+            None => config.target.clone(),
+        };
+        let target = pipeline::postgres::Target::resolve(&target_config)?;
+        Ok((config, target))
+    }
+}
+
 /// The shipped configuration, used when no file is given and none is in the working directory.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../floe.toml");
 

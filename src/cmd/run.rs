@@ -2,22 +2,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use pipeline::postgres::Target;
 use pipeline::run::{new_run_id, Cancel, RunOptions};
 
 use crate::output::{run_tables, OutputFormat};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Config file (default: ./floe.toml, else the shipped grid config).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    common: super::TargetArgs,
     /// Only these tables (config, Postgres or Snowflake name); repeatable. Default: all.
     #[arg(long = "table")]
     tables: Vec<String>,
-    /// Postgres URL, overriding the config's [target] (password is never printed).
-    #[arg(long, env = "FLOE_TARGET_URL", hide_env_values = true)]
-    target: Option<String>,
     /// Read every table from DIR/<SNOWFLAKE_TABLE>.parquet instead of its configured source.
     #[arg(long)]
     parquet: Option<PathBuf>,
@@ -29,13 +24,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let config = super::load_config(args.config.as_deref())?;
+    let (config, target) = args.common.resolve()?;
     let tables = super::select_tables(&config, &args.tables)?;
-    let target_config = match &args.target {
-        Some(url) => config.target.with_url(url),
-        None => config.target.clone(),
-    };
-    let target = Target::resolve(&target_config)?;
     let (canceller, cancel) = Cancel::new();
     let signal = super::on_interrupt(canceller);
     let options = RunOptions {

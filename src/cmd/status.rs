@@ -1,22 +1,17 @@
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use pipeline::postgres::{runs, Target};
+use pipeline::postgres::runs;
 
 use crate::output::OutputFormat;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Config file (default: ./floe.toml, else the shipped grid config).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    common: super::TargetArgs,
     /// Only these tables (config name or Postgres table); repeatable. Default: all recorded.
     #[arg(long = "table")]
     tables: Vec<String>,
-    /// Postgres URL, overriding the config's [target] (password is never printed).
-    #[arg(long, env = "FLOE_TARGET_URL", hide_env_values = true)]
-    target: Option<String>,
     /// Runs shown per table, newest first.
     #[arg(long, default_value_t = 5)]
     last: i64,
@@ -26,12 +21,7 @@ pub struct Args {
 
 /// `floe status`: the last runs per table from `floe.sync_runs`.
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let config = super::load_config(args.config.as_deref())?;
-    let target_config = match &args.target {
-        Some(url) => config.target.with_url(url),
-        None => config.target.clone(),
-    };
-    let target = Target::resolve(&target_config)?;
+    let (config, target) = args.common.resolve()?;
     // Config names and Postgres names both select; resolve config names to targets.
     let tables: Vec<String> = args
         .tables
