@@ -106,9 +106,28 @@ fn geography_setting(sql: &str) -> Option<Result<GeographyFormat, String>> {
     }
 }
 
+/// Adds the fields every statement answer carries: SQL state, and the
+/// session's database, schema, warehouse and role after the statement.
+fn with_session_fields(mut data: Value) -> Value {
+    if let Some(map) = data.as_object_mut() {
+        for (k, v) in [
+            ("sqlState", json!("00000")),
+            ("finalDatabaseName", json!("GRID")),
+            ("finalSchemaName", json!("PUBLIC")),
+            ("finalWarehouseName", json!("EMULATOR_WH")),
+            ("finalRoleName", json!("FLOE")),
+            ("numberOfBinds", json!(0)),
+            ("version", json!(1)),
+        ] {
+            map.insert(k.to_string(), v);
+        }
+    }
+    data
+}
+
 /// A DDL-style success: one text column, as JSON (Snowflake sends these as JSON, not Arrow).
 fn statement_done(query_id: &str, geography: GeographyFormat) -> Json<Value> {
-    success(json!({
+    success(with_session_fields(json!({
         "parameters": parameters(geography),
         "rowtype": [{ "name": "status", "type": "text", "length": 16777216, "byteLength": 16777216, "precision": null, "scale": null, "nullable": true }],
         "rowset": [["Statement executed successfully."]],
@@ -117,14 +136,7 @@ fn statement_done(query_id: &str, geography: GeographyFormat) -> Json<Value> {
         "queryId": query_id,
         "queryResultFormat": "json",
         "statementTypeId": 0x4000,
-        "sqlState": "00000",
-        "finalDatabaseName": "GRID",
-        "finalSchemaName": "PUBLIC",
-        "finalWarehouseName": "EMULATOR_WH",
-        "finalRoleName": "FLOE",
-        "numberOfBinds": 0,
-        "version": 1
-    }))
+    })))
 }
 
 pub(crate) async fn query(
@@ -217,7 +229,7 @@ pub(crate) async fn query(
             })
         })
         .collect();
-    let answer = json!({
+    let answer = with_session_fields(json!({
         "parameters": parameters(geography),
         "rowtype": rowtype,
         "rowsetBase64": base64::engine::general_purpose::STANDARD.encode(&built.first),
@@ -232,14 +244,7 @@ pub(crate) async fn query(
         },
         "qrmk": key,
         "statementTypeId": 4096,
-        "sqlState": "00000",
-        "finalDatabaseName": "GRID",
-        "finalSchemaName": "PUBLIC",
-        "finalWarehouseName": "EMULATOR_WH",
-        "finalRoleName": "FLOE",
-        "numberOfBinds": 0,
-        "version": 1
-    });
+    }));
     let running_for = state.with_faults(|f| std::mem::take(&mut f.long_query_secs));
     let stored = StoredQuery {
         chunks: built
