@@ -409,11 +409,18 @@ async fn load_table(
             Err(e) => tracing::debug!(table = name, "sync_runs not updated: {e}"),
         }
         let load = async {
-            let checksum = if config.load.verify_checksum {
-                let columns = refresh::staged_columns(&client, &plan, &staging).await?;
-                Some(RowChecksum::new(&columns))
-            } else {
-                None
+            let checksum = match config.load.verify_checksum {
+                true => match refresh::staged_columns(&client, &plan, &staging).await? {
+                    Some(columns) => Some(RowChecksum::new(&columns)),
+                    None => {
+                        tracing::warn!(
+                            table = name,
+                            "verifying the row count only: the content checksum needs PostgreSQL 14 or newer"
+                        );
+                        None
+                    }
+                },
+                false => None,
             };
             let stream = df
                 .execute_stream()

@@ -226,16 +226,29 @@ pub async fn build(client: &Client, plan: &TablePlan, staging: &str) -> Result<(
         .map_err(pg(plan, "analyzing the staging table"))
 }
 
-/// The staging table's columns with their type OIDs, for the checksum.
+/// The staging table's columns as the checksum hashes them; `None` before
+/// PostgreSQL 14, which has no `hash_record_extended` (the count is still checked).
 pub async fn staged_columns(
     client: &Client,
     plan: &TablePlan,
     staging: &str,
-) -> Result<Vec<checksum::StagedColumn>, PipelineError> {
-    Ok(client
+) -> Result<Option<Vec<checksum::StagedColumn>>, PipelineError> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(pg(plan, "reading the server version"))?
+        .get(0);
+    if version < 140_000 {
+        return Ok(None);
+    }
+    Ok(Some(client
         .query(
-            "SELECT a.attname::text, a.atttypid::oid, t.typname = 'jsonb' \
+            // A domain hashes as its base type; text is hashed as stored, which
+            // is what floe sent when the database stores UTF-8 (or raw bytes).
+            "SELECT a.attname::text, coalesce(b.typname, t.typname)::text, t.typsend::text, \
+                    current_setting('server_encoding') IN ('UTF8', 'SQL_ASCII') \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype \
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&plan.qualified(staging)],
         )
@@ -244,10 +257,9 @@ pub async fn staged_columns(
         .into_iter()
         .map(|r| checksum::StagedColumn {
             name: r.get(0),
-            oid: r.get(1),
-            jsonb: r.get(2),
+            hash: checksum::FieldHash::for_type(r.get(1), r.get(2), r.get(3)),
         })
-        .collect())
+        .collect()))
 }
 
 /// Checks the staged table holds what floe sent: `rows_read` rows and, if
@@ -264,7 +276,9 @@ pub async fn verify(
     // One scan: the count, and the checksum when there is one to compare.
     let (staged, staged_sum) = match checksum {
         Some(_) => {
-            let columns = staged_columns(client, plan, staging).await?;
+            let columns = staged_columns(client, plan, staging)
+                .await?
+                .unwrap_or_default();
             let row = client
                 .query_one(&checksum::sql(&table, &columns), &[])
                 .await
