@@ -30,6 +30,12 @@ enum Command {
     EmulateSnowflake(cmd::emulate::Args),
     /// Show the last recorded runs per table (floe.sync_runs in the target).
     Status(cmd::status::Args),
+    /// Load a table from a run's snapshot (no Snowflake): SNAPSHOT dir/URL, TABLE@RUN_ID or TABLE@latest.
+    Replay(cmd::replay::Args),
+    /// List, show, verify and prune run snapshots.
+    Snapshots(cmd::snapshots::Args),
+    /// Serve snapshots as Arrow Flight streams (ticket: table@run-id).
+    ServeFlight(cmd::serve_flight::Args),
     /// Check the target: timeouts, PostGIS, sessions idle in transaction, cache tables vs their last run, staging leftovers, lock waits.
     Doctor(cmd::doctor::Args),
 }
@@ -55,6 +61,9 @@ fn main() -> ExitCode {
             Command::EmulateSnowflake(args) => cmd::emulate::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,
+            Command::Replay(args) => cmd::replay::run(args).await,
+            Command::Snapshots(args) => cmd::snapshots::run(args).await,
+            Command::ServeFlight(args) => cmd::serve_flight::run(args).await,
         }
     });
     match result {

@@ -70,6 +70,16 @@ pub enum PipelineError {
         sent: String,
         staged: String,
     },
+    /// A snapshot no longer fits today's transform or target; nothing was written.
+    #[error("table {table}: the snapshot does not match; nothing was written:\n{explanation}")]
+    SchemaDrift { table: String, explanation: String },
+    /// A snapshot is missing, incomplete or damaged; nothing was written.
+    #[error("table {table}: {source}; nothing was written")]
+    Snapshot {
+        table: String,
+        #[source]
+        source: crate::snapshot::SnapshotError,
+    },
     /// Another floe run holds this table.
     #[error("table {table}: another floe run is loading {target} right now")]
     Busy { table: String, target: String },

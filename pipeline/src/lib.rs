@@ -10,10 +10,13 @@
 
 pub mod cluster;
 pub mod error;
+pub mod flight;
 pub mod generate;
 pub mod postgres;
+pub mod replay;
 pub mod retry;
 pub mod run;
+pub mod snapshot;
 pub mod snowflake;
 pub mod source;
 

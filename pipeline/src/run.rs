@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use bytes::{Bytes, BytesMut};
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::SendableRecordBatchStream;
-use futures::{SinkExt, StreamExt};
+use futures::stream::BoxStream;
+use futures::{SinkExt, StreamExt, TryStreamExt};
 use operators::{GeometryError, GeometryOptions, TransformOptions};
 use schemas::config::{Config, SourceSpec, TableConfig};
 use schemas::pg::{PgColumn, PgType};
@@ -22,6 +25,7 @@ use crate::postgres::checksum::RowChecksum;
 use crate::postgres::encode::{CopyEncoder, COPY_HEADER, COPY_TRAILER};
 use crate::postgres::refresh::{self, TablePlan};
 use crate::postgres::{runs, Target};
+use crate::snapshot::{SnapshotSource, SnapshotWriter};
 use crate::snowflake::QueryTicket;
 use crate::PipelineError;
 
@@ -37,6 +41,10 @@ pub struct RunOptions {
     pub cancel: Cancel,
     /// Let a refresh shrink the table past `load.max_shrink` (or empty it).
     pub allow_shrink: bool,
+    /// Where to snapshot what each table's source returns; `None`: no snapshot.
+    pub snapshots: Option<SnapshotPlan>,
+    /// Replay this (verified) snapshot instead of reading the table's source.
+    pub replay: Option<crate::snapshot::Verified>,
 }
 
 /// A cancellation signal shared by a run's tasks.
@@ -102,6 +110,9 @@ pub struct TableReport {
     /// Geometries set to NULL under `on_invalid_geometry = "null"`.
     #[serde(skip_serializing_if = "is_zero")]
     pub invalid_geometries: u64,
+    /// Where the complete snapshot of what was read went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -170,6 +181,7 @@ pub async fn run_table(
             seconds,
             error: None,
             invalid_geometries,
+            snapshot: loaded.snapshot.clone(),
         },
         Err(e) => {
             let final_count = current_count(config, table_cfg, target, options).await;
@@ -186,6 +198,7 @@ pub async fn run_table(
                 seconds,
                 error: Some(e.to_string()),
                 invalid_geometries,
+                snapshot: None,
             }
         }
     };
@@ -232,11 +245,18 @@ async fn record_start(
     target_name: &str,
 ) -> Option<crate::postgres::Session> {
     let t = &config.tables[name];
-    let source = match (&options.parquet_dir, t.source()) {
-        (Some(dir), _) => format!("parquet {}", dir.display()),
-        (None, Some(SourceSpec::Parquet(path))) => format!("parquet {path}"),
-        (None, Some(SourceSpec::Snowflake { query, .. })) => format!("snowflake: {query}"),
-        (None, None) => String::new(),
+    let source = match (&options.replay, &options.parquet_dir, t.source()) {
+        (Some(v), _, _) => format!("snapshot {}", v.snapshot.url()),
+        (None, Some(dir), _) => format!("parquet {}", dir.display()),
+        (None, None, Some(SourceSpec::Parquet(path))) => format!("parquet {path}"),
+        (None, None, Some(SourceSpec::Flight(url))) => format!("flight {url}"),
+        (None, None, Some(SourceSpec::Snowflake { query, .. })) => format!("snowflake: {query}"),
+        (None, None, None) => String::new(),
+    };
+    let mode = if options.replay.is_some() {
+        "replay"
+    } else {
+        "full"
     };
     let session = target
         .connect(
@@ -247,7 +267,15 @@ async fn record_start(
         .ok()?;
     let recorded = async {
         runs::ensure(&session.client).await?;
-        runs::start(&session.client, &options.run_id, name, target_name, &source).await
+        runs::start(
+            &session.client,
+            &options.run_id,
+            name,
+            target_name,
+            mode,
+            &source,
+        )
+        .await
     }
     .await;
     match recorded {
@@ -299,6 +327,8 @@ struct Loaded {
     source: Option<String>,
     /// The verified content checksum (see `postgres::checksum`), unless turned off.
     checksum: Option<String>,
+    /// The complete snapshot of what was read, when one was written.
+    snapshot: Option<String>,
 }
 
 /// Plans the transform and the Postgres columns, then runs the refresh.
@@ -324,20 +354,53 @@ async fn load_table(
     let cancelled = || PipelineError::Cancelled {
         table: name.to_string(),
     };
-    let provider = match (&options.parquet_dir, t.source()) {
-        (Some(dir), _) => {
+    // The source, as a table provider or a stream of its batches (and, for
+    // the snapshot, a description of where it came from).
+    let (opened, described) = match (&options.replay, &options.parquet_dir, t.source()) {
+        (Some(verified), _, _) => {
+            source_id = Some(format!("snapshot {}", verified.snapshot.url()));
+            let stream = crate::snapshot::read_batches(verified, config.load.batch_size)
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+                .boxed();
+            (Opened::Stream(Arc::clone(&verified.schema), stream), None)
+        }
+        (None, Some(dir), _) => {
             let sf = t.snowflake_table.as_deref().ok_or_else(|| {
                 source_err("--parquet needs the table's snowflake_table to name <DIR>/<SNOWFLAKE_TABLE>.parquet".into())
             })?;
             let path = dir.join(format!("{sf}.parquet"));
-            crate::source::parquet(&ctx, &path.to_string_lossy())
+            let path = path.to_string_lossy().to_string();
+            let provider = crate::source::parquet(&ctx, &path)
                 .await
-                .map_err(source_err)?
+                .map_err(source_err)?;
+            (
+                Opened::Provider(provider),
+                Some(SnapshotSource::Parquet { path }),
+            )
         }
-        (None, Some(SourceSpec::Parquet(path))) => crate::source::parquet(&ctx, &path)
-            .await
-            .map_err(source_err)?,
-        (None, Some(SourceSpec::Snowflake { query, .. })) => {
+        (None, None, Some(SourceSpec::Parquet(path))) => {
+            let provider = crate::source::parquet(&ctx, &path)
+                .await
+                .map_err(source_err)?;
+            (
+                Opened::Provider(provider),
+                Some(SnapshotSource::Parquet { path }),
+            )
+        }
+        (None, None, Some(SourceSpec::Flight(url))) => {
+            let (schema, stream) = crate::flight::read(&url)
+                .await
+                .map_err(|e| source_err(e.to_string()))?;
+            source_id = Some(format!("flight {url}"));
+            let stream = stream
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+                .boxed();
+            (
+                Opened::Stream(schema, stream),
+                Some(SnapshotSource::Flight { url }),
+            )
+        }
+        (None, None, Some(SourceSpec::Snowflake { query, .. })) => {
             let session = crate::snowflake::SnowflakeSession::login(&config.snowflake)
                 .await
                 .map_err(|e| source_err(e.to_string()))?;
@@ -346,20 +409,72 @@ async fn load_table(
                 r = session.query_ticket(&ticket) => r.map_err(|e| source_err(e.to_string())),
                 _ = options.cancel.cancelled() => Err(cancelled()),
             };
-            let provider = result.and_then(|r| {
-                tracing::info!(table = name, query_id = %r.query_id, rows = r.total, "Snowflake query done");
-                source_id = Some(format!("snowflake query {}", r.query_id));
-                crate::source::snowflake(&session, r).map_err(source_err)
-            });
-            if provider.is_err() {
-                session.abort(&ticket).await;
-                session.logout().await;
-            }
-            let provider = provider?;
+            let result = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    session.abort(&ticket).await;
+                    session.logout().await;
+                    return Err(e);
+                }
+            };
+            tracing::info!(table = name, query_id = %result.query_id, rows = result.total, "Snowflake query done");
+            source_id = Some(format!("snowflake query {}", result.query_id));
+            let described = SnapshotSource::Snowflake {
+                query: query.clone(),
+                query_id: Some(result.query_id.clone()),
+                account: config.snowflake.account.clone(),
+                database: config.snowflake.database.clone(),
+                schema: config.snowflake.schema.clone(),
+            };
+            let schema = Arc::clone(&result.schema);
+            let stream = session
+                .stream(result)
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+                .boxed();
             snowflake_session = Some((session, ticket));
-            provider
+            (Opened::Stream(schema, stream), Some(described))
         }
-        (None, None) => return Err(source_err("no source configured".into())),
+        (None, None, None) => return Err(source_err("no source configured".into())),
+    };
+    // What the run reads is snapshotted on its way to the transform (a
+    // replay reads a snapshot, so it writes none).
+    let writer = match (&options.snapshots, described) {
+        (Some(snapshots), Some(described)) => Some((snapshots, described)),
+        _ => None,
+    };
+    let (provider, writer) = match (opened, writer) {
+        (Opened::Provider(p), None) => (p, None),
+        (opened, writer) => {
+            let (schema, stream) = match opened {
+                Opened::Stream(schema, stream) => (schema, stream),
+                Opened::Provider(p) => {
+                    let schema = p.schema();
+                    let stream = ctx
+                        .read_table(p)
+                        .map_err(|e| source_err(e.to_string()))?
+                        .execute_stream()
+                        .await
+                        .map_err(|e| source_err(e.to_string()))?;
+                    (schema, stream.boxed())
+                }
+            };
+            let (stream, writer) = match writer {
+                Some((snapshots, described)) => {
+                    let writer = SnapshotWriter::start(
+                        snapshots.location.snapshot(name, &options.run_id),
+                        name,
+                        &options.run_id,
+                        described,
+                        Arc::clone(&schema),
+                        snapshots.options,
+                    );
+                    (writer.tee(stream).into_stream().boxed(), Some(writer))
+                }
+                None => (stream, None),
+            };
+            let provider = crate::source::one_shot(schema, stream).map_err(source_err)?;
+            (provider, writer)
+        }
     };
     // Everything after the source is opened runs in here, so the Snowflake
     // session below is aborted and logged out however it ends.
@@ -481,6 +596,7 @@ async fn load_table(
                 final_count,
                 source: source_id.clone(),
                 checksum: sum,
+                snapshot: None,
             })
         };
         // Cancelling drops the load mid-flight: the COPY is abandoned, and the
@@ -503,7 +619,58 @@ async fn load_table(
         }
         s.logout().await;
     }
-    result
+    // The context holds the source (and the snapshot's end of the tee)
+    // until it is dropped; the snapshot is final only after that.
+    drop(ctx);
+    let snapshot = match writer {
+        Some(w) => match w.finish().await {
+            Ok(m) => {
+                tracing::info!(
+                    table = name,
+                    status = ?m.status,
+                    rows = m.rows,
+                    bytes = m.bytes,
+                    files = m.files.len(),
+                    "snapshot written"
+                );
+                Some(m)
+            }
+            Err(e) => {
+                tracing::warn!(table = name, "snapshot: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    result.map(|mut loaded| {
+        loaded.snapshot = snapshot.and_then(|m| {
+            (m.status == crate::snapshot::SnapshotStatus::Complete).then(|| {
+                options
+                    .snapshots
+                    .as_ref()
+                    .map(|s| s.location.snapshot(name, &options.run_id).url())
+                    .unwrap_or_default()
+            })
+        });
+        loaded
+    })
+}
+
+/// A source as opened: DataFusion's own provider (parquet), or a stream
+/// of the source's batches.
+enum Opened {
+    Provider(Arc<dyn datafusion::catalog::TableProvider>),
+    Stream(
+        SchemaRef,
+        BoxStream<'static, Result<RecordBatch, DataFusionError>>,
+    ),
+}
+
+/// Where a run snapshots what it reads.
+#[derive(Debug, Clone)]
+pub struct SnapshotPlan {
+    pub location: crate::snapshot::Location,
+    pub options: crate::snapshot::SnapshotOptions,
 }
 
 /// Refuses a swap that would empty the target or shrink it by more than
@@ -532,7 +699,7 @@ async fn shrink_guard(
 
 /// Decides each output column's Postgres type, checking the table's
 /// `columns`, `primary_key` and `indexes` against the transform's output.
-fn plan_columns(
+pub(crate) fn plan_columns(
     config: &Config,
     name: &str,
     t: &TableConfig,

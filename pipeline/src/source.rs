@@ -8,12 +8,22 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::stream::BoxStream;
+use futures::StreamExt;
 
 /// Opens parquet at `path` (file, directory or glob) as a table provider.
 /// Errors are one line that says what to fix.
@@ -40,69 +50,52 @@ pub async fn parquet(ctx: &SessionContext, path: &str) -> Result<Arc<dyn TablePr
     Ok(Arc::new(table))
 }
 
-/// A query result already started on Snowflake, as a one-shot table: its
-/// schema comes from the result's `rowtype`, its batches from the chunk stream.
-pub fn snowflake(
-    session: &crate::snowflake::SnowflakeSession,
-    result: crate::snowflake::QueryResult,
+/// A stream of batches (a Snowflake result, a Flight stream, a snapshot,
+/// or any source being snapshotted) as a table that is read once.
+pub fn one_shot(
+    schema: SchemaRef,
+    stream: BoxStream<'static, Result<RecordBatch, DataFusionError>>,
 ) -> Result<Arc<dyn TableProvider>, String> {
-    let schema = Arc::clone(&result.schema);
     let partition = OneShot {
         schema: Arc::clone(&schema),
-        stream: std::sync::Mutex::new(Some(session.stream(result))),
+        stream: std::sync::Mutex::new(Some(stream)),
     };
     let table =
-        datafusion::catalog::streaming::StreamingTable::try_new(schema, vec![Arc::new(partition)])
-            .map_err(|e| e.to_string())?;
+        StreamingTable::try_new(schema, vec![Arc::new(partition)]).map_err(|e| e.to_string())?;
     Ok(Arc::new(table))
 }
 
-/// A stream that can be executed once (a Snowflake result is read once).
+/// A stream that can be executed once (a source is read once).
 struct OneShot {
-    schema: arrow::datatypes::SchemaRef,
-    stream: std::sync::Mutex<
-        Option<
-            futures::stream::BoxStream<
-                'static,
-                Result<arrow::record_batch::RecordBatch, crate::snowflake::SnowflakeError>,
-            >,
-        >,
-    >,
+    schema: SchemaRef,
+    stream: std::sync::Mutex<Option<BoxStream<'static, Result<RecordBatch, DataFusionError>>>>,
 }
 
 impl std::fmt::Debug for OneShot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SnowflakeResult")
+        f.write_str("OneShot")
     }
 }
 
-impl datafusion::physical_plan::streaming::PartitionStream for OneShot {
-    fn schema(&self) -> &arrow::datatypes::SchemaRef {
+impl PartitionStream for OneShot {
+    fn schema(&self) -> &SchemaRef {
         &self.schema
     }
 
-    fn execute(
-        &self,
-        _ctx: Arc<datafusion::execution::TaskContext>,
-    ) -> datafusion::physical_plan::SendableRecordBatchStream {
-        use futures::StreamExt;
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let taken = self.stream.lock().ok().and_then(|mut s| s.take());
         let stream = match taken {
-            Some(s) => s
-                .map(|r| r.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e))))
-                .boxed(),
+            Some(s) => s,
             None => futures::stream::once(async {
-                Err(datafusion::error::DataFusionError::Execution(
-                    "a Snowflake result can be read only once".into(),
+                Err(DataFusionError::Execution(
+                    "a source stream can be read only once".into(),
                 ))
             })
             .boxed(),
         };
-        Box::pin(
-            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                Arc::clone(&self.schema),
-                stream,
-            ),
-        )
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            stream,
+        ))
     }
 }

@@ -38,9 +38,13 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where run snapshots are kept (used by replay).
+    /// Where run snapshots are kept: a directory (relative to the working
+    /// directory), `file://`, or an object store URL. `--snapshot-dir` and
+    /// `FLOE_SNAPSHOT_DIR` override it.
     #[serde(default = "default_snapshot_dir")]
-    pub snapshot_dir: PathBuf,
+    pub snapshot_dir: String,
+    #[serde(default)]
+    pub snapshots: SnapshotConfig,
     #[serde(default)]
     pub target: TargetConfig,
     #[serde(default)]
@@ -54,8 +58,33 @@ pub struct Config {
     pub path: PathBuf,
 }
 
-fn default_snapshot_dir() -> PathBuf {
-    PathBuf::from("snapshots")
+fn default_snapshot_dir() -> String {
+    "snapshots".into()
+}
+
+/// How runs keep what they read (see `floe replay`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Snapshot every run (`--no-snapshot` turns it off for one run).
+    pub enabled: bool,
+    /// Rows per parquet row group.
+    pub row_group_rows: usize,
+    /// Rows per part file.
+    pub part_rows: u64,
+    /// zstd level (1-22).
+    pub zstd_level: i32,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            enabled: true,
+            row_group_rows: 32_768,
+            part_rows: 1_048_576,
+            zstd_level: 3,
+        }
+    }
 }
 
 /// The Postgres database floe writes to.
@@ -352,6 +381,8 @@ pub struct TableConfig {
     pub query: Option<String>,
     /// Read this parquet file, directory or glob instead of Snowflake.
     pub parquet: Option<String>,
+    /// Read an Arrow Flight stream instead: `flight://host:port/<ticket>`.
+    pub flight: Option<String>,
     /// DataFusion SQL over a table named `source`; defaults to `SELECT * FROM source`.
     pub transform: Option<String>,
     /// The Postgres table (in `target.schema`).
@@ -393,6 +424,8 @@ pub enum SourceSpec {
     },
     /// Parquet file(s): a path, a directory or a glob.
     Parquet(String),
+    /// An Arrow Flight `DoGet`: `flight://host:port/<ticket>`.
+    Flight(String),
 }
 
 impl TableConfig {
@@ -405,6 +438,9 @@ impl TableConfig {
     pub fn source(&self) -> Option<SourceSpec> {
         if let Some(p) = &self.parquet {
             return Some(SourceSpec::Parquet(p.clone()));
+        }
+        if let Some(f) = &self.flight {
+            return Some(SourceSpec::Flight(f.clone()));
         }
         let query = match (&self.query, &self.snowflake_table) {
             (Some(q), _) => q.clone(),

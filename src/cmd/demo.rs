@@ -104,6 +104,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         parquet_dir: None,
         cancel,
         allow_shrink: false,
+        // Kept with the generated data (and gone with it, unless --keep).
+        snapshots: Some(super::snapshot_plan(
+            &config,
+            Some(&data.path().join("snapshots").to_string_lossy()),
+        )?),
+        replay: None,
     };
     let tables = super::select_tables(&config, &[])?;
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;

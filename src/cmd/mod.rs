@@ -4,7 +4,10 @@ pub mod demo;
 pub mod doctor;
 pub mod emulate;
 pub mod generate;
+pub mod replay;
 pub mod run;
+pub mod serve_flight;
+pub mod snapshots;
 pub mod status;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +53,29 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
     };
     config.snowflake = config.snowflake.with_env();
     Ok(config)
+}
+
+/// The snapshot location (`--snapshot-dir`/`FLOE_SNAPSHOT_DIR`, else the
+/// config's `snapshot_dir`).
+pub fn snapshot_location(
+    config: &Config,
+    dir: Option<&str>,
+) -> Result<pipeline::snapshot::Location> {
+    Ok(pipeline::snapshot::Location::parse(
+        dir.unwrap_or(&config.snapshot_dir),
+    )?)
+}
+
+/// Where and how a run snapshots what it reads.
+pub fn snapshot_plan(config: &Config, dir: Option<&str>) -> Result<pipeline::run::SnapshotPlan> {
+    Ok(pipeline::run::SnapshotPlan {
+        location: snapshot_location(config, dir)?,
+        options: pipeline::snapshot::SnapshotOptions {
+            row_group_rows: config.snapshots.row_group_rows,
+            part_rows: config.snapshots.part_rows,
+            zstd_level: config.snapshots.zstd_level,
+        },
+    })
 }
 
 /// Resolves `--table` names (config name, Postgres table or Snowflake table) to config names.

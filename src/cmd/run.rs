@@ -19,6 +19,12 @@ pub struct Args {
     /// Let a refresh shrink a table by more than `load.max_shrink`, or empty it.
     #[arg(long)]
     allow_shrink: bool,
+    /// Where to snapshot what each table read (directory or URL), overriding the config's `snapshot_dir`.
+    #[arg(long, env = "FLOE_SNAPSHOT_DIR")]
+    snapshot_dir: Option<String>,
+    /// Do not snapshot this run.
+    #[arg(long)]
+    no_snapshot: bool,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
 }
@@ -33,6 +39,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         parquet_dir: args.parquet,
         cancel,
         allow_shrink: args.allow_shrink,
+        snapshots: match args.no_snapshot || !config.snapshots.enabled {
+            true => None,
+            false => Some(super::snapshot_plan(&config, args.snapshot_dir.as_deref())?),
+        },
+        replay: None,
     };
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
     Ok(if let Some(code) = signal.exit_code() {

@@ -2,13 +2,11 @@
 //! Snowflake result syncs through the emulator with the same peak memory
 //! (give or take) as a 200,000-row one, under the same budgets.
 
-use std::process::Command;
-
 use crate::support::*;
 
 /// Generates `rows` topology rows into a fresh directory.
 fn generate(dir: &std::path::Path, rows: u64) {
-    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+    let o = floe_command()
         .args([
             "generate",
             "--table",
@@ -37,7 +35,7 @@ async fn sync(
     );
     let url = fresh_db(db).await;
     let (o, peak) = run_measuring_memory(
-        Command::new(env!("CARGO_BIN_EXE_floe"))
+        floe_command()
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -95,8 +93,12 @@ async fn a_2m_row_result_syncs_in_memory_bounded_by_the_budgets_not_the_size() {
         large_report["seconds"].as_f64().unwrap_or(0.0)
     );
     // Ten times the rows, (nearly) the same memory: the budgets bound it.
+    // 2,000,000 topology rows are ~600 MiB as Arrow; a peak that tracked
+    // them would grow by hundreds of MiB. Peak RSS wanders ±15 MiB from
+    // run to run (allocator, timing of what is in flight), snapshot
+    // writer included, hence the margin.
     assert!(
-        large_peak < small_peak + (48 << 20),
+        large_peak < small_peak + (64 << 20),
         "peak RSS grew with the table: {:.0} MiB for 200k rows, {:.0} MiB for 2M",
         mib(small_peak),
         mib(large_peak)

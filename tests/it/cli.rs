@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use crate::support::*;
 
 fn floe(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_floe"))
+    floe_command()
         .args(args)
         .env_remove("FLOE_TARGET_URL")
         .env("NO_COLOR", "1")
@@ -178,7 +178,7 @@ async fn floe_run_reads_snowflake_configured_only_by_environment() {
 
     // WHEN floe run gets its Snowflake connection only from SNOWFLAKE_* variables
     let url = fresh_db("cli_snowflake_env").await;
-    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+    let o = floe_command()
         .args([
             "run",
             "--table",
@@ -223,7 +223,7 @@ async fn sigint_and_sigterm_during_a_snowflake_query_abort_it_roll_back_and_exit
         );
         let db = format!("cli_signal_{code}");
         let url = fresh_db(&db).await;
-        let child = Command::new(env!("CARGO_BIN_EXE_floe"))
+        let child = floe_command()
             .args(["run", "--table", "transformers", "--target", &url])
             .env_remove("FLOE_TARGET_URL")
             .envs(snowflake_env(port, "etl", "pw"))

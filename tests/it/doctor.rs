@@ -2,12 +2,10 @@
 //! cache table emptied behind the job's back, sessions idle in transaction —
 //! and fixes only what it is asked to, touching only floe's own sessions.
 
-use std::process::Command;
-
 use crate::support::*;
 
 fn doctor(url: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+    let o = floe_command()
         .args(["doctor", "--output", "json", "--target", url])
         .args(extra)
         .env_remove("FLOE_TARGET_URL")

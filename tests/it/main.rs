@@ -10,6 +10,7 @@ mod grid;
 mod refresh;
 mod runs;
 mod secrets;
+mod snapshots;
 mod snowflake;
 mod support;
 mod tls;

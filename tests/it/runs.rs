@@ -2,8 +2,6 @@
 //! `abandoned` by the next; the shrink guard refuses to replace a table with
 //! an empty or much smaller one; `floe status` shows it all.
 
-use std::process::Command;
-
 use crate::support::*;
 
 #[derive(Debug)]
@@ -129,7 +127,7 @@ async fn a_killed_run_is_marked_abandoned_by_the_next_and_floe_status_shows_it()
     );
     let url = fresh_db("runs_abandoned").await;
     let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_floe"))
+        floe_command()
             .args(["run", "--table", "transformers", "--target", &url])
             .env_remove("FLOE_TARGET_URL")
             .envs(snowflake_env(port, "etl", "pw"))
@@ -151,7 +149,7 @@ async fn a_killed_run_is_marked_abandoned_by_the_next_and_floe_status_shows_it()
     assert_eq!(runs[0].status, "running", "{runs:?}");
 
     // WHEN the next run comes (the fault is used up)
-    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+    let o = floe_command()
         .args(["run", "--table", "transformers", "--target", &url])
         .env_remove("FLOE_TARGET_URL")
         .envs(snowflake_env(port, "etl", "pw"))
@@ -179,7 +177,7 @@ async fn a_killed_run_is_marked_abandoned_by_the_next_and_floe_status_shows_it()
     assert_eq!(runs[1].final_count, Some(GRID_ROWS as i64));
 
     // AND floe status shows both, newest first
-    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+    let o = floe_command()
         .args([
             "status",
             "--table",
@@ -202,7 +200,7 @@ async fn a_killed_run_is_marked_abandoned_by_the_next_and_floe_status_shows_it()
         .collect();
     assert_eq!(shown, ["success", "abandoned"]);
     assert_eq!(status[0]["final_count"], GRID_ROWS);
-    let o = Command::new(env!("CARGO_BIN_EXE_floe"))
+    let o = floe_command()
         .args(["status", "--target", &url])
         .env_remove("FLOE_TARGET_URL")
         .output()

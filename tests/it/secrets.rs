@@ -2,7 +2,7 @@
 //! and tokens appear in no log line (even at -vv and RUST_LOG=trace), no
 //! error, no `--help`, and no status or doctor output.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::support::*;
 
@@ -63,7 +63,7 @@ async fn no_command_prints_a_password_passphrase_key_or_token() {
             .await
             .replacen("postgres@", &format!("postgres:{PG_PASSWORD}@"), 1);
     let floe = |args: &[&str], env: &[(&str, &str)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_floe"));
+        let mut c = floe_command();
         c.args(args)
             .env_remove("FLOE_TARGET_URL")
             .env("RUST_LOG", "trace")

@@ -147,6 +147,18 @@ pub fn parquet_config(path: &Path, target: &str, extra: &str) -> Config {
     Config::parse(&text, Path::new("test.toml")).expect("test config")
 }
 
+/// Snapshots written by `floe` processes the tests start go here, not
+/// into the working directory.
+static SNAPSHOTS: OnceLock<tempfile::TempDir> = OnceLock::new();
+
+/// The `floe` binary, with its snapshots kept in a temporary directory.
+pub fn floe_command() -> std::process::Command {
+    let dir = SNAPSHOTS.get_or_init(|| tempfile::tempdir().expect("snapshot tempdir"));
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_floe"));
+    c.env("FLOE_SNAPSHOT_DIR", dir.path());
+    c
+}
+
 /// A child process killed when the test ends, however it ends.
 pub struct KillOnDrop(pub std::process::Child);
 
@@ -161,7 +173,7 @@ impl Drop for KillOnDrop {
 /// its memory is not the measured floe's) and returns it with its port.
 pub fn emulator_process(data: &Path, args: &[&str], env: &[(&str, &str)]) -> (KillOnDrop, u16) {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_floe"))
+    let mut child = floe_command()
         .arg("emulate-snowflake")
         .arg("--data")
         .arg(data)

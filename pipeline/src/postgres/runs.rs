@@ -63,13 +63,14 @@ pub async fn start(
     run_id: &str,
     table: &str,
     target: &str,
+    mode: &str,
     source: &str,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "INSERT INTO floe.sync_runs (run_id, table_name, target, mode, source, status) \
-             VALUES ($1, $2, $3, 'full', $4, 'running')",
-            &[&run_id, &table, &target, &source],
+             VALUES ($1, $2, $3, $4, $5, 'running')",
+            &[&run_id, &table, &target, &mode, &source],
         )
         .await
         .map(drop)

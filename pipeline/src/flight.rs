@@ -1,0 +1,352 @@
+//! Arrow Flight both ways: `floe serve-flight` serves snapshots as Flight
+//! streams, and a table source `flight://host:port/<ticket>` reads any
+//! Flight server's `DoGet`.
+//!
+//! Tickets are `table@run-id` (or `table@latest`); a flight's descriptor is
+//! the path `[ticket]`. Only complete snapshots that match their manifest
+//! are listed or served.
+
+use std::net::SocketAddr;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightClient, FlightData, FlightDescriptor,
+    FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, PollInfo, PutResult,
+    SchemaAsIpc, SchemaResult, Ticket,
+};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::snapshot::{self, Location, SnapshotError, Verified};
+
+/// A Flight source or server failure, naming the URL or ticket.
+#[derive(Debug, thiserror::Error)]
+pub enum FlightSourceError {
+    #[error("{url}: {message}")]
+    Url { url: String, message: String },
+    #[error("{url}: {message}")]
+    Flight { url: String, message: String },
+}
+
+/// `flight://host:port/<ticket>` → (`http://host:port`, ticket).
+pub fn parse_url(url: &str) -> Result<(String, String), FlightSourceError> {
+    let bad = |message: &str| FlightSourceError::Url {
+        url: url.to_string(),
+        message: message.to_string(),
+    };
+    let rest = url
+        .strip_prefix("flight://")
+        .ok_or_else(|| bad("a Flight source is flight://host:port/<ticket>"))?;
+    let (authority, ticket) = rest
+        .split_once('/')
+        .ok_or_else(|| bad("no ticket after host:port (flight://host:port/<ticket>)"))?;
+    if authority.is_empty() || ticket.is_empty() {
+        return Err(bad("a Flight source is flight://host:port/<ticket>"));
+    }
+    Ok((format!("http://{authority}"), ticket.to_string()))
+}
+
+/// `DoGet` of the URL's ticket: the stream's schema (it arrives first) and
+/// its batches.
+pub async fn read(
+    url: &str,
+) -> Result<
+    (
+        SchemaRef,
+        BoxStream<'static, Result<RecordBatch, FlightSourceError>>,
+    ),
+    FlightSourceError,
+> {
+    let (endpoint, ticket) = parse_url(url)?;
+    let failed = |message: String| FlightSourceError::Flight {
+        url: url.to_string(),
+        message,
+    };
+    let endpoint = tonic::transport::Channel::from_shared(endpoint)
+        .map_err(|e| failed(format!("bad address: {e}")))?;
+    // A server that is starting (or restarting) refuses connections for a
+    // moment: retry a few times with the shared backoff.
+    let mut attempt = 0;
+    let channel = loop {
+        attempt += 1;
+        match endpoint.connect().await {
+            Ok(c) => break c,
+            Err(e) if attempt < 4 => {
+                tracing::debug!(url, attempt, "Flight connect failed: {e}");
+                tokio::time::sleep(crate::retry::backoff(
+                    attempt,
+                    std::time::Duration::from_millis(200),
+                    std::time::Duration::from_secs(2),
+                ))
+                .await;
+            }
+            Err(e) => return Err(failed(format!("cannot connect: {e}"))),
+        }
+    };
+    let mut client = FlightClient::new(channel);
+    let mut stream = client
+        .do_get(Ticket::new(ticket))
+        .await
+        .map_err(|e| failed(flight_message(e)))?;
+    // The schema comes before the first batch (or the end).
+    let first = stream
+        .next()
+        .await
+        .transpose()
+        .map_err(|e| failed(flight_message(e)))?;
+    let schema = stream
+        .schema()
+        .cloned()
+        .ok_or_else(|| failed("the stream ended without a schema".into()))?;
+    let owned = url.to_string();
+    let rest = stream.map_err(move |e| FlightSourceError::Flight {
+        url: owned.clone(),
+        message: flight_message(e),
+    });
+    let batches = futures::stream::iter(first.map(Ok)).chain(rest).boxed();
+    Ok((schema, batches))
+}
+
+fn flight_message(e: FlightError) -> String {
+    match e {
+        FlightError::Tonic(status) => format!("{}: {}", status.code(), status.message()),
+        e => e.to_string(),
+    }
+}
+
+/// Binds first, so a caller learns the port (and a taken port fails at once).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// As [`serve`], on a listener already bound.
+pub async fn serve_on(
+    location: Location,
+    listener: tokio::net::TcpListener,
+    batch_size: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let service = SnapshotFlights {
+        location,
+        batch_size,
+    };
+    let incoming = tokio_stream_listener(listener);
+    tonic::transport::Server::builder()
+        .add_service(FlightServiceServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| format!("Flight server: {e}"))
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(s, _)| s);
+        Some((next, l))
+    })
+}
+
+struct SnapshotFlights {
+    location: Location,
+    batch_size: usize,
+}
+
+impl SnapshotFlights {
+    /// `table@run-id` or `table@latest`, verified against its manifest.
+    async fn open(&self, ticket: &str) -> Result<Verified, Status> {
+        let (table, run) = ticket.split_once('@').ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "ticket {ticket:?}: expected table@run-id or table@latest"
+            ))
+        })?;
+        let snapshot = self.location.resolve(table, run).await.map_err(status)?;
+        snapshot::verify(&snapshot).await.map_err(status)
+    }
+
+    fn info(&self, ticket: &str, verified: &Verified) -> Result<FlightInfo, Status> {
+        FlightInfo::new()
+            .try_with_schema(&verified.schema)
+            .map_err(|e| Status::internal(e.to_string()))
+            .map(|info| {
+                info.with_descriptor(FlightDescriptor::new_path(vec![ticket.to_string()]))
+                    .with_endpoint(
+                        FlightEndpoint::new().with_ticket(Ticket::new(ticket.to_string())),
+                    )
+                    .with_total_records(verified.manifest.rows as i64)
+                    .with_total_bytes(verified.manifest.bytes as i64)
+            })
+    }
+
+    fn ticket_of(descriptor: &FlightDescriptor) -> Result<String, Status> {
+        match descriptor.r#type() {
+            DescriptorType::Path => descriptor
+                .path
+                .first()
+                .cloned()
+                .ok_or_else(|| Status::invalid_argument("empty descriptor path")),
+            _ => String::from_utf8(descriptor.cmd.to_vec())
+                .map_err(|_| Status::invalid_argument("the command is not a table@run-id ticket")),
+        }
+    }
+}
+
+fn status(e: SnapshotError) -> Status {
+    match e {
+        SnapshotError::NotFound { .. } | SnapshotError::Incomplete { .. } => {
+            Status::not_found(e.to_string())
+        }
+        SnapshotError::Integrity { .. } => Status::data_loss(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+type Boxed<T> = BoxStream<'static, Result<T, Status>>;
+
+#[tonic::async_trait]
+impl FlightService for SnapshotFlights {
+    type HandshakeStream = Boxed<HandshakeResponse>;
+    type ListFlightsStream = Boxed<FlightInfo>;
+    type DoGetStream = Boxed<FlightData>;
+    type DoPutStream = Boxed<PutResult>;
+    type DoExchangeStream = Boxed<FlightData>;
+    type DoActionStream = Boxed<arrow_flight::Result>;
+    type ListActionsStream = Boxed<ActionType>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented(
+            "no authentication: serve on a trusted network",
+        ))
+    }
+
+    /// Every complete snapshot; `criteria.expression`, if given, keeps
+    /// those whose ticket starts with it (e.g. `topology@`).
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let prefix = String::from_utf8_lossy(&request.get_ref().expression).to_string();
+        let mut infos = Vec::new();
+        for s in self.location.list().await.map_err(status)? {
+            let ticket = format!("{}@{}", s.table, s.run_id);
+            if !s.is_complete() || !ticket.starts_with(&prefix) {
+                continue;
+            }
+            // Listing reads manifests, not data: a damaged part shows up on DoGet.
+            if let Some(m) = &s.manifest {
+                let schema = arrow::datatypes::Schema::new(
+                    m.schema
+                        .iter()
+                        .filter_map(|f| {
+                            f.data_type.parse().ok().map(|t| {
+                                arrow::datatypes::Field::new(&f.name, t, f.nullable)
+                                    .with_metadata(f.metadata.clone().into_iter().collect())
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                );
+                let info = FlightInfo::new()
+                    .try_with_schema(&schema)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .with_descriptor(FlightDescriptor::new_path(vec![ticket.clone()]))
+                    .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+                    .with_total_records(m.rows as i64)
+                    .with_total_bytes(m.bytes as i64);
+                infos.push(Ok(info));
+            }
+        }
+        Ok(Response::new(futures::stream::iter(infos).boxed()))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let ticket = Self::ticket_of(request.get_ref())?;
+        let verified = self.open(&ticket).await?;
+        Ok(Response::new(self.info(&ticket, &verified)?))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        let ticket = Self::ticket_of(request.get_ref())?;
+        let verified = self.open(&ticket).await?;
+        let info = self.info(&ticket, &verified)?;
+        Ok(Response::new(PollInfo::new().with_info(info)))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let ticket = Self::ticket_of(request.get_ref())?;
+        let verified = self.open(&ticket).await?;
+        let options = arrow::ipc::writer::IpcWriteOptions::default();
+        let result: SchemaResult = SchemaAsIpc::new(&verified.schema, &options)
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let ticket = String::from_utf8(request.get_ref().ticket.to_vec())
+            .map_err(|_| Status::invalid_argument("the ticket is not UTF-8"))?;
+        let verified = self.open(&ticket).await?;
+        let batches = snapshot::read_batches(&verified, self.batch_size)
+            .map_err(|e| FlightError::ExternalError(Box::new(e)));
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(verified.schema.clone())
+            .build(batches)
+            .map_err(|e| match e {
+                FlightError::Tonic(s) => *s,
+                e => Status::internal(e.to_string()),
+            })
+            .boxed();
+        tracing::info!(ticket, rows = verified.manifest.rows, "serving a snapshot");
+        Ok(Response::new(stream))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("snapshots are read-only"))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("snapshots are read-only"))
+    }
+
+    async fn do_action(
+        &self,
+        _request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        Err(Status::unimplemented("no actions"))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        Ok(Response::new(futures::stream::empty().boxed()))
+    }
+}

@@ -1,0 +1,120 @@
+//! `manifest.json`: what a snapshot holds, written after its last part.
+
+use std::collections::BTreeMap;
+
+use arrow::datatypes::Schema;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub(crate) const MANIFEST: &str = "manifest.json";
+
+/// The manifest format; bumped when a field changes meaning.
+pub(crate) const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotStatus {
+    /// The source was read to its end and every part was written.
+    Complete,
+    /// The run stopped before that; `error` says why. Never replayed.
+    Incomplete,
+}
+
+/// Where the snapshotted batches came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SnapshotSource {
+    Snowflake {
+        query: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        query_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        account: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        database: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        schema: Option<String>,
+    },
+    Parquet {
+        path: String,
+    },
+    Flight {
+        url: String,
+    },
+    /// Written while replaying another snapshot.
+    Snapshot {
+        parent: String,
+    },
+}
+
+/// One column of the snapshotted batches, with the source's type tags
+/// (`floe.snowflake_type`, e.g. `NUMBER(6,2)`, as Arrow field metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldSpec {
+    pub name: String,
+    pub data_type: String,
+    pub nullable: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl FieldSpec {
+    pub fn of(schema: &Schema) -> Vec<FieldSpec> {
+        schema
+            .fields()
+            .iter()
+            .map(|f| FieldSpec {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+                metadata: f
+                    .metadata()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// `NAME TYPE` with the Snowflake type when known, for explanations.
+    pub fn describe(&self) -> String {
+        let sf = self
+            .metadata
+            .get("floe.snowflake_type")
+            .or_else(|| self.metadata.get("logicalType"))
+            .map(|t| format!(" (Snowflake {t})"))
+            .unwrap_or_default();
+        format!("{} {}{sf}", self.name, self.data_type)
+    }
+}
+
+/// One parquet part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartFile {
+    /// File name inside the snapshot.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// The config's table name.
+    pub table: String,
+    pub run_id: String,
+    pub status: SnapshotStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub source: SnapshotSource,
+    pub schema: Vec<FieldSpec>,
+    pub files: Vec<PartFile>,
+    pub rows: u64,
+    pub bytes: u64,
+    pub floe_version: String,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}

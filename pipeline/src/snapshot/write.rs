@@ -1,0 +1,386 @@
+//! Writing a snapshot while the run streams: the source's batches are
+//! teed to a writer task through a small bounded channel, so the snapshot
+//! costs no second pass and no copy (a `RecordBatch` clone shares its
+//! buffers), and a slow store slows the run instead of filling memory.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use object_store::buffered::BufWriter;
+use object_store::{ObjectStoreExt, PutPayload};
+use parquet::arrow::async_writer::{AsyncArrowWriter, AsyncFileWriter};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use ring::digest::{Context, SHA256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::manifest::{self, FieldSpec, Manifest, PartFile, SnapshotSource, SnapshotStatus};
+use super::{SnapshotError, SnapshotRef};
+
+/// How parts are cut and compressed.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotOptions {
+    /// Rows per parquet row group. The writer holds about one row group
+    /// before it is flushed (~10 MiB at topology's width for 32,768 rows,
+    /// ~40 MiB for 131,072), so this is the snapshot's memory knob.
+    pub row_group_rows: usize,
+    /// Rows per part file.
+    pub part_rows: u64,
+    pub zstd_level: i32,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            row_group_rows: 32_768,
+            part_rows: 1_048_576,
+            zstd_level: 3,
+        }
+    }
+}
+
+enum Msg {
+    Batch(RecordBatch),
+    /// The source ended cleanly.
+    End,
+    /// The source failed.
+    Failed(String),
+}
+
+/// The running snapshot of one run's source.
+pub struct SnapshotWriter {
+    tx: mpsc::Sender<Msg>,
+    task: JoinHandle<Result<Manifest, SnapshotError>>,
+    name: String,
+}
+
+impl SnapshotWriter {
+    /// Starts the writer task for `table`'s run `run_id` under `location`.
+    pub fn start(
+        snapshot: SnapshotRef,
+        table: &str,
+        run_id: &str,
+        source: SnapshotSource,
+        schema: SchemaRef,
+        options: SnapshotOptions,
+    ) -> SnapshotWriter {
+        let (tx, rx) = mpsc::channel(2);
+        let name = snapshot.name().to_string();
+        let manifest = Manifest {
+            format: manifest::FORMAT,
+            table: table.to_string(),
+            run_id: run_id.to_string(),
+            status: SnapshotStatus::Incomplete,
+            error: None,
+            source,
+            schema: FieldSpec::of(&schema),
+            files: Vec::new(),
+            rows: 0,
+            bytes: 0,
+            floe_version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: chrono::Utc::now(),
+            finished_at: None,
+        };
+        let task = tokio::spawn(write_parts(snapshot, schema, options, manifest, rx));
+        SnapshotWriter { tx, task, name }
+    }
+
+    /// Wraps the source stream: every batch also goes to the snapshot, and
+    /// how the stream ends (cleanly, failing, or dropped) decides whether
+    /// the snapshot is complete.
+    pub fn tee<S, E>(&self, stream: S) -> SnapshotTee<S>
+    where
+        S: Stream<Item = Result<RecordBatch, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        SnapshotTee {
+            inner: stream,
+            tx: Some(self.tx.clone()),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Waits for the writer: the manifest as written (complete, or
+    /// incomplete with why).
+    pub async fn finish(self) -> Result<Manifest, SnapshotError> {
+        drop(self.tx);
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(SnapshotError::Io {
+                snapshot: self.name,
+                file: String::new(),
+                message: format!("the snapshot writer stopped: {e}"),
+            }),
+        }
+    }
+}
+
+/// A source stream whose batches are also written to a snapshot.
+pub struct SnapshotTee<S> {
+    inner: S,
+    tx: Option<mpsc::Sender<Msg>>,
+    name: String,
+}
+
+impl<S, E> SnapshotTee<S>
+where
+    S: Stream<Item = Result<RecordBatch, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    /// The stream, as an async stream that waits for the snapshot to accept
+    /// each batch (backpressure) before passing it on.
+    pub fn into_stream(self) -> impl Stream<Item = Result<RecordBatch, E>> {
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut tee = state?;
+            let item = tee.inner.next().await;
+            let msg = match &item {
+                Some(Ok(batch)) => Msg::Batch(batch.clone()),
+                Some(Err(e)) => Msg::Failed(e.to_string()),
+                None => Msg::End,
+            };
+            let last = !matches!(msg, Msg::Batch(_));
+            if let Some(tx) = &tee.tx {
+                if tx.send(msg).await.is_err() {
+                    // The writer failed; it logged why. The load goes on.
+                    tracing::debug!(snapshot = %tee.name, "snapshot writer gone; not snapshotting the rest");
+                    tee.tx = None;
+                }
+            }
+            if last {
+                tee.tx = None;
+            }
+            let item = item?;
+            Some((item, Some(tee)))
+        })
+    }
+}
+
+async fn write_parts(
+    snapshot: SnapshotRef,
+    schema: SchemaRef,
+    options: SnapshotOptions,
+    mut manifest: Manifest,
+    mut rx: mpsc::Receiver<Msg>,
+) -> Result<Manifest, SnapshotError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(options.zstd_level).unwrap_or_default(),
+        ))
+        .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
+        // Every column buffers a page (and a dictionary) before compressing
+        // it: smaller pages keep a wide table's writer to a few MiB.
+        .set_data_page_size_limit(256 << 10)
+        .set_dictionary_page_size_limit(256 << 10)
+        .build();
+    let mut part: Option<Part> = None;
+    let outcome: Result<Option<String>, SnapshotError> = async {
+        loop {
+            match rx.recv().await {
+                Some(Msg::Batch(mut batch)) => {
+                    // A batch that crosses a part boundary is split there
+                    // (slices share the batch's buffers).
+                    let limit = options.part_rows.max(1);
+                    while batch.num_rows() > 0 {
+                        let p = match part.as_mut() {
+                            Some(p) => p,
+                            None => part.insert(Part::open(
+                                &snapshot,
+                                manifest.files.len(),
+                                &schema,
+                                props.clone(),
+                            )?),
+                        };
+                        let take = (batch.num_rows() as u64).min(limit - p.rows) as usize;
+                        p.write(&snapshot, &batch.slice(0, take)).await?;
+                        batch = batch.slice(take, batch.num_rows() - take);
+                        if p.rows >= limit {
+                            if let Some(p) = part.take() {
+                                manifest.files.push(p.close(&snapshot).await?);
+                            }
+                        }
+                    }
+                }
+                Some(Msg::End) => return Ok(None),
+                Some(Msg::Failed(e)) => return Ok(Some(format!("the source failed: {e}"))),
+                None => {
+                    return Ok(Some(
+                        "the run stopped before the source was read to the end".into(),
+                    ))
+                }
+            }
+        }
+    }
+    .await;
+    let failure = match outcome {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(snapshot = snapshot.name(), "snapshot not written: {e}");
+            Some(e.to_string())
+        }
+    };
+    // Close what is open; a snapshot always has a first part, so its schema
+    // is in a parquet file even when the source was empty.
+    if part.is_none() && manifest.files.is_empty() && failure.is_none() {
+        part = Some(Part::open(&snapshot, 0, &schema, props.clone())?);
+    }
+    if let Some(p) = part.take() {
+        match p.close(&snapshot).await {
+            Ok(f) => manifest.files.push(f),
+            Err(e) if failure.is_some() => {
+                tracing::debug!("closing a part of a failed snapshot: {e}")
+            }
+            Err(e) => {
+                return Err(write_manifest(&snapshot, manifest, Some(e.to_string()))
+                    .await
+                    .err()
+                    .unwrap_or(e))
+            }
+        }
+    }
+    write_manifest(&snapshot, manifest, failure).await
+}
+
+/// Writes `manifest.json` last: complete only when nothing failed.
+async fn write_manifest(
+    snapshot: &SnapshotRef,
+    mut manifest: Manifest,
+    failure: Option<String>,
+) -> Result<Manifest, SnapshotError> {
+    manifest.status = match failure {
+        None => SnapshotStatus::Complete,
+        Some(_) => SnapshotStatus::Incomplete,
+    };
+    manifest.error = failure;
+    manifest.rows = manifest.files.iter().map(|f| f.rows).sum();
+    manifest.bytes = manifest.files.iter().map(|f| f.bytes).sum();
+    manifest.finished_at = Some(chrono::Utc::now());
+    let io = |e: String| SnapshotError::Io {
+        snapshot: snapshot.name().to_string(),
+        file: manifest::MANIFEST.into(),
+        message: e,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| io(e.to_string()))?;
+    // A put is atomic on every store (the local one writes a temporary file
+    // and renames it), so a manifest is never seen half-written.
+    snapshot
+        .location
+        .store()
+        .put(&snapshot.path(manifest::MANIFEST), PutPayload::from(json))
+        .await
+        .map_err(|e| io(e.to_string()))?;
+    Ok(manifest)
+}
+
+/// One part file being written.
+struct Part {
+    writer: AsyncArrowWriter<HashingWriter>,
+    file: String,
+    rows: u64,
+}
+
+impl Part {
+    fn open(
+        snapshot: &SnapshotRef,
+        index: usize,
+        schema: &SchemaRef,
+        props: WriterProperties,
+    ) -> Result<Part, SnapshotError> {
+        let file = format!("part-{index:05}.parquet");
+        // At most two 5 MiB uploads in flight (S3's smallest part), so a
+        // slow store costs ~10 MiB, not object_store's default 8 × 10 MiB.
+        let out = BufWriter::with_capacity(
+            Arc::clone(snapshot.location.store()),
+            snapshot.path(&file),
+            5 << 20,
+        )
+        .with_max_concurrency(2);
+        let writer = AsyncArrowWriter::try_new(
+            HashingWriter {
+                inner: out,
+                digest: Context::new(&SHA256),
+                bytes: 0,
+            },
+            Arc::clone(schema),
+            Some(props),
+        )
+        .map_err(|e| part_err(snapshot, &file, e))?;
+        Ok(Part {
+            writer,
+            file,
+            rows: 0,
+        })
+    }
+
+    async fn write(
+        &mut self,
+        snapshot: &SnapshotRef,
+        batch: &RecordBatch,
+    ) -> Result<(), SnapshotError> {
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|e| part_err(snapshot, &self.file, e))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    async fn close(mut self, snapshot: &SnapshotRef) -> Result<PartFile, SnapshotError> {
+        self.writer
+            .finish()
+            .await
+            .map_err(|e| part_err(snapshot, &self.file, e))?;
+        let hashing = self.writer.into_inner();
+        Ok(PartFile {
+            path: self.file,
+            rows: self.rows,
+            bytes: hashing.bytes,
+            sha256: hex(hashing.digest.finish().as_ref()),
+        })
+    }
+}
+
+fn part_err(snapshot: &SnapshotRef, file: &str, e: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Io {
+        snapshot: snapshot.name().to_string(),
+        file: file.to_string(),
+        message: e.to_string(),
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Passes bytes to the store and hashes them on the way, so the manifest's
+/// SHA-256 costs no second read.
+struct HashingWriter {
+    inner: BufWriter,
+    digest: Context,
+    bytes: u64,
+}
+
+impl AsyncFileWriter for HashingWriter {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        self.digest.update(&bs);
+        self.bytes += bs.len() as u64;
+        async move {
+            self.inner.write_all(&bs).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        async move {
+            self.inner.shutdown().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,136 @@
+//! `floe replay`: load a table from a run's snapshot, without the source.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use pipeline::replay::ReplayPlan;
+use pipeline::run::{new_run_id, Cancel, RunOptions};
+
+use crate::output::{run_tables, OutputFormat};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The snapshot: its directory or URL, TABLE@RUN_ID, or TABLE@latest.
+    snapshot: String,
+    #[command(flatten)]
+    common: super::TargetArgs,
+    /// Snapshot directory or URL (for TABLE@...), overriding the config's `snapshot_dir`.
+    #[arg(long, env = "FLOE_SNAPSHOT_DIR")]
+    snapshot_dir: Option<String>,
+    /// Check the snapshot and its schema against the target, print what would change, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Let the replay shrink the table by more than `load.max_shrink`, or empty it.
+    #[arg(long)]
+    allow_shrink: bool,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+}
+
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let (config, target) = args.common.resolve()?;
+    let location = super::snapshot_location(&config, args.snapshot_dir.as_deref())?;
+    let snapshot = super::snapshots::resolve(&config, &location, &args.snapshot).await?;
+    // Integrity first: nothing reaches Postgres from a snapshot that does
+    // not match its manifest.
+    let verified = pipeline::snapshot::verify(&snapshot).await?;
+    let table = verified.manifest.table.clone();
+    if !config.tables.contains_key(&table) {
+        bail!(
+            "{} is a snapshot of table `{table}`, which {} does not configure",
+            snapshot.name(),
+            config.path.display()
+        );
+    }
+    let plan = pipeline::replay::check(&config, &table, &target, &verified)
+        .await
+        .with_context(|| format!("checking {} against the target", snapshot.name()))?;
+    if args.dry_run {
+        print_plan(&plan, args.allow_shrink, args.output)?;
+        let refused = plan.schema_drift || (plan.shrink_refused && !args.allow_shrink);
+        return Ok(if refused {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    if plan.schema_drift {
+        return Err(pipeline::PipelineError::SchemaDrift {
+            table,
+            explanation: format!(
+                "{} no longer matches {}:\n{}",
+                snapshot.name(),
+                plan.target_table,
+                plan.explain_drift()
+            ),
+        }
+        .into());
+    }
+    let (canceller, cancel) = Cancel::new();
+    let signal = super::on_interrupt(canceller);
+    let options = RunOptions {
+        run_id: new_run_id(),
+        parquet_dir: None,
+        cancel,
+        allow_shrink: args.allow_shrink,
+        snapshots: None,
+        replay: Some(verified),
+    };
+    let reports = run_tables(&config, &[table], &target, &options, args.output).await;
+    Ok(if let Some(code) = signal.exit_code() {
+        ExitCode::from(code)
+    } else if reports.iter().all(|r| r.status == "success") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_plan(plan: &ReplayPlan, allow_shrink: bool, output: OutputFormat) -> Result<()> {
+    if output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(plan)?);
+        return Ok(());
+    }
+    println!(
+        "snapshot  {}@{}  {} rows in {} files, {}  (verified: sizes, SHA-256, row counts, schema)",
+        plan.table,
+        plan.run_id,
+        plan.snapshot_rows,
+        plan.snapshot_files,
+        super::snapshots::human_bytes(plan.snapshot_bytes),
+    );
+    println!("          {}", plan.snapshot);
+    match plan.target_rows {
+        Some(n) => println!(
+            "target    {}: {n} rows now, {} after the replay",
+            plan.target_table, plan.snapshot_rows
+        ),
+        None => println!(
+            "target    {}: does not exist; the replay creates it with {} rows",
+            plan.target_table, plan.snapshot_rows
+        ),
+    }
+    let same = plan.columns.iter().filter(|c| c.status == "same").count();
+    if plan.schema_drift {
+        println!("columns   DRIFT: {same} unchanged; the replay would stop:");
+        println!("{}", plan.explain_drift());
+    } else {
+        println!("columns   {} columns match the target", plan.columns.len());
+    }
+    if plan.shrink_refused {
+        println!(
+            "shrink    the table would shrink past load.max_shrink{}",
+            if allow_shrink {
+                " (allowed by --allow-shrink)"
+            } else {
+                ": refused without --allow-shrink"
+            }
+        );
+    }
+    let go = !plan.schema_drift && (!plan.shrink_refused || allow_shrink);
+    println!(
+        "replay    {}",
+        if go { "would run" } else { "would be refused" }
+    );
+    Ok(())
+}
