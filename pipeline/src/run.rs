@@ -623,7 +623,7 @@ async fn load_table(
     // until it is dropped; the snapshot is final only after that.
     drop(ctx);
     let snapshot = match writer {
-        Some(w) => match w.finish().await {
+        Some(w) => match w.finish(result.as_ref().err().map(|e| e.to_string())).await {
             Ok(m) => {
                 tracing::info!(
                     table = name,
@@ -633,6 +633,13 @@ async fn load_table(
                     files = m.files.len(),
                     "snapshot written"
                 );
+                if m.status == crate::snapshot::SnapshotStatus::LoadFailed {
+                    tracing::warn!(
+                        table = name,
+                        snapshot = %format!("{name}@{}", options.run_id),
+                        "every row read is kept in the snapshot; replay it by name once the cause is fixed"
+                    );
+                }
                 Some(m)
             }
             Err(e) => {

@@ -68,8 +68,11 @@ fn default_snapshot_dir() -> String {
 pub struct SnapshotConfig {
     /// Snapshot every run (`--no-snapshot` turns it off for one run).
     pub enabled: bool,
-    /// Rows per parquet row group.
+    /// Rows per parquet row group, at most.
     pub row_group_rows: usize,
+    /// A row group is also cut once the writer buffers this many bytes
+    /// (the snapshot's memory bound, whatever the row width).
+    pub row_group_bytes: usize,
     /// Rows per part file.
     pub part_rows: u64,
     /// zstd level (1-22).
@@ -80,7 +83,8 @@ impl Default for SnapshotConfig {
     fn default() -> Self {
         SnapshotConfig {
             enabled: true,
-            row_group_rows: 32_768,
+            row_group_rows: 16_384,
+            row_group_bytes: 16 << 20,
             part_rows: 1_048_576,
             zstd_level: 3,
         }

@@ -72,6 +72,7 @@ pub fn snapshot_plan(config: &Config, dir: Option<&str>) -> Result<pipeline::run
         location: snapshot_location(config, dir)?,
         options: pipeline::snapshot::SnapshotOptions {
             row_group_rows: config.snapshots.row_group_rows,
+            row_group_bytes: config.snapshots.row_group_bytes,
             part_rows: config.snapshots.part_rows,
             zstd_level: config.snapshots.zstd_level,
         },

@@ -258,6 +258,7 @@ async fn run_with_snapshots(
             options: pipeline::snapshot::SnapshotOptions {
                 part_rows: 700,
                 row_group_rows: 256,
+                row_group_bytes: 1 << 20,
                 zstd_level: 3,
             },
         }),
@@ -638,6 +639,75 @@ async fn a_failed_run_leaves_an_incomplete_snapshot_that_is_never_replayed() {
         .map(|s| s["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["incomplete", "complete"], "{listed}");
+
+    // Every row read, but the load fails (a transform that breaks the
+    // primary key): the snapshot says `load_failed`, `@latest` skips it,
+    // and naming it replays the bad day: the same failure with the same
+    // transform, a good table once the transform is fixed.
+    let dup = "SELECT zone_id % 10 AS zone_id, species, to_geography(canopy) AS canopy FROM source";
+    let config = parquet_config(
+        &path,
+        "veg",
+        &format!("primary_key = [\"zone_id\"]\ntransform = \"{dup}\""),
+    );
+    let run_id = pipeline::run::new_run_id();
+    let r = run_with_snapshots(&config, &url, &snaps, &run_id).await;
+    assert_eq!(r.status, "failed");
+    let bad_day = snaps.join("t").join(&run_id);
+    let m = manifest(&bad_day);
+    assert_eq!(m["status"], "load_failed", "{m}");
+    assert_eq!(m["rows"], 1_500);
+    assert!(
+        m["error"].as_str().unwrap().contains("the load failed"),
+        "{m}"
+    );
+    let o = floe(
+        &[
+            "snapshots",
+            "show",
+            "t@latest",
+            "--config",
+            cfg,
+            "--output",
+            "json",
+        ],
+        &snaps,
+        &[],
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        shown["run_id"].as_str().unwrap(),
+        good.file_name().unwrap().to_str().unwrap()
+    );
+    let dup_cfg = tmp.path().join("dup");
+    std::fs::create_dir_all(&dup_cfg).unwrap();
+    let dup_cfg = veg_config_file(&dup_cfg, dup);
+    let named = format!("t@{run_id}");
+    let o = floe(
+        &[
+            "replay",
+            &named,
+            "--config",
+            dup_cfg.to_str().unwrap(),
+            "--target",
+            &url,
+        ],
+        &snaps,
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).to_lowercase().contains("duplicate"),
+        "{}",
+        text(&o)
+    );
+    let o = floe(
+        &["replay", &named, "--config", cfg, "--target", &url],
+        &snaps,
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(fingerprint(&connect(&url).await, "veg").await.0, 1_500);
 }
 
 #[tokio::test]
@@ -849,13 +919,14 @@ async fn snapshots_round_trip_through_an_in_memory_object_store() {
         pipeline::snapshot::SnapshotOptions {
             part_rows: 150,
             row_group_rows: 64,
+            row_group_bytes: 1 << 20,
             zstd_level: 1,
         },
     );
     let source = futures::stream::iter(batches.clone().into_iter().map(Ok::<_, String>));
     let passed: Vec<_> = writer.tee(source).into_stream().collect().await;
     assert_eq!(passed.len(), 5, "the tee passes every batch on");
-    let m = writer.finish().await.unwrap();
+    let m = writer.finish(None).await.unwrap();
     assert_eq!(m.status, pipeline::snapshot::SnapshotStatus::Complete);
     assert_eq!((m.rows, m.files.len()), (500, 4), "parts of 150 rows");
 
@@ -896,7 +967,7 @@ async fn snapshots_round_trip_through_an_in_memory_object_store() {
         Err("connection reset".to_string()),
     ]);
     let _: Vec<_> = writer.tee(source).into_stream().collect().await;
-    let m = writer.finish().await.unwrap();
+    let m = writer.finish(None).await.unwrap();
     assert_eq!(m.status, pipeline::snapshot::SnapshotStatus::Incomplete);
     assert!(m.error.unwrap().contains("connection reset"));
     assert_eq!(

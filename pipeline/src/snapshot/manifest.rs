@@ -14,9 +14,16 @@ pub(crate) const FORMAT: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotStatus {
-    /// The source was read to its end and every part was written.
+    /// The source was read to its end, every part was written, and the run
+    /// loaded it: what `TABLE@latest` means.
     Complete,
-    /// The run stopped before that; `error` says why. Never replayed.
+    /// Every row was read and written, but the run's load failed (`error`
+    /// says why): kept to replay the bad day by name once its cause is
+    /// fixed; never `latest`.
+    #[serde(rename = "load_failed")]
+    LoadFailed,
+    /// The run stopped before the source was read to its end; `error` says
+    /// why. Never replayed.
     Incomplete,
 }
 
@@ -40,10 +47,6 @@ pub enum SnapshotSource {
     },
     Flight {
         url: String,
-    },
-    /// Written while replaying another snapshot.
-    Snapshot {
-        parent: String,
     },
 }
 

@@ -388,10 +388,11 @@ impl SnapshotInfo {
             .is_some_and(|m| m.status == SnapshotStatus::Complete)
     }
 
-    /// `complete`, `incomplete`, or `no manifest` (running, or killed).
+    /// `complete`, `load_failed`, `incomplete`, or `no manifest` (running, or killed).
     pub fn status(&self) -> &'static str {
         match (&self.manifest, &self.problem) {
             (Some(m), _) if m.status == SnapshotStatus::Complete => "complete",
+            (Some(m), _) if m.status == SnapshotStatus::LoadFailed => "load_failed",
             (Some(_), _) => "incomplete",
             (None, Some(_)) => "unreadable manifest",
             (None, None) => "no manifest",
@@ -457,7 +458,7 @@ pub fn plan_prune(
                     };
                     match (outside_keep, old_enough) {
                         (true, true) if rank.is_none() => {
-                            (true, "incomplete, older than a complete one")
+                            (true, "not complete, older than a complete one")
                         }
                         (true, true) => (true, "outside what is kept"),
                         (false, _) => (false, "within --keep"),
