@@ -45,8 +45,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                 println!("no runs recorded in {} yet", target.display());
             } else {
                 println!(
-                    "{:<12} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  error",
+                    "{:<12} {:<7} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  error",
                     "status",
+                    "mode",
                     "target",
                     "run",
                     "started (UTC)",
@@ -58,8 +59,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             for r in &records {
                 let n = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<12} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  {}",
+                    "{:<12} {:<7} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  {}",
                     r.status,
+                    r.mode,
                     r.target,
                     r.run_id,
                     r.started_at,
