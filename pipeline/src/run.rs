@@ -113,6 +113,9 @@ pub struct TableReport {
     /// Where the complete snapshot of what was read went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Where the time went (a successful run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Stages>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -182,6 +185,7 @@ pub async fn run_table(
             error: None,
             invalid_geometries,
             snapshot: loaded.snapshot.clone(),
+            stages: Some(loaded.stages.clone()),
         },
         Err(e) => {
             let final_count = current_count(config, table_cfg, target, options).await;
@@ -199,6 +203,7 @@ pub async fn run_table(
                 error: Some(e.to_string()),
                 invalid_geometries,
                 snapshot: None,
+                stages: None,
             }
         }
     };
@@ -329,6 +334,7 @@ struct Loaded {
     checksum: Option<String>,
     /// The complete snapshot of what was read, when one was written.
     snapshot: Option<String>,
+    stages: Stages,
 }
 
 /// Plans the transform and the Postgres columns, then runs the refresh.
@@ -351,6 +357,7 @@ async fn load_table(
     };
     let mut snowflake_session = None;
     let mut source_id = None;
+    let clock = Arc::new(StageClock::default());
     let cancelled = || PipelineError::Cancelled {
         table: name.to_string(),
     };
@@ -458,6 +465,8 @@ async fn load_table(
                     (schema, stream.boxed())
                 }
             };
+            clock.timed_source.store(true, Ordering::Relaxed);
+            let stream = timed(stream, Arc::clone(&clock), |c| &c.source);
             let (stream, writer) = match writer {
                 Some((snapshots, described)) => {
                     let writer = SnapshotWriter::start(
@@ -468,7 +477,9 @@ async fn load_table(
                         Arc::clone(&schema),
                         snapshots.options,
                     );
-                    (writer.tee(stream).into_stream().boxed(), Some(writer))
+                    clock.snapshotting.store(true, Ordering::Relaxed);
+                    let teed = writer.tee(stream).into_stream().boxed();
+                    (timed(teed, Arc::clone(&clock), |c| &c.tee), Some(writer))
                 }
                 None => (stream, None),
             };
@@ -544,7 +555,7 @@ async fn load_table(
                     table: name.to_string(),
                     message: e.to_string(),
                 })?;
-            let (rows, sum) = copy_stream(
+            let (rows, sum, streamed) = copy_stream(
                 &client,
                 &plan,
                 &staging,
@@ -590,13 +601,32 @@ async fn load_table(
             if !options.allow_shrink {
                 shrink_guard(&client, &plan, final_count, config.load.max_shrink).await?;
             }
+            let swap_started = Instant::now();
             refresh::swap(&client, &plan, &staging).await?;
+            let source = secs(clock.source.load(Ordering::Relaxed));
+            let teed = secs(clock.tee.load(Ordering::Relaxed));
+            let timed_source = clock.timed_source.load(Ordering::Relaxed);
+            let snapshotting = clock.snapshotting.load(Ordering::Relaxed);
+            // The outermost timed stream holds the ones inside it.
+            let upstream = if snapshotting { teed } else if timed_source { source } else { 0.0 };
+            let stages = Stages {
+                source: timed_source.then_some(source),
+                snapshot: snapshotting.then(|| (teed - source).max(0.0)),
+                transform: (streamed.pulling - upstream).max(0.0),
+                encode: streamed.encoding,
+                postgres_wait: streamed.waiting,
+                index_build: build_time.as_secs_f64(),
+                verify: verify_time.as_secs_f64(),
+                swap: swap_started.elapsed().as_secs_f64(),
+            };
+            tracing::info!(table = name, ?stages, "time by stage");
             Ok(Loaded {
                 rows,
                 final_count,
                 source: source_id.clone(),
                 checksum: sum,
                 snapshot: None,
+                stages,
             })
         };
         // Cancelling drops the load mid-flight: the COPY is abandoned, and the
@@ -661,6 +691,58 @@ async fn load_table(
         });
         loaded
     })
+}
+
+/// Where a table's run spent its time, in seconds. The stream stages
+/// (source, snapshot, transform, encode, waiting on Postgres) run
+/// concurrently with Postgres ingesting; index build and verification run
+/// side by side; so the stages do not add up to the run's wall time.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stages {
+    /// Waiting on the source's stream (reading, downloading, decoding);
+    /// `None` when DataFusion reads parquet inside the transform.
+    pub source: Option<f64>,
+    /// Waiting on the snapshot writer to take the batches.
+    pub snapshot: Option<f64>,
+    /// The transform (DataFusion), the stages above excluded.
+    pub transform: f64,
+    /// Encoding Arrow batches into binary COPY.
+    pub encode: f64,
+    /// Waiting on Postgres: for COPY to take queued bytes (the in-flight
+    /// budget full), then for COPY to complete.
+    pub postgres_wait: f64,
+    pub index_build: f64,
+    /// The staged table's count and checksum, beside the index build.
+    pub verify: f64,
+    pub swap: f64,
+}
+
+/// Nanosecond counters the stream stages add to from their tasks.
+#[derive(Debug, Default)]
+struct StageClock {
+    source: AtomicU64,
+    tee: AtomicU64,
+    timed_source: std::sync::atomic::AtomicBool,
+    snapshotting: std::sync::atomic::AtomicBool,
+}
+
+/// Counts the time a stream's consumer spends inside its `poll_next`.
+fn timed<T: Send + 'static>(
+    mut inner: BoxStream<'static, T>,
+    into: Arc<StageClock>,
+    pick: fn(&StageClock) -> &AtomicU64,
+) -> BoxStream<'static, T> {
+    futures::stream::poll_fn(move |cx| {
+        let started = Instant::now();
+        let polled = inner.poll_next_unpin(cx);
+        pick(&into).fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        polled
+    })
+    .boxed()
+}
+
+fn secs(nanos: u64) -> f64 {
+    nanos as f64 / 1e9
 }
 
 /// A source as opened: DataFusion's own provider (parquet), or a stream
@@ -782,6 +864,15 @@ enum Frame {
 /// Streams the transform's batches through the encoder into `COPY ... FROM
 /// STDIN` on `client`, with at most `budget` encoded bytes queued between the
 /// two. Returns the rows read (which the COPY's own count must equal).
+/// The COPY producer's time: pulling batches from the transform, encoding
+/// them, and waiting on Postgres.
+#[derive(Debug, Default)]
+struct Streamed {
+    pulling: f64,
+    encoding: f64,
+    waiting: f64,
+}
+
 async fn copy_stream(
     client: &Arc<Client>,
     plan: &TablePlan,
@@ -790,7 +881,8 @@ async fn copy_stream(
     encoding: Encoding,
     budget: usize,
     progress: &AtomicU64,
-) -> Result<(u64, Option<String>), PipelineError> {
+) -> Result<(u64, Option<String>, Streamed), PipelineError> {
+    let mut times = Streamed::default();
     let permits = Arc::new(Semaphore::new(budget));
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     let copy_sql = plan.copy_sql(staging);
@@ -839,7 +931,13 @@ async fn copy_stream(
     let produced = async {
         let mut rows = 0u64;
         let mut first = true;
-        while let Some(batch) = stream.next().await {
+        loop {
+            let pulled = Instant::now();
+            let Some(batch) = stream.next().await else {
+                times.pulling += pulled.elapsed().as_secs_f64();
+                break;
+            };
+            times.pulling += pulled.elapsed().as_secs_f64();
             let batch = batch.map_err(|e| transform_error(&plan.table, rows, e))?;
             let mut buf =
                 BytesMut::with_capacity(batch.get_array_memory_size() / 2 + COPY_HEADER.len());
@@ -850,12 +948,16 @@ async fn copy_stream(
             } else {
                 0
             };
+            let encoding = Instant::now();
             encoder.encode(&batch, &mut buf)?;
+            times.encoding += encoding.elapsed().as_secs_f64();
             let tuples = start..buf.len();
             let cost = buf.len().clamp(1, budget) as u32;
+            let waiting = Instant::now();
             let Ok(permit) = Arc::clone(&permits).acquire_many_owned(cost).await else {
                 return Ok(None);
             };
+            times.waiting += waiting.elapsed().as_secs_f64();
             if tx.send(Frame::Data(buf.freeze(), permit, tuples)).is_err() {
                 return Ok(None); // the writer failed; its error is the cause
             }
@@ -877,14 +979,16 @@ async fn copy_stream(
     }
     .await;
     drop(tx);
+    let waiting = Instant::now();
     let written = writer.await.map_err(|e| PipelineError::Transform {
         table: plan.table.clone(),
         message: format!("COPY writer task failed: {e}"),
     })?;
+    times.waiting += waiting.elapsed().as_secs_f64();
     match (produced, written) {
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => Err(e),
-        (Ok(Some(read)), Ok(Some((copied, sum)))) if read == copied => Ok((read, sum)),
+        (Ok(Some(read)), Ok(Some((copied, sum)))) if read == copied => Ok((read, sum, times)),
         (Ok(Some(read)), Ok(Some((copied, _)))) => Err(PipelineError::CountMismatch {
             table: plan.table.clone(),
             read,

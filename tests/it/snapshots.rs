@@ -72,6 +72,33 @@ async fn a_run_keeps_a_snapshot_and_replay_restores_the_table_without_snowflake(
     assert!(o.status.success(), "{}", text(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let dir = only_snapshot(snaps.path(), "topology");
+    // Where the time went: every stage measured, none longer than the run.
+    let stages = &report[0]["stages"];
+    let seconds = report[0]["seconds"].as_f64().unwrap();
+    for stage in [
+        "source",
+        "snapshot",
+        "transform",
+        "encode",
+        "postgres_wait",
+        "index_build",
+        "verify",
+        "swap",
+    ] {
+        let t = stages[stage]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {stage}: {stages}"));
+        assert!(
+            t >= 0.0 && t <= seconds,
+            "{stage}: {t} of {seconds} s: {stages}"
+        );
+    }
+    for stage in ["source", "encode", "index_build"] {
+        assert!(
+            stages[stage].as_f64().unwrap() > 0.0,
+            "{stage} took no time: {stages}"
+        );
+    }
     assert_eq!(
         report[0]["snapshot"].as_str().unwrap(),
         dir.to_str().unwrap(),
