@@ -36,6 +36,8 @@ enum Command {
     Snapshots(cmd::snapshots::Args),
     /// Serve snapshots as Arrow Flight streams (ticket: table@run-id).
     ServeFlight(cmd::serve_flight::Args),
+    /// Measure floe against Postgres's own ceiling (pre-encoded COPY), alternating runs: rows/s, MB/s, peak RSS, ratios, time by stage.
+    Bench(cmd::bench::Args),
     /// Check the target: timeouts, PostGIS, sessions idle in transaction, cache tables vs their last run, staging leftovers, lock waits.
     Doctor(cmd::doctor::Args),
 }
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
             Command::Status(args) => cmd::status::run(args).await,
             Command::Doctor(args) => cmd::doctor::run(args).await,
             Command::Replay(args) => cmd::replay::run(args).await,
+            Command::Bench(args) => cmd::bench::run(args).await,
             Command::Snapshots(args) => cmd::snapshots::run(args).await,
             Command::ServeFlight(args) => cmd::serve_flight::run(args).await,
         }

@@ -8,6 +8,7 @@
 //! the size of the table. The load goes into a staging table that is swapped
 //! into place only after it has been verified (see [`postgres::refresh`]).
 
+pub mod bench;
 pub mod cluster;
 pub mod error;
 pub mod flight;

@@ -363,6 +363,7 @@ async fn load_table(
     };
     // The source, as a table provider or a stream of its batches (and, for
     // the snapshot, a description of where it came from).
+    let opening = Instant::now();
     let (opened, described) = match (&options.replay, &options.parquet_dir, t.source()) {
         (Some(verified), _, _) => {
             source_id = Some(format!("snapshot {}", verified.snapshot.url()));
@@ -443,6 +444,7 @@ async fn load_table(
         }
         (None, None, None) => return Err(source_err("no source configured".into())),
     };
+    let source_open = opening.elapsed().as_secs_f64();
     // What the run reads is snapshotted on its way to the transform (a
     // replay reads a snapshot, so it writes none).
     let writer = match (&options.snapshots, described) {
@@ -610,6 +612,7 @@ async fn load_table(
             // The outermost timed stream holds the ones inside it.
             let upstream = if snapshotting { teed } else if timed_source { source } else { 0.0 };
             let stages = Stages {
+                source_open,
                 source: timed_source.then_some(source),
                 snapshot: snapshotting.then(|| (teed - source).max(0.0)),
                 transform: (streamed.pulling - upstream).max(0.0),
@@ -699,6 +702,9 @@ async fn load_table(
 /// side by side; so the stages do not add up to the run's wall time.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stages {
+    /// Opening the source: Snowflake's login and query (until its first
+    /// result arrives), a Flight `DoGet`, a parquet file's metadata.
+    pub source_open: f64,
     /// Waiting on the source's stream (reading, downloading, decoding);
     /// `None` when DataFusion reads parquet inside the transform.
     pub source: Option<f64>,
@@ -726,16 +732,21 @@ struct StageClock {
     snapshotting: std::sync::atomic::AtomicBool,
 }
 
-/// Counts the time a stream's consumer spends inside its `poll_next`.
+/// Counts the time a stream's consumer waits on it: from asking for the
+/// next item to getting it (downloads and decoding in other tasks included).
 fn timed<T: Send + 'static>(
     mut inner: BoxStream<'static, T>,
     into: Arc<StageClock>,
     pick: fn(&StageClock) -> &AtomicU64,
 ) -> BoxStream<'static, T> {
+    let mut asked: Option<Instant> = None;
     futures::stream::poll_fn(move |cx| {
-        let started = Instant::now();
+        let started = *asked.get_or_insert_with(Instant::now);
         let polled = inner.poll_next_unpin(cx);
-        pick(&into).fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if polled.is_ready() {
+            asked = None;
+            pick(&into).fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
         polled
     })
     .boxed()

@@ -1,5 +1,6 @@
 //! One module per subcommand; shared config loading lives here.
 
+pub mod bench;
 pub mod demo;
 pub mod doctor;
 pub mod emulate;

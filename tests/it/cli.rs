@@ -266,3 +266,66 @@ async fn sigint_and_sigterm_during_a_snowflake_query_abort_it_roll_back_and_exit
         assert_eq!(recorded, "cancelled");
     }
 }
+
+#[tokio::test]
+async fn floe_bench_reports_every_configuration_against_the_ceiling() {
+    let url = fresh_db("bench").await;
+    let o = floe_command()
+        .args([
+            "bench",
+            "--table",
+            "vegetation",
+            "--rows",
+            "3000",
+            "--repeats",
+            "2",
+            "--target",
+            &url,
+            "--output",
+            "json",
+        ])
+        .env_remove("FLOE_TARGET_URL")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["rows"], 3000);
+    assert_eq!(r["repeats"], 2);
+    assert!(r["encoded_bytes"].as_u64().unwrap() > 3000 * 20);
+    let results = r["results"].as_array().unwrap();
+    let names: Vec<&str> = results
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ceiling", "floe_parquet", "floe_emulator"]);
+    assert_eq!(results[0]["ratio_to_ceiling"], 1.0);
+    for m in results {
+        let s = &m["seconds"];
+        let (min, med, max) = (
+            s["min"].as_f64().unwrap(),
+            s["median"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < min && min <= med && med <= max, "{m}");
+        let rps = m["rows_per_sec"].as_f64().unwrap();
+        assert!((rps - 3000.0 / med).abs() < 1e-6 * rps, "{m}");
+        assert!(m["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{m}");
+        assert!(m["stages"]["index_build"].as_f64().unwrap() > 0.0, "{m}");
+    }
+    let ceiling = results[0]["seconds"]["median"].as_f64().unwrap();
+    for m in &results[1..] {
+        let ratio = m["ratio_to_ceiling"].as_f64().unwrap();
+        let med = m["seconds"]["median"].as_f64().unwrap();
+        assert!((ratio - ceiling / med).abs() < 1e-9, "{m}");
+        assert!(m["goal"].as_f64().is_some(), "{m}");
+        assert!(m["stages"]["encode"].as_f64().unwrap() > 0.0, "{m}");
+    }
+    assert!(results[0]["copy_only_seconds"]["median"].as_f64().unwrap() <= ceiling);
+    assert!(
+        results[2]["stages"]["source"].as_f64().unwrap() > 0.0,
+        "the emulator's source time"
+    );
+    // The table was really loaded, by the last configuration to run.
+    let client = connect(&url).await;
+    assert_eq!(fingerprint(&client, "vegetation_cache").await.0, 3000);
+}
