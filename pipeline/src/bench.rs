@@ -26,22 +26,22 @@ pub struct Encoded {
     pub bytes: u64,
 }
 
-/// Reads `<dir>/<SNOWFLAKE_TABLE>.parquet`, runs the table's transform and
-/// encodes every row as `floe run` would, into memory.
-pub async fn encode_table(
+/// The table's transform over `<dir>/<SNOWFLAKE_TABLE>.parquet`, planned
+/// as `floe run` plans it, with the encoder for its output.
+async fn planned(
     config: &Config,
     name: &str,
-    target: &Target,
+    schema: &str,
     dir: &std::path::Path,
-) -> Result<Encoded, PipelineError> {
+) -> Result<(datafusion::dataframe::DataFrame, TablePlan, CopyEncoder), PipelineError> {
     let t = &config.tables[name];
     let source_err = |message: String| PipelineError::Source {
         table: name.to_string(),
         message,
     };
-    let transform_err = |e: datafusion::error::DataFusionError| PipelineError::Transform {
+    let transform_err = |message: String| PipelineError::Transform {
         table: name.to_string(),
-        message: e.to_string(),
+        message,
     };
     let sf = t.snowflake_table.as_deref().ok_or_else(|| {
         source_err("the table has no snowflake_table to name its parquet file".into())
@@ -54,23 +54,54 @@ pub async fn encode_table(
     let provider = crate::source::parquet(&ctx, &path.to_string_lossy())
         .await
         .map_err(source_err)?;
-    operators::register_source(&ctx, provider).map_err(|e| PipelineError::Transform {
-        table: name.to_string(),
-        message: e.to_string(),
-    })?;
-    let df = ctx.sql(t.transform_sql()).await.map_err(transform_err)?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let columns = crate::run::plan_columns(config, name, t, &schema)?;
+    operators::register_source(&ctx, provider).map_err(|e| transform_err(e.to_string()))?;
+    let df = ctx
+        .sql(t.transform_sql())
+        .await
+        .map_err(|e| transform_err(e.to_string()))?;
+    let arrow_schema = Arc::new(df.schema().as_arrow().clone());
+    let columns = crate::run::plan_columns(config, name, t, &arrow_schema)?;
     let plan = TablePlan {
         table: name.to_string(),
-        schema: target.schema.clone(),
+        schema: schema.to_string(),
         target: t.target.clone(),
         columns: columns.clone(),
         primary_key: t.primary_key.clone(),
         indexes: t.indexes.clone(),
         lock_timeout: config.load.lock_timeout,
     };
-    let mut encoder = CopyEncoder::new(&t.target, &schema, columns, &t.primary_key)?;
+    let encoder = CopyEncoder::new(&t.target, &arrow_schema, columns, &t.primary_key)?;
+    Ok((df, plan, encoder))
+}
+
+/// The table's transformed batches (as the encoder receives them) and its
+/// encoder, for the criterion benches.
+pub async fn transformed(
+    config: &Config,
+    name: &str,
+    dir: &std::path::Path,
+) -> Result<(Vec<arrow::record_batch::RecordBatch>, CopyEncoder), PipelineError> {
+    let (df, _, encoder) = planned(config, name, "public", dir).await?;
+    let batches = df.collect().await.map_err(|e| PipelineError::Transform {
+        table: name.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok((batches, encoder))
+}
+
+/// Reads `<dir>/<SNOWFLAKE_TABLE>.parquet`, runs the table's transform and
+/// encodes every row as `floe run` would, into memory.
+pub async fn encode_table(
+    config: &Config,
+    name: &str,
+    target: &Target,
+    dir: &std::path::Path,
+) -> Result<Encoded, PipelineError> {
+    let (df, plan, mut encoder) = planned(config, name, &target.schema, dir).await?;
+    let transform_err = |e: datafusion::error::DataFusionError| PipelineError::Transform {
+        table: name.to_string(),
+        message: e.to_string(),
+    };
     let mut stream = df.execute_stream().await.map_err(transform_err)?;
     let mut chunks = vec![Bytes::from_static(COPY_HEADER)];
     let mut rows = 0u64;

@@ -1,0 +1,397 @@
+//! Criterion benches of floe's CPU stages, on data from the deterministic
+//! generator (nothing is downloaded):
+//!
+//! - `encode/<table>`: the binary COPY encoder over each grid table's
+//!   transformed batches (rows/s and bytes/s of COPY data);
+//! - `encode_type/<type>`: the encoder on one column of each Arrow type;
+//! - `udf/<function>`: geometry functions through DataFusion (points/s or
+//!   vertices/s);
+//! - `snowflake_decode/topology`: Snowflake-encoded Arrow chunks to floe's
+//!   Arrow schema;
+//! - `snapshot_write/topology`: the snapshot writer (zstd parquet) into the
+//!   in-memory object store.
+//!
+//! `cargo bench --profile dev --bench throughput` (the dev profile shares
+//! the test build; a release build of the DataFusion stack takes ~45 min on
+//! 2 cores). `FLOE_BENCH_ROWS` (default 50,000) sets the rows per table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Float64Array,
+    Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use pipeline::postgres::encode::CopyEncoder;
+use schemas::pg::{PgColumn, PgType};
+
+fn rows() -> u64 {
+    std::env::var("FLOE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn shipped_config() -> schemas::config::Config {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("floe.toml");
+    schemas::config::Config::load(&path).expect("floe.toml")
+}
+
+/// Every grid table generated once, in a directory kept for the run.
+fn grid(rows: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    pipeline::generate::generate(&pipeline::generate::GenerateOptions {
+        out: dir.path().to_path_buf(),
+        tables: Vec::new(),
+        rows: Some(rows),
+        seed: 42,
+    })
+    .expect("generate");
+    dir
+}
+
+fn encode_all(encoder: &mut CopyEncoder, batches: &[RecordBatch]) -> usize {
+    let mut total = 0;
+    for b in batches {
+        let mut buf = BytesMut::new();
+        encoder.encode(b, &mut buf).expect("encode");
+        total += buf.len();
+    }
+    total
+}
+
+fn encode_tables(c: &mut Criterion) {
+    let rt = runtime();
+    let rows = rows();
+    let dir = grid(rows);
+    let config = shipped_config();
+    let mut group = c.benchmark_group("encode");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for name in config.tables.keys() {
+        let (batches, mut encoder) = rt
+            .block_on(pipeline::bench::transformed(&config, name, dir.path()))
+            .expect("transform");
+        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let bytes = encode_all(&mut encoder, &batches);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("rows", name), |b| {
+            b.iter(|| encode_all(&mut encoder, &batches))
+        });
+        group.throughput(Throughput::Bytes(bytes as u64));
+        group.bench_function(BenchmarkId::new("bytes", name), |b| {
+            b.iter(|| encode_all(&mut encoder, &batches))
+        });
+    }
+    group.finish();
+}
+
+/// One column of each type the encoder handles, `n` rows, every 10th NULL.
+fn typed_columns(n: usize) -> Vec<(&'static str, ArrayRef)> {
+    let some = |i: usize| !i.is_multiple_of(10);
+    vec![
+        (
+            "boolean",
+            Arc::new(
+                (0..n)
+                    .map(|i| some(i).then_some(i % 3 == 0))
+                    .collect::<BooleanArray>(),
+            ) as ArrayRef,
+        ),
+        (
+            "integer",
+            Arc::new(
+                (0..n)
+                    .map(|i| some(i).then_some(i as i32 * 7))
+                    .collect::<Int32Array>(),
+            ),
+        ),
+        (
+            "bigint",
+            Arc::new(
+                (0..n)
+                    .map(|i| some(i).then_some(i as i64 * 1_000_003))
+                    .collect::<Int64Array>(),
+            ),
+        ),
+        (
+            "double",
+            Arc::new(
+                (0..n)
+                    .map(|i| some(i).then_some(i as f64 * 0.37))
+                    .collect::<Float64Array>(),
+            ),
+        ),
+        (
+            "numeric",
+            Arc::new(
+                (0..n)
+                    .map(|i| some(i).then_some(i as i128 * 12_345))
+                    .collect::<Decimal128Array>()
+                    .with_precision_and_scale(18, 2)
+                    .expect("decimal"),
+            ),
+        ),
+        (
+            "text",
+            Arc::new(
+                (0..n)
+                    .map(|i| some(i).then(|| format!("ASSET-{i:08}-feeder")))
+                    .collect::<StringArray>(),
+            ),
+        ),
+        (
+            "date",
+            Arc::new(
+                (0..n)
+                    .map(|i| some(i).then_some(10_000 + (i % 5_000) as i32))
+                    .collect::<Date32Array>(),
+            ),
+        ),
+        (
+            "timestamp",
+            Arc::new(
+                (0..n)
+                    .map(|i| some(i).then_some(1_700_000_000_000_000 + i as i64 * 1_000))
+                    .collect::<TimestampMicrosecondArray>(),
+            ),
+        ),
+        (
+            "bytea",
+            Arc::new(BinaryArray::from_iter(
+                (0..n).map(|i| some(i).then(|| (i as u64).to_le_bytes().repeat(4))),
+            )),
+        ),
+    ]
+}
+
+fn encode_types(c: &mut Criterion) {
+    let n = rows() as usize * 2;
+    let mut group = c.benchmark_group("encode_type");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    for (name, array) in typed_columns(n) {
+        let dt = match array.data_type() {
+            DataType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Microsecond, None),
+            t => t.clone(),
+        };
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("v", dt, true)]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![array]).expect("batch");
+        let ty = PgType::infer(schema.field(0)).expect("inferred type");
+        let column = PgColumn {
+            name: "v".into(),
+            ty,
+            nullable: true,
+        };
+        let mut encoder = CopyEncoder::new("bench", &schema, vec![column], &[]).expect("encoder");
+        let batches = vec![batch];
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(name, |b| b.iter(|| encode_all(&mut encoder, &batches)));
+    }
+    group.finish();
+}
+
+fn udfs(c: &mut Criterion) {
+    let rt = runtime();
+    let n = rows() as usize * 4;
+    let ctx = operators::session_context(&operators::TransformOptions {
+        batch_size: 8192,
+        geometry: operators::GeometryOptions::default(),
+    });
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Float64, false),
+        Field::new("y", DataType::Float64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| -95.0 + (i % 1000) as f64 * 0.001),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| 29.0 + (i % 777) as f64 * 0.001),
+            )),
+        ],
+    )
+    .expect("points");
+    let batches: Vec<RecordBatch> = (0..n)
+        .step_by(8192)
+        .map(|o| batch.slice(o, 8192.min(n - o)))
+        .collect();
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).expect("memtable");
+    ctx.register_table("pts", Arc::new(table))
+        .expect("register");
+
+    // Building footprints' GeoJSON polygons, as Snowflake returns GEOGRAPHY.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let buildings = schemas::datasets::find("building_footprints").expect("dataset");
+    let path = dir.path().join("b.parquet");
+    pipeline::generate::write_table(buildings, rows(), 42, &path).expect("generate");
+    rt.block_on(ctx.register_parquet("b", path.to_string_lossy().as_ref(), Default::default()))
+        .expect("register parquet");
+    let vertices: u64 = rt
+        .block_on(async {
+            ctx.sql("SELECT \"FOOTPRINT\" FROM b")
+                .await?
+                .collect()
+                .await
+        })
+        .expect("footprints")
+        .iter()
+        .flat_map(|b| {
+            // DataFusion reads parquet strings as Utf8View.
+            let utf8 = arrow::compute::cast(b.column(0), &DataType::Utf8).expect("cast");
+            let a = arrow::array::cast::as_string_array(&utf8).clone();
+            (0..a.len()).map(move |i| count_positions(a.value(i)))
+        })
+        .sum();
+
+    let mut group = c.benchmark_group("udf");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    let run = |sql: &'static str| {
+        let ctx = ctx.clone();
+        let rt = &rt;
+        move || {
+            rt.block_on(async { ctx.sql(sql).await?.collect().await })
+                .expect("query")
+        }
+    };
+    group.throughput(Throughput::Elements(n as u64));
+    let q = run("SELECT st_point(x, y, 4326) FROM pts");
+    group.bench_function("st_point/points", |b| b.iter(&q));
+    group.throughput(Throughput::Elements(2 * n as u64));
+    let q = run("SELECT st_makeline(st_point(x, y, 4326), st_point(y, x, 4326)) FROM pts");
+    group.bench_function("st_makeline/vertices", |b| b.iter(&q));
+    group.throughput(Throughput::Elements(vertices));
+    let q = run("SELECT to_geography(\"FOOTPRINT\") FROM b");
+    group.bench_function("to_geography_geojson/vertices", |b| b.iter(&q));
+    let q = run("SELECT st_area(to_geography(\"FOOTPRINT\")) FROM b");
+    group.bench_function("st_area/vertices", |b| b.iter(&q));
+    group.finish();
+}
+
+/// Coordinate positions in a GeoJSON text: each `[` directly before a number.
+fn count_positions(geojson: &str) -> u64 {
+    let b = geojson.as_bytes();
+    b.windows(2)
+        .filter(|w| w[0] == b'[' && (w[1] == b'-' || w[1].is_ascii_digit()))
+        .count() as u64
+}
+
+fn topology_batches(rows: u64) -> Vec<RecordBatch> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topology = schemas::datasets::find("topology").expect("dataset");
+    let path = dir.path().join("t.parquet");
+    pipeline::generate::write_table(topology, rows, 42, &path).expect("generate");
+    let file = std::fs::File::open(&path).expect("open");
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("batches")
+}
+
+fn snowflake_decode(c: &mut Criterion) {
+    use schemas::snowflake::SnowflakeType;
+    use schemas::snowflake_arrow::{decode_batch, decoded_schema, encode_batch, RowType};
+    let batches = topology_batches(rows());
+    let rowtype: Vec<RowType> = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            RowType::for_column(
+                f.name(),
+                SnowflakeType::of_field(f).expect("snowflake type"),
+                f.is_nullable(),
+            )
+        })
+        .collect();
+    let chunks: Vec<RecordBatch> = batches
+        .iter()
+        .map(|b| encode_batch(b, &rowtype).expect("encode chunk"))
+        .collect();
+    let schema = decoded_schema(&rowtype, "UTC").expect("schema");
+    let n: usize = chunks.iter().map(|c| c.num_rows()).sum();
+    let mut group = c.benchmark_group("snowflake_decode");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3));
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function("topology", |b| {
+        b.iter(|| {
+            chunks
+                .iter()
+                .map(|c| {
+                    decode_batch(c, &rowtype, &schema)
+                        .expect("decode")
+                        .num_rows()
+                })
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
+fn snapshot_write(c: &mut Criterion) {
+    use futures::StreamExt;
+    let rt = runtime();
+    let batches = topology_batches(rows());
+    let schema = batches[0].schema();
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let mut group = c.benchmark_group("snapshot_write");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(n as u64));
+    let write = || {
+        rt.block_on(async {
+            let store = Arc::new(object_store::memory::InMemory::new());
+            let location = pipeline::snapshot::Location::new(store, "s", "memory://s");
+            let writer = pipeline::snapshot::SnapshotWriter::start(
+                location.snapshot("topology", "bench"),
+                "topology",
+                "bench",
+                pipeline::snapshot::SnapshotSource::Parquet {
+                    path: "bench".into(),
+                },
+                Arc::clone(&schema),
+                Default::default(),
+            );
+            let source = futures::stream::iter(batches.iter().cloned().map(Ok::<_, String>));
+            let _: Vec<_> = writer.tee(source).into_stream().collect().await;
+            writer.finish(None).await.expect("snapshot").bytes
+        })
+    };
+    group.bench_function("topology/rows", |b| b.iter(write));
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("topology/arrow_bytes", |b| b.iter(write));
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    encode_tables,
+    encode_types,
+    udfs,
+    snowflake_decode,
+    snapshot_write
+);
+criterion_main!(benches);
