@@ -128,6 +128,18 @@ impl Interrupt {
             code => Some(code),
         }
     }
+
+    /// A run's exit status: the signal's if one stopped it, else 0 when
+    /// every table succeeded and 1 when any did not.
+    pub fn exit_status(&self, reports: &[pipeline::run::TableReport]) -> std::process::ExitCode {
+        match self.exit_code() {
+            Some(code) => std::process::ExitCode::from(code),
+            None if reports.iter().all(|r| r.status == "success") => {
+                std::process::ExitCode::SUCCESS
+            }
+            None => std::process::ExitCode::from(1),
+        }
+    }
 }
 
 /// Cancels the run on Ctrl-C (SIGINT) or SIGTERM, so the load rolls back,

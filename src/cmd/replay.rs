@@ -77,13 +77,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         replay: Some(verified),
     };
     let reports = run_tables(&config, &[table], &target, &options, args.output).await;
-    Ok(if let Some(code) = signal.exit_code() {
-        ExitCode::from(code)
-    } else if reports.iter().all(|r| r.status == "success") {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(signal.exit_status(&reports))
 }
 
 fn print_plan(plan: &ReplayPlan, allow_shrink: bool, output: OutputFormat) -> Result<()> {

@@ -46,11 +46,5 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         replay: None,
     };
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
-    Ok(if let Some(code) = signal.exit_code() {
-        ExitCode::from(code)
-    } else if reports.iter().all(|r| r.status == "success") {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(signal.exit_status(&reports))
 }
