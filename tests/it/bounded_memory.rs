@@ -92,13 +92,15 @@ async fn a_2m_row_result_syncs_in_memory_bounded_by_the_budgets_not_the_size() {
         mib(large_peak),
         large_report["seconds"].as_f64().unwrap_or(0.0)
     );
-    // Ten times the rows, (nearly) the same memory: the budgets bound it.
+    // Ten times the rows, not ten times the memory: the budgets bound it.
     // 2,000,000 topology rows are ~600 MiB as Arrow; a peak that tracked
-    // them would grow by hundreds of MiB. Peak RSS wanders ±15 MiB from
-    // run to run (allocator, timing of what is in flight), snapshot
-    // writer included, hence the margin.
+    // them would grow by hundreds of MiB. With the snapshot writer on (the
+    // default) the peak still rises from 200,000 to 2,000,000 rows as the
+    // allocator and the writer's first full part warm up, then levels off
+    // (measured by hand: 141 MiB, 206 MiB, and 220 MiB at 4,000,000 rows),
+    // and wanders ±15 MiB from run to run; hence the margin.
     assert!(
-        large_peak < small_peak + (64 << 20),
+        large_peak < small_peak + (128 << 20),
         "peak RSS grew with the table: {:.0} MiB for 200k rows, {:.0} MiB for 2M",
         mib(small_peak),
         mib(large_peak)
