@@ -172,17 +172,21 @@ impl SnapshotFlights {
         snapshot::verify(&snapshot).await.map_err(status)
     }
 
-    fn info(&self, ticket: &str, verified: &Verified) -> Result<FlightInfo, Status> {
+    fn info(
+        ticket: &str,
+        schema: &arrow::datatypes::Schema,
+        manifest: &snapshot::Manifest,
+    ) -> Result<FlightInfo, Status> {
         FlightInfo::new()
-            .try_with_schema(&verified.schema)
+            .try_with_schema(schema)
             .map_err(|e| Status::internal(e.to_string()))
             .map(|info| {
                 info.with_descriptor(FlightDescriptor::new_path(vec![ticket.to_string()]))
                     .with_endpoint(
                         FlightEndpoint::new().with_ticket(Ticket::new(ticket.to_string())),
                     )
-                    .with_total_records(verified.manifest.rows as i64)
-                    .with_total_bytes(verified.manifest.bytes as i64)
+                    .with_total_records(manifest.rows as i64)
+                    .with_total_bytes(manifest.bytes as i64)
             })
     }
 
@@ -243,27 +247,14 @@ impl FlightService for SnapshotFlights {
             if !s.is_complete() || !ticket.starts_with(&prefix) {
                 continue;
             }
-            // Listing reads manifests, not data: a damaged part shows up on DoGet.
+            // Listing reads manifests and the first part's footer (for the
+            // exact schema, metadata included), not data: a damaged part
+            // shows up on DoGet.
             if let Some(m) = &s.manifest {
-                let schema = arrow::datatypes::Schema::new(
-                    m.schema
-                        .iter()
-                        .filter_map(|f| {
-                            f.data_type.parse().ok().map(|t| {
-                                arrow::datatypes::Field::new(&f.name, t, f.nullable)
-                                    .with_metadata(f.metadata.clone().into_iter().collect())
-                            })
-                        })
-                        .collect::<Vec<_>>(),
-                );
-                let info = FlightInfo::new()
-                    .try_with_schema(&schema)
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .with_descriptor(FlightDescriptor::new_path(vec![ticket.clone()]))
-                    .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
-                    .with_total_records(m.rows as i64)
-                    .with_total_bytes(m.bytes as i64);
-                infos.push(Ok(info));
+                let schema = snapshot::first_part_schema(&s.snapshot, m)
+                    .await
+                    .map_err(status)?;
+                infos.push(Ok(Self::info(&ticket, &schema, m)?));
             }
         }
         Ok(Response::new(futures::stream::iter(infos).boxed()))
@@ -275,7 +266,11 @@ impl FlightService for SnapshotFlights {
     ) -> Result<Response<FlightInfo>, Status> {
         let ticket = Self::ticket_of(request.get_ref())?;
         let verified = self.open(&ticket).await?;
-        Ok(Response::new(self.info(&ticket, &verified)?))
+        Ok(Response::new(Self::info(
+            &ticket,
+            &verified.schema,
+            &verified.manifest,
+        )?))
     }
 
     async fn poll_flight_info(
@@ -284,7 +279,7 @@ impl FlightService for SnapshotFlights {
     ) -> Result<Response<PollInfo>, Status> {
         let ticket = Self::ticket_of(request.get_ref())?;
         let verified = self.open(&ticket).await?;
-        let info = self.info(&ticket, &verified)?;
+        let info = Self::info(&ticket, &verified.schema, &verified.manifest)?;
         Ok(Response::new(PollInfo::new().with_info(info)))
     }
 

@@ -882,6 +882,39 @@ async fn flight_serves_snapshots_and_a_flight_source_loads_what_replay_loads() {
         .unwrap();
     assert_eq!(flights.len(), 1);
     assert_eq!(flights[0].total_records, 2_000);
+    // The listed schema is the snapshot's, every column and type tag.
+    let listed = flights[0].clone().try_decode_schema().unwrap();
+    let m = manifest(&snap);
+    let expected: Vec<(String, String, serde_json::Value)> = m["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_string(),
+                f["data_type"].as_str().unwrap().to_string(),
+                f["metadata"].clone(),
+            )
+        })
+        .collect();
+    let got: Vec<(String, String, serde_json::Value)> = listed
+        .fields()
+        .iter()
+        .map(|f| {
+            let md: serde_json::Map<String, serde_json::Value> = f
+                .metadata()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            let md = if md.is_empty() {
+                serde_json::Value::Null
+            } else {
+                md.into()
+            };
+            (f.name().clone(), f.data_type().to_string(), md)
+        })
+        .collect();
+    assert_eq!(got, expected);
     assert_eq!(
         flights[0].endpoint[0].ticket.as_ref().unwrap().ticket,
         format!("t@{run_id}").as_bytes()

@@ -24,7 +24,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 pub use manifest::{FieldSpec, Manifest, PartFile, SnapshotSource, SnapshotStatus};
-pub use read::{read_batches, verify, Verified};
+pub use read::{first_part_schema, read_batches, verify, Verified};
 pub use write::{SnapshotOptions, SnapshotTee, SnapshotWriter};
 
 /// Everything that can go wrong with a snapshot; each names the file or location.

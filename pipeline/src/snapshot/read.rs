@@ -130,6 +130,35 @@ pub async fn verify(snapshot: &SnapshotRef) -> Result<Verified, SnapshotError> {
     })
 }
 
+/// The batches' schema from the first part's footer (one ranged read), for
+/// listings that should not read the data.
+pub async fn first_part_schema(
+    snapshot: &SnapshotRef,
+    manifest: &Manifest,
+) -> Result<SchemaRef, SnapshotError> {
+    let part = manifest
+        .files
+        .first()
+        .ok_or_else(|| SnapshotError::Integrity {
+            snapshot: snapshot.name().to_string(),
+            file: "manifest.json".into(),
+            message: "lists no parts".into(),
+        })?;
+    let reader = PartReader::new(
+        snapshot.location.store(),
+        snapshot.path(&part.path),
+        part.bytes,
+    );
+    ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map(|b| Arc::clone(b.schema()))
+        .map_err(|e| SnapshotError::Integrity {
+            snapshot: snapshot.name().to_string(),
+            file: part.path.clone(),
+            message: format!("not readable parquet: {e}"),
+        })
+}
+
 fn describe(fields: &[FieldSpec]) -> String {
     fields
         .iter()
