@@ -147,6 +147,13 @@ pub async fn ceiling(
         )
         .await?;
     let client = &session.client;
+    // floe builds indexes on two sessions (the second also verifies): so does the ceiling.
+    let helper = target
+        .connect(
+            &format!("floe/{}/{run_id}/ceiling-helper", plan.target),
+            &config.load,
+        )
+        .await?;
     let staging = refresh::prepare(client, plan, run_id).await?;
     let result = async {
         let started = Instant::now();
@@ -173,9 +180,8 @@ pub async fn ceiling(
                 staged: copied,
             });
         }
-        let built = Instant::now();
-        refresh::build(client, plan, &staging).await?;
-        let index_build = built.elapsed().as_secs_f64();
+        let ((), built) = refresh::build(client, &helper.client, plan, &staging, async {}).await?;
+        let index_build = built.index_build.as_secs_f64();
         let swapped = Instant::now();
         refresh::swap(client, plan, &staging).await?;
         Ok(CeilingRun {

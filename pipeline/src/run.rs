@@ -567,35 +567,24 @@ async fn load_table(
                 progress,
             )
             .await?;
-            // Verification reads the staged table on a second session while the
-            // first builds the indexes: on two cores it costs little wall time.
-            let verifier = target
+            // A second session builds part of the indexes and then verifies
+            // the staged rows, beside the first's (longer) index build.
+            let helper = target
                 .connect(
                     &format!("floe/{}/{}/verify", t.target, options.run_id),
                     &config.load,
                 )
                 .await?;
-            let started = Instant::now();
-            let ((built, build_time), (verified, verify_time)) = tokio::join!(
-                async {
-                    let r = refresh::build(&client, &plan, &staging).await;
-                    (r, started.elapsed())
-                },
-                async {
-                    let r =
-                        refresh::verify(&verifier.client, &plan, &staging, rows, sum.as_deref())
-                            .await;
-                    (r, started.elapsed())
-                }
-            );
+            let verify = refresh::verify(&helper.client, &plan, &staging, rows, sum.as_deref());
+            let (verified, times) =
+                refresh::build(&client, &helper.client, &plan, &staging, verify).await?;
             tracing::info!(
                 table = name,
-                ?build_time,
-                ?verify_time,
+                index_build = ?times.index_build,
+                verify = ?times.beside,
                 "indexes built; staged rows verified"
             );
-            drop(verifier);
-            built?;
+            drop(helper);
             let final_count = verified?;
             if options.cancel.is_cancelled() {
                 return Err(cancelled());
@@ -618,8 +607,8 @@ async fn load_table(
                 transform: (streamed.pulling - upstream).max(0.0),
                 encode: streamed.encoding,
                 postgres_wait: streamed.waiting,
-                index_build: build_time.as_secs_f64(),
-                verify: verify_time.as_secs_f64(),
+                index_build: times.index_build.as_secs_f64(),
+                verify: times.beside.as_secs_f64(),
                 swap: swap_started.elapsed().as_secs_f64(),
             };
             tracing::info!(table = name, ?stages, "time by stage");

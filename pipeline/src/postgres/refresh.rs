@@ -8,7 +8,8 @@
 //!    connection goes, and the half-filled staging table is invisible to
 //!    readers and dropped by the next run.
 //! 3. Build the primary key and indexes after the load (faster than
-//!    maintaining them row by row), ANALYZE, and count the staged rows.
+//!    maintaining them row by row) on two sessions at once, verify the
+//!    staged rows on the second beside the first's index build, ANALYZE.
 //! 4. Swap in one short transaction: lock the old table (waiting at most
 //!    `lock_timeout` for readers), drop it, rename staging into its place,
 //!    carry over its grants.
@@ -177,53 +178,152 @@ pub async fn prepare(
     Ok(staging)
 }
 
-/// Builds the primary key and indexes on the staged table, then ANALYZE.
-/// The key starts as a plain unique index (which, unlike `ADD PRIMARY KEY`,
-/// lets the verification read the table at the same time) and becomes the
-/// constraint at the end.
-pub async fn build(client: &Client, plan: &TablePlan, staging: &str) -> Result<(), PipelineError> {
+/// One index to build after the load.
+struct IndexJob {
+    sql: String,
+    step: &'static str,
+    /// Rough relative cost: a GiST/SP-GiST/GIN build (one core, comparing
+    /// geometries) takes several times a B-tree's over the same rows.
+    weight: u32,
+}
+
+fn index_jobs(plan: &TablePlan, staging: &str) -> Vec<IndexJob> {
     let table = plan.qualified(staging);
-    client
-        .batch_execute(&format!(
-            "SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'"
-        ))
-        .await
-        .map_err(pg(plan, "setting maintenance_work_mem"))?;
-    let pkey = quote_ident(&format!("{staging}_pkey"));
+    let mut jobs = Vec::new();
     if !plan.primary_key.is_empty() {
         let cols: Vec<String> = plan.primary_key.iter().map(|c| quote_ident(c)).collect();
-        client
-            .batch_execute(&format!(
-                "CREATE UNIQUE INDEX {pkey} ON {table} ({})",
+        jobs.push(IndexJob {
+            sql: format!(
+                "CREATE UNIQUE INDEX {} ON {table} ({})",
+                quote_ident(&format!("{staging}_pkey")),
                 cols.join(", ")
-            ))
-            .await
-            .map_err(pg(plan, "building the primary key"))?;
+            ),
+            step: "building the primary key",
+            weight: 1,
+        });
     }
     for (i, ix) in plan.indexes.iter().enumerate() {
         let cols: Vec<String> = ix.columns.iter().map(|c| quote_ident(c)).collect();
-        client
-            .batch_execute(&format!(
+        jobs.push(IndexJob {
+            sql: format!(
                 "CREATE INDEX {} ON {table} USING {} ({})",
                 quote_ident(&format!("{staging}_i{i}")),
                 ix.method,
                 cols.join(", ")
-            ))
-            .await
-            .map_err(pg(plan, "building an index"))?;
+            ),
+            step: "building an index",
+            weight: match ix.method.as_str() {
+                "btree" | "hash" | "brin" => 1,
+                _ => 4,
+            },
+        });
     }
+    jobs
+}
+
+/// Splits the index builds between two sessions, heaviest first onto the
+/// less loaded one; the second starts at `beside_weight` (the work it does
+/// after its share).
+fn split_jobs(mut jobs: Vec<IndexJob>, beside_weight: u32) -> (Vec<IndexJob>, Vec<IndexJob>) {
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.weight));
+    let (mut main, mut second) = (Vec::new(), Vec::new());
+    let (mut main_load, mut second_load) = (0, beside_weight);
+    for job in jobs {
+        if main_load <= second_load {
+            main_load += job.weight;
+            main.push(job);
+        } else {
+            second_load += job.weight;
+            second.push(job);
+        }
+    }
+    (main, second)
+}
+
+async fn run_jobs(
+    client: &Client,
+    plan: &TablePlan,
+    jobs: &[IndexJob],
+    settings: &str,
+) -> Result<(), PipelineError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute(settings)
+        .await
+        .map_err(pg(plan, "setting up the session to build indexes"))?;
+    for job in jobs {
+        client
+            .batch_execute(&job.sql)
+            .await
+            .map_err(pg(plan, job.step))?;
+    }
+    Ok(())
+}
+
+/// What [`build`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildTimes {
+    /// From the first index to the end of ANALYZE.
+    pub index_build: Duration,
+    /// The work run beside the builds, from its start to its end.
+    pub beside: Duration,
+}
+
+/// Builds the primary key and indexes on the staged table over two
+/// sessions at once, then ANALYZE; `beside` (the verification) runs on the
+/// second session once that session's share of the indexes is built.
+///
+/// A GiST build uses one core and is most of the time after the load: the
+/// B-tree key and the verification scan fit beside it instead of before or
+/// after it. Plain `CREATE INDEX`es on one table share its SHARE lock, and
+/// reading the table is allowed meanwhile. The key starts as a unique index
+/// and becomes the constraint at the end; ANALYZE comes last, as its lock
+/// conflicts with `CREATE INDEX`. Returns `beside`'s output.
+pub async fn build<T>(
+    client: &Client,
+    second: &Client,
+    plan: &TablePlan,
+    staging: &str,
+    beside: impl std::future::Future<Output = T>,
+) -> Result<(T, BuildTimes), PipelineError> {
+    let started = std::time::Instant::now();
+    let (main_jobs, second_jobs) = split_jobs(index_jobs(plan, staging), 1);
+    let memory = format!("SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'");
+    // Parallel workers for the second session's (shorter) share would take
+    // the cores the main session's build needs.
+    let second_settings = format!("{memory}; SET max_parallel_maintenance_workers = 0");
+    let other = async {
+        run_jobs(second, plan, &second_jobs, &second_settings).await?;
+        let from = std::time::Instant::now();
+        let out = beside.await;
+        Ok::<_, PipelineError>((out, from.elapsed()))
+    };
+    let (main, other) = tokio::join!(run_jobs(client, plan, &main_jobs, &memory), other);
+    main?;
+    let (out, beside) = other?;
     if !plan.primary_key.is_empty() {
+        let pkey = quote_ident(&format!("{staging}_pkey"));
         client
             .batch_execute(&format!(
-                "ALTER TABLE {table} ADD CONSTRAINT {pkey} PRIMARY KEY USING INDEX {pkey}"
+                "ALTER TABLE {} ADD CONSTRAINT {pkey} PRIMARY KEY USING INDEX {pkey}",
+                plan.qualified(staging)
             ))
             .await
             .map_err(pg(plan, "building the primary key"))?;
     }
     client
-        .batch_execute(&format!("ANALYZE {table}"))
+        .batch_execute(&format!("ANALYZE {}", plan.qualified(staging)))
         .await
-        .map_err(pg(plan, "analyzing the staging table"))
+        .map_err(pg(plan, "analyzing the staging table"))?;
+    Ok((
+        out,
+        BuildTimes {
+            index_build: started.elapsed(),
+            beside,
+        },
+    ))
 }
 
 /// The staging table's columns as the checksum hashes them; `None` before
@@ -263,8 +363,8 @@ pub async fn staged_columns(
 }
 
 /// Checks the staged table holds what floe sent: `rows_read` rows and, if
-/// given, content with floe's checksum. Meant for a second session, so it
-/// runs while [`build`] builds indexes. Returns the staged row count.
+/// given, content with floe's checksum. Meant for [`build`]'s second
+/// session, beside the index builds. Returns the staged row count.
 pub async fn verify(
     client: &Client,
     plan: &TablePlan,
@@ -452,8 +552,6 @@ async fn swap_once(client: &Client, plan: &TablePlan, staging: &str) -> Result<(
     result
 }
 
-/// Drops the staging table after a failure (best effort; the next run drops
-/// any that remain).
 /// Rows in the live target table, or `None` if it does not exist yet.
 pub async fn current_count(
     client: &Client,
@@ -476,6 +574,8 @@ pub async fn current_count(
     Ok(Some(n as u64))
 }
 
+/// Drops the staging table after a failure (best effort; the next run drops
+/// any that remain).
 pub async fn discard(client: &Client, plan: &TablePlan, staging: &str) {
     let sql = format!("DROP TABLE IF EXISTS {}", plan.qualified(staging));
     if let Err(e) = client.batch_execute(&sql).await {
@@ -492,4 +592,62 @@ pub async fn release(client: &Client, plan: &TablePlan) {
             &[&key],
         )
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(primary_key: &[&str], indexes: &[(&str, &str)]) -> TablePlan {
+        TablePlan {
+            table: "t".into(),
+            schema: "public".into(),
+            target: "t_cache".into(),
+            columns: Vec::new(),
+            primary_key: primary_key.iter().map(|c| c.to_string()).collect(),
+            indexes: indexes
+                .iter()
+                .map(|(column, method)| IndexConfig {
+                    columns: vec![column.to_string()],
+                    method: method.to_string(),
+                })
+                .collect(),
+            lock_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_gist_build_gets_a_session_and_the_key_and_verification_share_the_other() {
+        let p = plan(&["id"], &[("geom", "gist")]);
+        let (main, second) = split_jobs(index_jobs(&p, "s"), 1);
+        assert_eq!(main.len(), 1);
+        assert!(main[0].sql.contains("USING gist"), "{}", main[0].sql);
+        assert_eq!(second.len(), 1);
+        assert!(
+            second[0].sql.starts_with("CREATE UNIQUE INDEX \"s_pkey\""),
+            "{}",
+            second[0].sql
+        );
+    }
+
+    #[test]
+    fn heavy_builds_are_spread_over_both_sessions() {
+        let p = plan(
+            &["id"],
+            &[("geom", "gist"), ("area", "gist"), ("name", "btree")],
+        );
+        let (main, second) = split_jobs(index_jobs(&p, "s"), 1);
+        let load = |jobs: &[IndexJob]| jobs.iter().map(|j| j.weight).sum::<u32>();
+        assert_eq!(main.len() + second.len(), 4);
+        assert_eq!(main.iter().filter(|j| j.weight == 4).count(), 1);
+        assert_eq!(second.iter().filter(|j| j.weight == 4).count(), 1);
+        assert!(load(&main).abs_diff(load(&second) + 1) <= 1);
+    }
+
+    #[test]
+    fn a_table_with_only_a_key_builds_it_beside_the_verification() {
+        let (main, second) = split_jobs(index_jobs(&plan(&["id"], &[]), "s"), 1);
+        assert_eq!(main.len(), 1);
+        assert!(second.is_empty());
+    }
 }
