@@ -20,7 +20,7 @@ use crate::PipelineError;
 /// A table's COPY data, encoded once and kept in memory.
 pub struct Encoded {
     pub plan: TablePlan,
-    /// Binary COPY: header, tuples, trailer, in encoder-sized pieces.
+    /// Binary COPY tuples, one piece per encoded batch (no header or trailer).
     pub chunks: Vec<Bytes>,
     pub rows: u64,
     pub bytes: u64,
@@ -103,7 +103,7 @@ pub async fn encode_table(
         message: e.to_string(),
     };
     let mut stream = df.execute_stream().await.map_err(transform_err)?;
-    let mut chunks = vec![Bytes::from_static(COPY_HEADER)];
+    let mut chunks = Vec::new();
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(transform_err)?;
@@ -112,8 +112,8 @@ pub async fn encode_table(
         rows += batch.num_rows() as u64;
         chunks.push(buf.freeze());
     }
-    chunks.push(Bytes::from_static(COPY_TRAILER));
-    let bytes = chunks.iter().map(|c| c.len() as u64).sum();
+    let bytes = (COPY_HEADER.len() + COPY_TRAILER.len()) as u64
+        + chunks.iter().map(|c| c.len() as u64).sum::<u64>();
     Ok(Encoded {
         plan,
         chunks,
@@ -147,31 +147,55 @@ pub async fn ceiling(
         )
         .await?;
     let client = &session.client;
-    // floe builds indexes on two sessions (the second also verifies): so does the ceiling.
-    let helper = target
-        .connect(
-            &format!("floe/{}/{run_id}/ceiling-helper", plan.target),
-            &config.load,
-        )
-        .await?;
+    // floe's further COPY sessions; the last (or one more) also builds
+    // indexes beside the first, as floe's verification session does.
+    let mut others = Vec::new();
+    for k in 1..config.load.copy_streams.max(2) {
+        others.push(
+            target
+                .connect(
+                    &format!("floe/{}/{run_id}/ceiling{k}", plan.target),
+                    &config.load,
+                )
+                .await?,
+        );
+    }
+    let clients: Vec<&tokio_postgres::Client> = std::iter::once(client.as_ref())
+        .chain(others.iter().map(|s| s.client.as_ref()))
+        .take(config.load.copy_streams)
+        .collect();
+    let helper = &others[others.len() - 1];
     let staging = refresh::prepare(client, plan, run_id).await?;
     let result = async {
         let started = Instant::now();
-        let sink = client
-            .copy_in::<_, Bytes>(&plan.copy_sql(&staging))
-            .await
-            .map_err(|e| PipelineError::postgres(&plan.table, "starting COPY", e))?;
-        let mut sink = Box::pin(sink);
-        for chunk in &encoded.chunks {
-            sink.feed(chunk.clone())
-                .await
-                .map_err(|e| PipelineError::postgres(&plan.table, "COPY", e))?;
-        }
-        let copied = sink
-            .as_mut()
-            .finish()
-            .await
-            .map_err(|e| PipelineError::postgres(&plan.table, "completing COPY", e))?;
+        // As many COPY streams as floe runs, batches dealt out in turn.
+        let streams = clients.len();
+        let copies = clients.iter().enumerate().map(|(k, client)| {
+            let sql = plan.copy_sql(&staging);
+            async move {
+                let to_err = |step, e| PipelineError::postgres(&plan.table, step, e);
+                let sink = client
+                    .copy_in::<_, Bytes>(&sql)
+                    .await
+                    .map_err(|e| to_err("starting COPY", e))?;
+                let mut sink = Box::pin(sink);
+                let mine = encoded.chunks.iter().skip(k).step_by(streams).cloned();
+                let framed = std::iter::once(Bytes::from_static(COPY_HEADER))
+                    .chain(mine)
+                    .chain(std::iter::once(Bytes::from_static(COPY_TRAILER)));
+                for chunk in framed {
+                    sink.feed(chunk).await.map_err(|e| to_err("COPY", e))?;
+                }
+                sink.as_mut()
+                    .finish()
+                    .await
+                    .map_err(|e| to_err("completing COPY", e))
+            }
+        });
+        let copied: u64 = futures::future::try_join_all(copies)
+            .await?
+            .into_iter()
+            .sum();
         let copy = started.elapsed().as_secs_f64();
         if copied != encoded.rows {
             return Err(PipelineError::CountMismatch {

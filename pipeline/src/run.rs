@@ -557,8 +557,23 @@ async fn load_table(
                     table: name.to_string(),
                     message: e.to_string(),
                 })?;
+            // Further COPY streams, each a session of its own into the same staging table.
+            let mut streams = Vec::with_capacity(config.load.copy_streams.saturating_sub(1));
+            for k in 1..config.load.copy_streams {
+                streams.push(
+                    target
+                        .connect(
+                            &format!("floe/{}/{}/copy{k}", t.target, options.run_id),
+                            &config.load,
+                        )
+                        .await?,
+                );
+            }
+            let clients: Vec<Arc<Client>> = std::iter::once(Arc::clone(&client))
+                .chain(streams.iter().map(|s| Arc::clone(&s.client)))
+                .collect();
             let (rows, sum, streamed) = copy_stream(
-                &client,
+                &clients,
                 &plan,
                 &staging,
                 stream,
@@ -567,6 +582,7 @@ async fn load_table(
                 progress,
             )
             .await?;
+            drop(streams);
             // A second session builds part of the indexes and then verifies
             // the staged rows, beside the first's (longer) index build.
             let helper = target
@@ -852,18 +868,15 @@ struct Encoding {
     checksum: Option<RowChecksum>,
 }
 
-/// One message from the encoder to the COPY writer.
+/// One message from the encoder to the COPY writers.
 enum Frame {
-    /// Encoded bytes, holding their share of the in-flight budget until
-    /// written; `tuples` is where the rows are (not the COPY header/trailer).
-    Data(Bytes, OwnedSemaphorePermit, std::ops::Range<usize>),
-    /// Everything was sent: complete the COPY. Without it the COPY is aborted.
+    /// Encoded tuples, holding their share of the in-flight budget until written.
+    Data(Bytes, OwnedSemaphorePermit),
+    /// Everything was sent: complete the COPY (one per writer). A writer
+    /// whose queue closes without it aborts its COPY.
     Finish,
 }
 
-/// Streams the transform's batches through the encoder into `COPY ... FROM
-/// STDIN` on `client`, with at most `budget` encoded bytes queued between the
-/// two. Returns the rows read (which the COPY's own count must equal).
 /// The COPY producer's time: pulling batches from the transform, encoding
 /// them, and waiting on Postgres.
 #[derive(Debug, Default)]
@@ -873,8 +886,12 @@ struct Streamed {
     waiting: f64,
 }
 
+/// Streams the transform's batches through the encoder into `COPY ... FROM
+/// STDIN`, one COPY per client (each takes the next encoded batch when it
+/// is free), with at most `budget` encoded bytes queued between encoder and
+/// Postgres. Returns the rows read (which the COPYs' counts must add up to).
 async fn copy_stream(
-    client: &Arc<Client>,
+    clients: &[Arc<Client>],
     plan: &TablePlan,
     staging: &str,
     mut stream: SendableRecordBatchStream,
@@ -884,53 +901,29 @@ async fn copy_stream(
 ) -> Result<(u64, Option<String>, Streamed), PipelineError> {
     let mut times = Streamed::default();
     let permits = Arc::new(Semaphore::new(budget));
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-    let copy_sql = plan.copy_sql(staging);
-    let writer_client = Arc::clone(client);
-    let table = plan.table.clone();
+    let (tx, rx) = mpsc::unbounded_channel::<Frame>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let Encoding {
         mut encoder,
-        mut checksum,
+        checksum,
     } = encoding;
-    let writer = tokio::spawn(async move {
-        let to_err = |step, e| PipelineError::postgres(&table, step, e);
-        let sink = writer_client
-            .copy_in::<_, Bytes>(&copy_sql)
-            .await
-            .map_err(|e| to_err("starting COPY", e))?;
-        let mut sink = Box::pin(sink);
-        while let Some(frame) = rx.recv().await {
-            match frame {
-                Frame::Data(bytes, permit, tuples) => {
-                    // Hashed here, off the encoder's path: the two run in parallel.
-                    if let Some(c) = checksum.as_mut() {
-                        c.add_tuples(&bytes[tuples]).map_err(|message| {
-                            PipelineError::Transform {
-                                table: table.clone(),
-                                message: format!("checksum of the encoded rows: {message}"),
-                            }
-                        })?;
-                    }
-                    sink.send(bytes).await.map_err(|e| to_err("COPY", e))?;
-                    drop(permit);
-                }
-                Frame::Finish => {
-                    let n = sink
-                        .as_mut()
-                        .finish()
-                        .await
-                        .map_err(|e| to_err("completing COPY", e))?;
-                    return Ok(Some((n, checksum.map(|c| c.hex()))));
-                }
-            }
-        }
-        // The encoder side gave up: dropping the sink aborts the COPY.
-        Ok::<_, PipelineError>(None)
-    });
+    let writers: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            tokio::spawn(copy_writer(
+                Arc::clone(client),
+                plan.copy_sql(staging),
+                plan.table.clone(),
+                Arc::clone(&rx),
+                checksum.clone(),
+                Arc::clone(&permits),
+            ))
+        })
+        .collect();
+    drop(rx);
 
     let produced = async {
         let mut rows = 0u64;
-        let mut first = true;
         loop {
             let pulled = Instant::now();
             let Some(batch) = stream.next().await else {
@@ -939,66 +932,128 @@ async fn copy_stream(
             };
             times.pulling += pulled.elapsed().as_secs_f64();
             let batch = batch.map_err(|e| transform_error(&plan.table, rows, e))?;
-            let mut buf =
-                BytesMut::with_capacity(batch.get_array_memory_size() / 2 + COPY_HEADER.len());
-            let start = if first {
-                buf.extend_from_slice(COPY_HEADER);
-                first = false;
-                COPY_HEADER.len()
-            } else {
-                0
-            };
+            let mut buf = BytesMut::with_capacity(batch.get_array_memory_size() / 2);
             let encoding = Instant::now();
             encoder.encode(&batch, &mut buf)?;
             times.encoding += encoding.elapsed().as_secs_f64();
-            let tuples = start..buf.len();
             let cost = buf.len().clamp(1, budget) as u32;
             let waiting = Instant::now();
+            // Closed when a writer fails: its error is the cause.
             let Ok(permit) = Arc::clone(&permits).acquire_many_owned(cost).await else {
                 return Ok(None);
             };
             times.waiting += waiting.elapsed().as_secs_f64();
-            if tx.send(Frame::Data(buf.freeze(), permit, tuples)).is_err() {
-                return Ok(None); // the writer failed; its error is the cause
+            if tx.send(Frame::Data(buf.freeze(), permit)).is_err() {
+                return Ok(None);
             }
             rows += batch.num_rows() as u64;
             progress.store(rows, Ordering::Relaxed);
         }
-        let mut tail = BytesMut::new();
-        if first {
-            tail.extend_from_slice(COPY_HEADER);
-        }
-        tail.extend_from_slice(COPY_TRAILER);
-        let cost = tail.len() as u32;
-        if let Ok(permit) = Arc::clone(&permits).acquire_many_owned(cost).await {
-            if tx.send(Frame::Data(tail.freeze(), permit, 0..0)).is_ok() {
-                let _ = tx.send(Frame::Finish);
-            }
+        for _ in clients {
+            let _ = tx.send(Frame::Finish);
         }
         Ok::<_, PipelineError>(Some(rows))
     }
     .await;
     drop(tx);
     let waiting = Instant::now();
-    let written = writer.await.map_err(|e| PipelineError::Transform {
-        table: plan.table.clone(),
-        message: format!("COPY writer task failed: {e}"),
-    })?;
+    let mut copied = Some((0u64, checksum));
+    let mut failure = None;
+    for writer in writers {
+        let written = writer.await.map_err(|e| PipelineError::Transform {
+            table: plan.table.clone(),
+            message: format!("COPY writer task failed: {e}"),
+        });
+        match written.and_then(|w| w) {
+            Ok(Some((n, sum))) => {
+                if let Some((total, total_sum)) = copied.as_mut() {
+                    *total += n;
+                    if let (Some(t), Some(s)) = (total_sum.as_mut(), sum.as_ref()) {
+                        t.merge(s);
+                    }
+                }
+            }
+            Ok(None) => copied = None,
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
     times.waiting += waiting.elapsed().as_secs_f64();
-    match (produced, written) {
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(e),
-        (Ok(Some(read)), Ok(Some((copied, sum)))) if read == copied => Ok((read, sum, times)),
-        (Ok(Some(read)), Ok(Some((copied, _)))) => Err(PipelineError::CountMismatch {
+    match (produced, failure, copied) {
+        (Err(e), _, _) => Err(e),
+        (Ok(_), Some(e), _) => Err(e),
+        (Ok(Some(read)), None, Some((copied, sum))) if read == copied => {
+            Ok((read, sum.map(|s| s.hex()), times))
+        }
+        (Ok(Some(read)), None, Some((copied, _))) => Err(PipelineError::CountMismatch {
             table: plan.table.clone(),
             read,
             staged: copied,
         }),
-        (Ok(_), Ok(_)) => Err(PipelineError::Transform {
+        (Ok(_), None, _) => Err(PipelineError::Transform {
             table: plan.table.clone(),
             message: "COPY ended before all rows were sent".into(),
         }),
     }
+}
+
+/// One COPY session: header, the encoded batches it takes from the shared
+/// queue (hashed here, beside the encoder), trailer. Returns its row count
+/// and checksum, or `None` if the queue closed early (the COPY is aborted
+/// by dropping it). A failure closes `permits`, which stops the encoder.
+async fn copy_writer(
+    client: Arc<Client>,
+    copy_sql: String,
+    table: String,
+    frames: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>>,
+    mut checksum: Option<RowChecksum>,
+    permits: Arc<Semaphore>,
+) -> Result<Option<(u64, Option<RowChecksum>)>, PipelineError> {
+    let to_err = |step, e| PipelineError::postgres(&table, step, e);
+    let written = async {
+        let sink = client
+            .copy_in::<_, Bytes>(&copy_sql)
+            .await
+            .map_err(|e| to_err("starting COPY", e))?;
+        let mut sink = Box::pin(sink);
+        sink.feed(Bytes::from_static(COPY_HEADER))
+            .await
+            .map_err(|e| to_err("COPY", e))?;
+        loop {
+            let frame = frames.lock().await.recv().await;
+            match frame {
+                Some(Frame::Data(bytes, permit)) => {
+                    if let Some(c) = checksum.as_mut() {
+                        c.add_tuples(&bytes)
+                            .map_err(|message| PipelineError::Transform {
+                                table: table.clone(),
+                                message: format!("checksum of the encoded rows: {message}"),
+                            })?;
+                    }
+                    sink.send(bytes).await.map_err(|e| to_err("COPY", e))?;
+                    drop(permit);
+                }
+                Some(Frame::Finish) => {
+                    sink.feed(Bytes::from_static(COPY_TRAILER))
+                        .await
+                        .map_err(|e| to_err("COPY", e))?;
+                    let n = sink
+                        .as_mut()
+                        .finish()
+                        .await
+                        .map_err(|e| to_err("completing COPY", e))?;
+                    return Ok(Some((n, checksum)));
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+    .await;
+    if written.is_err() {
+        permits.close();
+    }
+    written
 }
 
 /// Names the absolute row of a geometry error; passes other errors through.

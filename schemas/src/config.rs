@@ -348,7 +348,14 @@ pub struct LoadConfig {
     /// Verify content, not only the row count, before the swap (see README:
     /// the checksum). On by default; off only to measure what it costs.
     pub verify_checksum: bool,
+    /// Parallel `COPY` sessions into the staging table. A single COPY is
+    /// bound by one server core; more streams use more of the server's cores
+    /// (each its own session; the memory bound is shared).
+    pub copy_streams: usize,
 }
+
+/// More COPY sessions than this only queue on the server's cores and locks.
+pub const MAX_COPY_STREAMS: usize = 16;
 
 impl Default for LoadConfig {
     fn default() -> Self {
@@ -360,6 +367,7 @@ impl Default for LoadConfig {
             idle_in_transaction_timeout: Duration::from_secs(60),
             max_shrink: 0.5,
             verify_checksum: true,
+            copy_streams: 1,
         }
     }
 }
@@ -521,6 +529,13 @@ impl Config {
                 "must be at least 1048576 (1 MiB)",
             ));
         }
+        if !(1..=MAX_COPY_STREAMS).contains(&self.load.copy_streams) {
+            return Err(self.invalid(
+                "-",
+                "load.copy_streams",
+                format!("must be between 1 and {MAX_COPY_STREAMS}"),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.load.max_shrink) {
             return Err(self.invalid(
                 "-",
@@ -680,6 +695,23 @@ target = "t_cache"
         assert!(
             e.contains("indexes[0].method") && e.contains("rtree"),
             "{e}"
+        );
+
+        for streams in [0, MAX_COPY_STREAMS + 1] {
+            let e = parse(&format!("[load]\ncopy_streams = {streams}\n{MINIMAL}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("load.copy_streams") && e.contains("between 1 and 16"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            parse(&format!("[load]\ncopy_streams = 4\n{MINIMAL}"))
+                .unwrap()
+                .load
+                .copy_streams,
+            4
         );
 
         let typo = format!("{MINIMAL}primery_key = [\"id\"]\n");

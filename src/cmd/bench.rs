@@ -30,6 +30,9 @@ pub struct Args {
     /// Config file (default: ./floe.toml, else the shipped grid config).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Parallel COPY sessions for floe and the ceiling alike, overriding `load.copy_streams`.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=schemas::config::MAX_COPY_STREAMS as i64))]
+    copy_streams: Option<u16>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
 }
@@ -90,6 +93,8 @@ struct Report {
     repeats: usize,
     cpus: usize,
     profile: &'static str,
+    /// COPY sessions per load, floe's and the ceiling's.
+    copy_streams: usize,
     results: Vec<Measured>,
 }
 
@@ -104,7 +109,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     if args.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
-    let config = super::load_config(args.config.as_deref())?;
+    let mut config = super::load_config(args.config.as_deref())?;
+    if let Some(n) = args.copy_streams {
+        config.load.copy_streams = n.into();
+    }
     let name = super::select_tables(&config, std::slice::from_ref(&args.table))?
         .pop()
         .context("no table")?;
@@ -161,6 +169,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             "--target",
             &url,
             "--no-snapshot",
+            "--copy-streams",
+            &config.load.copy_streams.to_string(),
             "--output",
             "json",
         ]);
@@ -282,6 +292,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         } else {
             "release"
         },
+        copy_streams: config.load.copy_streams,
         results,
     };
     match args.output {
@@ -294,13 +305,14 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 
 fn print_text(r: &Report) {
     println!(
-        "{}: {} rows, {:.1} MB of COPY data; {} repeats, {} CPUs, {} build",
+        "{}: {} rows, {:.1} MB of COPY data; {} repeats, {} CPUs, {} build, {} COPY stream(s)",
         r.table,
         r.rows,
         r.encoded_bytes as f64 / 1e6,
         r.repeats,
         r.cpus,
-        r.profile
+        r.profile,
+        r.copy_streams
     );
     println!(
         "{:<14} {:>8} {:>17} {:>11} {:>8} {:>9} {:>7}  goal",

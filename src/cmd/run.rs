@@ -25,12 +25,18 @@ pub struct Args {
     /// Do not snapshot this run.
     #[arg(long)]
     no_snapshot: bool,
+    /// Parallel COPY sessions per table, overriding `load.copy_streams`.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=schemas::config::MAX_COPY_STREAMS as i64))]
+    copy_streams: Option<u16>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
-    let (config, target) = args.common.resolve()?;
+    let (mut config, target) = args.common.resolve()?;
+    if let Some(n) = args.copy_streams {
+        config.load.copy_streams = n.into();
+    }
     let tables = super::select_tables(&config, &args.tables)?;
     let (canceller, cancel) = Cancel::new();
     let signal = super::on_interrupt(canceller);

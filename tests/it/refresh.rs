@@ -420,3 +420,128 @@ async fn rows_changed_on_their_way_into_staging_fail_the_checksum_and_keep_the_o
         .get(0);
     assert_eq!(last, recorded);
 }
+
+/// The most floe COPY sessions seen at once while `load` runs.
+async fn most_copy_sessions_during<F: std::future::Future>(url: &str, load: F) -> (F::Output, i64) {
+    let watcher = connect(url).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let watching = {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut most = 0i64;
+            while !done.load(Ordering::Relaxed) {
+                let n: i64 = watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE application_name LIKE 'floe/%' AND query LIKE 'COPY%' AND state = 'active'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                most = most.max(n);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    let out = load.await;
+    done.store(true, Ordering::Relaxed);
+    (out, watching.await.unwrap())
+}
+
+async fn last_checksum(client: &tokio_postgres::Client, target: &str) -> String {
+    client
+        .query_one(
+            "SELECT checksum FROM floe.sync_runs WHERE target = $1 AND status = 'success' \
+             ORDER BY started_at DESC LIMIT 1",
+            &[&target],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_copy_streams_load_the_same_rows_as_one() {
+    // GIVEN the topology table loaded through one COPY
+    let url = fresh_db("copy_streams").await;
+    let client = connect(&url).await;
+    let mut config = shipped_config();
+    assert_eq!(config.load.copy_streams, 1, "one stream is the default");
+    assert_success(&run(&config, "topology", &url, Some(grid_dir())).await);
+    let one = fingerprint(&client, "topology_connections_cache").await;
+    let one_sum = last_checksum(&client, "public.topology_connections_cache").await;
+
+    // WHEN it loads again through three
+    config.load.copy_streams = 3;
+    config.load.batch_size = 1024;
+    let (report, most) = most_copy_sessions_during(
+        &url,
+        Box::pin(run(&config, "topology", &url, Some(grid_dir()))),
+    )
+    .await;
+
+    // THEN three sessions copied at once, and the table holds exactly the same
+    // rows, verified by the same checksum
+    assert_success(&report);
+    assert_eq!(most, 3, "COPY sessions seen at once");
+    assert_eq!(report.final_count, Some(GRID_ROWS));
+    assert_eq!(
+        fingerprint(&client, "topology_connections_cache").await,
+        one
+    );
+    assert_eq!(
+        last_checksum(&client, "public.topology_connections_cache").await,
+        one_sum
+    );
+    assert!(staging_tables(&client).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_row_in_one_of_several_copy_streams_keeps_the_old_table() {
+    let url = fresh_db("copy_streams_failure").await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.parquet");
+    points_parquet(&good, 10_000, None);
+    let mut config = parquet_config(&good, "points_cache", POINTS);
+    config.load.copy_streams = 4;
+    config.load.batch_size = 1000;
+    assert_success(&run(&config, "t", &url, None).await);
+    let client = connect(&url).await;
+    let before = fingerprint(&client, "points_cache").await;
+
+    // Invalid geometry at row 15000: batches before it are already in the streams' COPYs.
+    let bad = dir.path().join("bad.parquet");
+    points_parquet(
+        &bad,
+        20_000,
+        Some((15_000, "{\"type\":\"Point\",\"coordinates\":[oops]}")),
+    );
+    let mut config = parquet_config(&bad, "points_cache", POINTS);
+    config.load.copy_streams = 4;
+    config.load.batch_size = 1000;
+    let r = run(&config, "t", &url, None).await;
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(e.contains("row 15000") && e.contains("oops"), "{e}");
+    assert_eq!(fingerprint(&client, "points_cache").await, before);
+    assert!(staging_tables(&client).await.is_empty());
+    // (a backend leaves pg_stat_activity a moment after its client hangs up)
+    let mut floe_sessions = -1i64;
+    for _ in 0..100 {
+        floe_sessions = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'floe/%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if floe_sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(floe_sessions, 0, "every COPY session is closed");
+}

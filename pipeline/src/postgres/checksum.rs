@@ -124,6 +124,12 @@ impl RowChecksum {
         Ok(())
     }
 
+    /// Adds what another checksum over the same columns has seen (the sum
+    /// does not depend on order, so parallel COPY streams each keep one).
+    pub fn merge(&mut self, other: &RowChecksum) {
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+
     /// As recorded in `sync_runs.checksum`: 16 hex digits.
     pub fn hex(&self) -> String {
         format!("{:016x}", self.sum)
