@@ -197,6 +197,7 @@ pub(crate) async fn login(State(state): State<Arc<AppState>>, Json(body): Json<V
                 master: master.clone(),
                 expires: Instant::now() + state.session_validity,
                 geography,
+                use_cached_result: true,
                 queries: Vec::new(),
             },
         )

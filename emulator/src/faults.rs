@@ -116,6 +116,8 @@ pub struct Stats {
     pub failed_logins: u64,
     pub renewals: u64,
     pub queries: u64,
+    /// Queries answered from a persisted result (`USE_CACHED_RESULT`).
+    pub cached_results: u64,
     pub result_polls: u64,
     pub chunk_requests: u64,
     pub logouts: u64,

@@ -170,6 +170,8 @@ impl Emulator {
             base_url: format!("http://{addr}"),
             sessions: Mutex::new(HashMap::new()),
             results: Mutex::new(HashMap::new()),
+            data_dir: config.data_dir.clone(),
+            result_cache: Mutex::new(ResultCache::default()),
             faults: Mutex::new(config.faults),
             stats: Mutex::new(Stats::default()),
             counter: AtomicU64::new(1),
@@ -295,7 +297,38 @@ pub(crate) struct Session {
     pub(crate) master: String,
     pub(crate) expires: Instant,
     pub(crate) geography: GeographyFormat,
+    /// `USE_CACHED_RESULT` (on by default, as in Snowflake).
+    pub(crate) use_cached_result: bool,
     pub(crate) queries: Vec<String>,
+}
+
+/// Bytes of persisted results kept for reuse (oldest dropped first).
+const RESULT_CACHE_BYTES: usize = 1 << 30;
+
+/// Snowflake's persisted query results: an identical query over unchanged
+/// data is answered from the stored result without running again.
+#[derive(Default)]
+pub(crate) struct ResultCache {
+    entries: std::collections::VecDeque<(query::CacheKey, Arc<query::Built>)>,
+}
+
+impl ResultCache {
+    pub(crate) fn get(&self, key: &query::CacheKey) -> Option<Arc<query::Built>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, b)| Arc::clone(b))
+    }
+
+    pub(crate) fn put(&mut self, key: query::CacheKey, built: Arc<query::Built>) {
+        self.entries.retain(|(k, _)| *k != key);
+        self.entries.push_back((key, built));
+        while self.entries.iter().map(|(_, b)| b.bytes()).sum::<usize>() > RESULT_CACHE_BYTES
+            && self.entries.len() > 1
+        {
+            self.entries.pop_front();
+        }
+    }
 }
 
 pub(crate) struct AppState {
@@ -310,6 +343,9 @@ pub(crate) struct AppState {
     sessions: Mutex<HashMap<String, Session>>,
     /// Query id → its result.
     results: Mutex<HashMap<String, StoredQuery>>,
+    /// Where the tables' files are (a cached result is valid while they are unchanged).
+    pub(crate) data_dir: PathBuf,
+    result_cache: Mutex<ResultCache>,
     faults: Mutex<Faults>,
     stats: Mutex<Stats>,
     counter: AtomicU64,
@@ -340,6 +376,10 @@ impl AppState {
         f: impl FnOnce(&mut HashMap<String, StoredQuery>) -> R,
     ) -> R {
         locked(&self.results, f)
+    }
+
+    pub(crate) fn with_result_cache<R>(&self, f: impl FnOnce(&mut ResultCache) -> R) -> R {
+        locked(&self.result_cache, f)
     }
 
     pub(crate) fn with_faults<R>(&self, f: impl FnOnce(&mut Faults) -> R) -> R {

@@ -83,7 +83,14 @@ fn injected_error(query_id: &str, code: &str) -> Json<Value> {
 }
 
 /// `ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT = 'WKB'` → the format.
-fn geography_setting(sql: &str) -> Option<Result<GeographyFormat, String>> {
+/// A session parameter the emulator honours.
+enum SessionSetting {
+    Geography(Result<GeographyFormat, String>),
+    UseCachedResult(Result<bool, String>),
+}
+
+/// `ALTER SESSION SET <name> = <value>` for the parameters the emulator knows.
+fn session_setting(sql: &str) -> Option<SessionSetting> {
     let words: Vec<&str> = sql
         .split(|c: char| c.is_whitespace() || c == '=')
         .filter(|w| !w.is_empty())
@@ -94,16 +101,51 @@ fn geography_setting(sql: &str) -> Option<Result<GeographyFormat, String>> {
                 && session.eq_ignore_ascii_case("session")
                 && set.eq_ignore_ascii_case("set") =>
         {
+            let value = value.trim_matches(|c| c == '\'' || c == '"');
             if name.eq_ignore_ascii_case("GEOGRAPHY_OUTPUT_FORMAT")
                 || name.eq_ignore_ascii_case("GEOMETRY_OUTPUT_FORMAT")
             {
-                Some(value.trim_matches(|c| c == '\'' || c == '"').parse())
+                Some(SessionSetting::Geography(value.parse()))
+            } else if name.eq_ignore_ascii_case("USE_CACHED_RESULT") {
+                Some(SessionSetting::UseCachedResult(
+                    match value.to_ascii_uppercase().as_str() {
+                        "TRUE" | "ON" | "1" => Ok(true),
+                        "FALSE" | "OFF" | "0" => Ok(false),
+                        _ => Err(format!(
+                            "invalid value [{value}] for parameter 'USE_CACHED_RESULT'"
+                        )),
+                    },
+                ))
             } else {
                 None
             }
         }
         _ => None,
     }
+}
+
+/// What makes a persisted result reusable: the same statement text, the
+/// same geography rendering, and data files unchanged since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CacheKey {
+    sql: String,
+    geography: GeographyFormat,
+    files: Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>,
+}
+
+fn cache_key(state: &AppState, sql: &str, geography: GeographyFormat) -> Option<CacheKey> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&state.data_dir).ok()? {
+        let entry = entry.ok()?;
+        let meta = entry.metadata().ok()?;
+        files.push((entry.path(), meta.len(), meta.modified().ok()));
+    }
+    files.sort();
+    Some(CacheKey {
+        sql: sql.to_string(),
+        geography,
+        files,
+    })
 }
 
 /// Adds the fields every statement answer carries: SQL state, and the
@@ -162,21 +204,30 @@ pub(crate) async fn query(
     if let Some(code) = state.with_faults(|f| f.query_error.take()) {
         return injected_error(&query_id, &code);
     }
-    let geography = state
-        .with_sessions(|s| s.get(&token).map(|s| s.geography))
-        .unwrap_or_default();
-    if let Some(setting) = geography_setting(&sql) {
-        return match setting {
-            Ok(format) => {
-                state.with_sessions(|s| {
-                    if let Some(s) = s.get_mut(&token) {
-                        s.geography = format;
-                    }
-                });
-                statement_done(&query_id, format)
-            }
-            Err(e) => sql_error(&query_id, "001008", "22023", &e),
-        };
+    let (geography, use_cached_result) = state
+        .with_sessions(|s| s.get(&token).map(|s| (s.geography, s.use_cached_result)))
+        .unwrap_or((GeographyFormat::default(), true));
+    match session_setting(&sql) {
+        Some(SessionSetting::Geography(Ok(format))) => {
+            state.with_sessions(|s| {
+                if let Some(s) = s.get_mut(&token) {
+                    s.geography = format;
+                }
+            });
+            return statement_done(&query_id, format);
+        }
+        Some(SessionSetting::UseCachedResult(Ok(on))) => {
+            state.with_sessions(|s| {
+                if let Some(s) = s.get_mut(&token) {
+                    s.use_cached_result = on;
+                }
+            });
+            return statement_done(&query_id, geography);
+        }
+        Some(SessionSetting::Geography(Err(e)) | SessionSetting::UseCachedResult(Err(e))) => {
+            return sql_error(&query_id, "001008", "22023", &e);
+        }
+        None => {}
     }
     let upper = sql.to_ascii_uppercase();
     // Transaction statements the connectors send (e.g. on closing a
@@ -193,27 +244,27 @@ pub(crate) async fn query(
             "this emulator answers SELECT statements and ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT only",
         );
     }
-    let df = match state.ctx.sql(&sql).await {
-        Ok(df) => df,
-        Err(e) => return compilation_error(&query_id, &e.to_string()),
+    let cache_key = cache_key(&state, &sql, geography);
+    let cached = match (&cache_key, use_cached_result) {
+        (Some(k), true) => state.with_result_cache(|c| c.get(k)),
+        _ => None,
     };
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let rowtype: Result<Vec<RowType>, String> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            SnowflakeType::of_field(f)
-                .map(|t| RowType::for_column_as(f.name(), t, f.is_nullable(), geography))
-                .ok_or_else(|| format!("column {} has no Snowflake type", f.name()))
-        })
-        .collect();
-    let rowtype = match rowtype {
-        Ok(r) => r,
-        Err(e) => return compilation_error(&query_id, &e),
-    };
-    let built = match build_chunks(state.chunk_rows, df, &schema, &rowtype, geography).await {
-        Ok(b) => b,
-        Err(e) => return compilation_error(&query_id, &e),
+    let built = match cached {
+        Some(built) => {
+            state.with_stats(|s| s.cached_results += 1);
+            built
+        }
+        None => {
+            let built = match run_query(&state, &sql, geography).await {
+                Ok(b) => Arc::new(b),
+                Err(e) => return compilation_error(&query_id, &e),
+            };
+            // Stored whatever the session's setting, as Snowflake persists every result.
+            if let Some(k) = cache_key {
+                state.with_result_cache(|c| c.put(k, Arc::clone(&built)));
+            }
+            built
+        }
     };
     let key = base64::engine::general_purpose::STANDARD.encode(query_id.as_bytes());
     let chunk_meta: Vec<Value> = built
@@ -231,7 +282,7 @@ pub(crate) async fn query(
         .collect();
     let answer = with_session_fields(json!({
         "parameters": parameters(geography),
-        "rowtype": rowtype,
+        "rowtype": built.rowtype,
         "rowsetBase64": base64::engine::general_purpose::STANDARD.encode(&built.first),
         "total": built.total,
         "returned": built.total,
@@ -249,8 +300,10 @@ pub(crate) async fn query(
     let stored = StoredQuery {
         chunks: built
             .chunks
-            .into_iter()
-            .map(|c| StoredChunk { gzip: c.gzip })
+            .iter()
+            .map(|c| StoredChunk {
+                gzip: c.gzip.clone(),
+            })
             .collect(),
         key,
         answer,
@@ -377,10 +430,39 @@ struct BuiltChunk {
     uncompressed: usize,
 }
 
-struct Built {
-    first: Vec<u8>,
+/// A query's persisted result: its columns and chunks.
+pub(crate) struct Built {
+    rowtype: Vec<RowType>,
+    first: Bytes,
     chunks: Vec<BuiltChunk>,
     total: usize,
+}
+
+impl Built {
+    /// What keeping it costs.
+    pub(crate) fn bytes(&self) -> usize {
+        self.first.len() + self.chunks.iter().map(|c| c.gzip.len()).sum::<usize>()
+    }
+}
+
+/// Plans and runs a SELECT, and cuts its result into chunks.
+async fn run_query(
+    state: &AppState,
+    sql: &str,
+    geography: GeographyFormat,
+) -> Result<Built, String> {
+    let df = state.ctx.sql(sql).await.map_err(|e| e.to_string())?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let rowtype = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            SnowflakeType::of_field(f)
+                .map(|t| RowType::for_column_as(f.name(), t, f.is_nullable(), geography))
+                .ok_or_else(|| format!("column {} has no Snowflake type", f.name()))
+        })
+        .collect::<Result<Vec<RowType>, String>>()?;
+    build_chunks(state.chunk_rows, df, &schema, rowtype, geography).await
 }
 
 /// Runs the query and cuts its result into `chunk_rows`-row chunks: the
@@ -394,7 +476,7 @@ async fn build_chunks(
     chunk_rows: usize,
     df: datafusion::dataframe::DataFrame,
     schema: &SchemaRef,
-    rowtype: &[RowType],
+    rowtype: Vec<RowType>,
     geography: GeographyFormat,
 ) -> Result<Built, String> {
     type Building = tokio::task::JoinHandle<Result<BuiltChunk, String>>;
@@ -402,10 +484,10 @@ async fn build_chunks(
         handle.await.map_err(|e| e.to_string())?
     }
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let rowtype: Arc<[RowType]> = rowtype.into();
+    let shared: Arc<[RowType]> = rowtype.as_slice().into();
     let launch = |batches: Vec<RecordBatch>, compress: bool| -> Building {
         let schema = Arc::clone(schema);
-        let rowtype = Arc::clone(&rowtype);
+        let rowtype = Arc::clone(&shared);
         tokio::task::spawn_blocking(move || {
             encode_chunk(&schema, &batches, &rowtype, geography, compress)
         })
@@ -445,8 +527,9 @@ async fn build_chunks(
         chunks.push(joined(oldest).await?);
     }
     let mut chunks = chunks.into_iter();
-    let first = chunks.next().map(|c| c.gzip.to_vec()).unwrap_or_default();
+    let first = chunks.next().map(|c| c.gzip).unwrap_or_default();
     Ok(Built {
+        rowtype,
         first,
         chunks: chunks.collect(),
         total,
@@ -633,21 +716,28 @@ mod tests {
             "alter session set geography_output_format='wkb'",
             "ALTER  SESSION\nSET GEOGRAPHY_OUTPUT_FORMAT = \"WKB\"",
         ] {
-            assert_eq!(
-                geography_setting(sql),
-                Some(Ok(GeographyFormat::Wkb)),
+            assert!(
+                matches!(
+                    session_setting(sql),
+                    Some(SessionSetting::Geography(Ok(GeographyFormat::Wkb)))
+                ),
                 "{sql}"
             );
         }
         assert!(matches!(
-            geography_setting("ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT = 'KML'"),
-            Some(Err(_))
+            session_setting("ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT = 'KML'"),
+            Some(SessionSetting::Geography(Err(_)))
         ));
-        assert_eq!(
-            geography_setting("ALTER SESSION SET TIMEZONE = 'UTC'"),
-            None
-        );
-        assert_eq!(geography_setting("SELECT 1"), None);
+        assert!(matches!(
+            session_setting("alter session set use_cached_result = false"),
+            Some(SessionSetting::UseCachedResult(Ok(false)))
+        ));
+        assert!(matches!(
+            session_setting("ALTER SESSION SET USE_CACHED_RESULT = maybe"),
+            Some(SessionSetting::UseCachedResult(Err(_)))
+        ));
+        assert!(session_setting("ALTER SESSION SET TIMEZONE = 'UTC'").is_none());
+        assert!(session_setting("SELECT 1").is_none());
     }
 
     #[test]

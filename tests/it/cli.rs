@@ -279,6 +279,8 @@ async fn floe_bench_reports_every_configuration_against_the_ceiling() {
             "3000",
             "--repeats",
             "2",
+            "--copy-streams",
+            "2",
             "--target",
             &url,
             "--output",
@@ -291,6 +293,18 @@ async fn floe_bench_reports_every_configuration_against_the_ceiling() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["rows"], 3000);
     assert_eq!(r["repeats"], 2);
+    assert_eq!(r["copy_streams"], 2);
+    // the first run through the emulator ran its query; the measured ones
+    // were answered from its result cache
+    let uncached = &r["emulator_uncached"];
+    assert!(
+        uncached["query_seconds"].as_f64().unwrap() > 0.0,
+        "{uncached}"
+    );
+    assert!(
+        uncached["seconds"].as_f64().unwrap() > uncached["query_seconds"].as_f64().unwrap(),
+        "{uncached}"
+    );
     assert!(r["encoded_bytes"].as_u64().unwrap() > 3000 * 20);
     let results = r["results"].as_array().unwrap();
     let names: Vec<&str> = results

@@ -471,3 +471,46 @@ async fn a_transform_that_fails_to_plan_still_ends_the_snowflake_session() {
     );
     assert_eq!(stats.aborted.len(), 1, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_query_over_unchanged_data_is_answered_from_the_persisted_result() {
+    // GIVEN an emulator serving its own copy of a grid table
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("TRANSFORMERS.parquet");
+    std::fs::copy(grid_dir().join("TRANSFORMERS.parquet"), &file).unwrap();
+    let emulator = Emulator::start(EmulatorConfig {
+        chunk_rows: CHUNK_ROWS,
+        ..EmulatorConfig::new(dir.path(), "floe", "grid-secret")
+    })
+    .await
+    .unwrap();
+    let session = SnowflakeSession::login(&client_config(&emulator, "grid-secret"))
+        .await
+        .unwrap();
+    let first = read_all(&session, "TRANSFORMERS").await;
+    assert_eq!(emulator.stats().cached_results, 0);
+
+    // WHEN the same query runs again, THEN Snowflake's result cache answers
+    // it (USE_CACHED_RESULT is on by default) with the same rows
+    assert_eq!(read_all(&session, "TRANSFORMERS").await, first);
+    assert_eq!(emulator.stats().cached_results, 1);
+
+    // a session that turns the cache off runs the query again
+    session
+        .execute("ALTER SESSION SET USE_CACHED_RESULT = FALSE")
+        .await
+        .unwrap();
+    assert_eq!(read_all(&session, "TRANSFORMERS").await, first);
+    assert_eq!(emulator.stats().cached_results, 1);
+    session
+        .execute("ALTER SESSION SET USE_CACHED_RESULT = TRUE")
+        .await
+        .unwrap();
+
+    // and once the table's data changes, the persisted result is stale
+    let fewer = parquet_table("TRANSFORMERS").slice(0, 100);
+    write_parquet(&file, std::slice::from_ref(&fewer));
+    let changed = read_all(&session, "TRANSFORMERS").await;
+    assert_eq!(changed.num_rows(), 100);
+    assert_eq!(emulator.stats().cached_results, 1);
+}
