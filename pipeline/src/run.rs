@@ -591,9 +591,18 @@ async fn load_table(
                     &config.load,
                 )
                 .await?;
-            let verify = refresh::verify(&helper.client, &plan, &staging, rows, sum.as_deref());
-            let (verified, times) =
-                refresh::build(&client, &helper.client, &plan, &staging, verify).await?;
+            // It also counts the live table for the shrink guard, off the critical path.
+            let beside = async {
+                let verified =
+                    refresh::verify(&helper.client, &plan, &staging, rows, sum.as_deref()).await;
+                let live = match options.allow_shrink {
+                    true => Ok(None),
+                    false => refresh::current_count(&helper.client, &plan).await,
+                };
+                (verified, live)
+            };
+            let ((verified, live), times) =
+                refresh::build(&client, &helper.client, &plan, &staging, beside).await?;
             tracing::info!(
                 table = name,
                 index_build = ?times.index_build,
@@ -605,9 +614,7 @@ async fn load_table(
             if options.cancel.is_cancelled() {
                 return Err(cancelled());
             }
-            if !options.allow_shrink {
-                shrink_guard(&client, &plan, final_count, config.load.max_shrink).await?;
-            }
+            shrink_guard(&plan, live?, final_count, config.load.max_shrink)?;
             let swap_started = Instant::now();
             refresh::swap(&client, &plan, &staging).await?;
             let source = secs(clock.source.load(Ordering::Relaxed));
@@ -781,13 +788,13 @@ pub struct SnapshotPlan {
 /// Refuses a swap that would empty the target or shrink it by more than
 /// `max_shrink`: a source that returned nothing, or far too little, is far
 /// more often a broken source than a real change.
-async fn shrink_guard(
-    client: &Client,
+fn shrink_guard(
     plan: &TablePlan,
+    live: Option<u64>,
     new: u64,
     max_shrink: f64,
 ) -> Result<(), PipelineError> {
-    let Some(old) = refresh::current_count(client, plan).await? else {
+    let Some(old) = live else {
         return Ok(());
     };
     let floor = (old as f64 * (1.0 - max_shrink)).ceil() as u64;

@@ -179,6 +179,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             "--target",
             &url,
             "--no-snapshot",
+            // (the bench replaces the table whatever it held before)
+            "--allow-shrink",
             "--copy-streams",
             &config.load.copy_streams.to_string(),
             "--output",

@@ -97,7 +97,10 @@ fn kind_name(g: &geo::Geometry<f64>) -> &'static str {
 pub(super) fn makeline(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<ArrayRef> {
     let a = downcast::<BinaryArray>(&args[0]);
     let b = downcast::<BinaryArray>(&args[1]);
-    let mut vertices = Vec::with_capacity(8);
+    thread_local! {
+        // One vertex buffer per thread the batch's pieces run on.
+        static VERTICES: std::cell::RefCell<Vec<(f64, f64)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     ctx.geometry(rows, |i, out| {
         if a.is_null(i) || b.is_null(i) {
             return Ok(false);
@@ -119,11 +122,13 @@ pub(super) fn makeline(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<
                 ),
             ));
         }
-        vertices.clear();
-        line_vertices(ga, &mut vertices).map_err(|r| bad(ga, r))?;
-        line_vertices(gb, &mut vertices).map_err(|r| bad(gb, r))?;
-        ewkb::write_linestring(out, &vertices, ha.srid);
-        Ok(true)
+        VERTICES.with_borrow_mut(|vertices| {
+            vertices.clear();
+            line_vertices(ga, vertices).map_err(|r| bad(ga, r))?;
+            line_vertices(gb, vertices).map_err(|r| bad(gb, r))?;
+            ewkb::write_linestring(out, vertices, ha.srid);
+            Ok(true)
+        })
     })
 }
 

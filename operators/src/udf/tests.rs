@@ -172,6 +172,55 @@ async fn invalid_input_names_the_value_or_becomes_null_and_is_counted() {
 }
 
 #[tokio::test]
+async fn a_batch_split_across_cores_keeps_row_order_and_reports_the_first_bad_row() {
+    // 5,000 GeoJSON points in one batch (several pieces run in parallel),
+    // the ones at rows 1,200 and 4,500 broken
+    let bad = |i: usize| i == 1_200 || i == 4_500;
+    let json: Vec<String> = (0..5_000)
+        .map(|i| match bad(i) {
+            true => format!("broken {i}"),
+            false => format!("{{\"type\":\"Point\",\"coordinates\":[{i},{}]}}", i % 90),
+        })
+        .collect();
+    let table = arrow::record_batch::RecordBatch::try_from_iter([(
+        "j",
+        std::sync::Arc::new(arrow::array::StringArray::from(json)) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    let sql = "SELECT st_geomfromgeojson(j) AS g, st_area(st_geomfromgeojson(j)) AS a FROM t";
+    let register = |ctx: &SessionContext| {
+        ctx.register_batch("t", table.clone()).unwrap();
+    };
+
+    let (strict, _) = ctx(OnInvalidGeometry::Error);
+    register(&strict);
+    let err = query(&strict, sql).await.unwrap_err();
+    let found = datafusion_error_geometry(&err).expect("a GeometryError in the chain");
+    assert_eq!(
+        found.row_in_batch, 1_200,
+        "the first bad row, not whichever piece ended first"
+    );
+    assert!(found.value.contains("broken 1200"), "{}", found.value);
+
+    let (lenient, options) = ctx(OnInvalidGeometry::Null);
+    register(&lenient);
+    let b = query(&lenient, sql).await.unwrap();
+    assert_eq!(b.num_rows(), 5_000);
+    let g = geom_column(&b, 0);
+    for i in 0..5_000 {
+        assert_eq!(g.is_null(i), bad(i), "row {i}");
+        if !bad(i) {
+            let p = ewkb::point_xy(g.value(i)).unwrap();
+            assert_eq!(p, (i as f64, (i % 90) as f64), "row {i} in its place");
+        }
+    }
+    let areas = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+    assert_eq!(areas.null_count(), 2);
+    // (DataFusion computes st_geomfromgeojson(j) once for both columns)
+    assert_eq!(options.invalid_count.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
 async fn wrong_argument_types_fail_at_plan_time() {
     let (ctx, _) = ctx(OnInvalidGeometry::Error);
     let err = ctx
