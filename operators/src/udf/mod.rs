@@ -358,7 +358,7 @@ impl Ctx<'_> {
         rows: usize,
         f: impl Fn(usize, &mut Vec<u8>) -> std::result::Result<bool, Invalid> + Sync,
     ) -> Result<ArrayRef> {
-        let parts: Vec<(BinaryArray, Vec<(usize, Invalid)>)> = pieces(rows)
+        let parts: Vec<(BinaryArray, Rejected)> = pieces(rows)
             .into_par_iter()
             .map(|range| {
                 let mut builder = BinaryBuilder::with_capacity(range.len(), range.len() * 32);
@@ -403,7 +403,7 @@ impl Ctx<'_> {
         rows: usize,
         f: impl Fn(usize) -> std::result::Result<Option<f64>, Invalid> + Sync,
     ) -> Result<ArrayRef> {
-        let parts: Vec<(Vec<Option<f64>>, Vec<(usize, Invalid)>)> = pieces(rows)
+        let parts: Vec<(Vec<Option<f64>>, Rejected)> = pieces(rows)
             .into_par_iter()
             .map(|range| {
                 let mut values = Vec::with_capacity(range.len());
@@ -432,6 +432,9 @@ impl Ctx<'_> {
         Ok(Arc::new(builder.finish()))
     }
 }
+
+/// A piece's invalid values, with their rows in the batch, in row order.
+type Rejected = Vec<(usize, Invalid)>;
 
 /// Rows per piece when a kernel splits a batch across cores. The transform
 /// runs as one stream (row order and row numbers in errors stay exact), so
