@@ -241,7 +241,7 @@ pub(crate) async fn query(
     if !upper.starts_with("SELECT") && !upper.starts_with("WITH") {
         return compilation_error(
             &query_id,
-            "this emulator answers SELECT statements and ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT only",
+            "this emulator answers SELECT statements and ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT or USE_CACHED_RESULT only",
         );
     }
     let cache_key = cache_key(&state, &sql, geography);

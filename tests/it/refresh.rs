@@ -267,6 +267,28 @@ async fn a_batch_larger_than_the_whole_in_flight_budget_still_goes_through() {
     assert_eq!(report.final_count, Some(GRID_ROWS));
 }
 
+/// floe's sessions in this test's database, once closed ones have gone (a
+/// backend leaves `pg_stat_activity` a moment after its client hangs up).
+async fn floe_sessions_left(client: &tokio_postgres::Client) -> i64 {
+    let mut n = -1;
+    for _ in 0..50 {
+        n = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name LIKE 'floe/%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    n
+}
+
 /// Connects as a named session (so the swap's error can name it).
 async fn named_reader(url: &str, application_name: &str) -> tokio_postgres::Client {
     let sep = if url.contains('?') { '&' } else { '?' };
@@ -299,24 +321,7 @@ async fn a_reader_holding_the_table_through_every_swap_attempt_is_named_and_noth
     assert_eq!(fingerprint(&client, "transformers_cache").await, before);
     assert!(staging_tables(&client).await.is_empty());
     // Every floe session is gone; the reader's transaction was never disturbed.
-    // (A closed connection's backend may take a moment to exit.)
-    let mut floe_sessions: i64 = -1;
-    for _ in 0..50 {
-        floe_sessions = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND application_name LIKE 'floe/%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if floe_sessions == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(floe_sessions, 0);
+    assert_eq!(floe_sessions_left(&client).await, 0);
     reader.batch_execute("COMMIT").await.unwrap();
 }
 
@@ -433,7 +438,8 @@ async fn most_copy_sessions_during<F: std::future::Future>(url: &str, load: F) -
                 let n: i64 = watcher
                     .query_one(
                         "SELECT count(*) FROM pg_stat_activity \
-                         WHERE application_name LIKE 'floe/%' AND query LIKE 'COPY%' AND state = 'active'",
+                         WHERE datname = current_database() AND application_name LIKE 'floe/%' \
+                         AND query LIKE 'COPY%' AND state = 'active'",
                         &[],
                     )
                     .await
@@ -527,21 +533,9 @@ async fn a_bad_row_in_one_of_several_copy_streams_keeps_the_old_table() {
     assert!(e.contains("row 15000") && e.contains("oops"), "{e}");
     assert_eq!(fingerprint(&client, "points_cache").await, before);
     assert!(staging_tables(&client).await.is_empty());
-    // (a backend leaves pg_stat_activity a moment after its client hangs up)
-    let mut floe_sessions = -1i64;
-    for _ in 0..100 {
-        floe_sessions = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'floe/%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if floe_sessions == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(floe_sessions, 0, "every COPY session is closed");
+    assert_eq!(
+        floe_sessions_left(&client).await,
+        0,
+        "every COPY session is closed"
+    );
 }
