@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use emulator::{Emulator, EmulatorConfig};
 use futures::TryStreamExt;
-use pipeline::snowflake::SnowflakeSession;
+use pipeline::source::snowflake::SnowflakeSession;
 use schemas::config::SnowflakeConfig;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -32,7 +32,7 @@ async fn main() {
     let repeats = env_or("FLOE_BENCH_REPEATS", 5).max(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let topology = schemas::datasets::find("topology").expect("topology dataset");
-    pipeline::generate::write_table(
+    emulator::generate::write_table(
         topology,
         rows,
         42,

@@ -51,7 +51,7 @@ fn shipped_config() -> schemas::config::Config {
 /// Every grid table generated once, in a directory kept for the run.
 fn grid(rows: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    pipeline::generate::generate(&pipeline::generate::GenerateOptions {
+    emulator::generate::generate(&emulator::generate::GenerateOptions {
         out: dir.path().to_path_buf(),
         tables: Vec::new(),
         rows: Some(rows),
@@ -239,7 +239,7 @@ fn udfs(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let buildings = schemas::datasets::find("building_footprints").expect("dataset");
     let path = dir.path().join("b.parquet");
-    pipeline::generate::write_table(buildings, rows(), 42, &path).expect("generate");
+    emulator::generate::write_table(buildings, rows(), 42, &path).expect("generate");
     rt.block_on(ctx.register_parquet("b", path.to_string_lossy().as_ref(), Default::default()))
         .expect("register parquet");
     let vertices: u64 = rt
@@ -297,7 +297,7 @@ fn topology_batches(rows: u64) -> Vec<RecordBatch> {
     let dir = tempfile::tempdir().expect("tempdir");
     let topology = schemas::datasets::find("topology").expect("dataset");
     let path = dir.path().join("t.parquet");
-    pipeline::generate::write_table(topology, rows, 42, &path).expect("generate");
+    emulator::generate::write_table(topology, rows, 42, &path).expect("generate");
     let file = std::fs::File::open(&path).expect("open");
     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .expect("parquet")

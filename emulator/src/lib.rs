@@ -23,6 +23,9 @@
 //! - `POST /session?delete=true` (logout);
 //! - fault injection and statistics for tests: see [`faults`].
 //!
+//! [`generate`] writes the data it serves: the grid tables as deterministic
+//! parquet (also what the demo, the benches and the tests load).
+//!
 //! Errors use Snowflake's envelope and codes (`390100` bad login, `390144`
 //! bad JWT, `390303` bad OAuth token, `390112` expired session, `002003`
 //! object does not exist, `001003` SQL compilation error).
@@ -32,6 +35,7 @@
 
 mod auth;
 pub mod faults;
+pub mod generate;
 mod query;
 
 use std::collections::HashMap;

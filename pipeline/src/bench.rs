@@ -4,17 +4,19 @@
 //! transforming, encoding) is in it, so floe's throughput divided by the
 //! ceiling's says how close to Postgres's own limit a run gets.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
-use operators::TransformOptions;
+use futures::StreamExt;
 use schemas::config::Config;
 
+use crate::postgres::copy::CopyIn;
 use crate::postgres::encode::{CopyEncoder, COPY_HEADER, COPY_TRAILER};
 use crate::postgres::refresh::{self, TablePlan};
-use crate::postgres::Target;
+use crate::postgres::{application_name, Target};
+use crate::run::plan::{self, Planned};
+use crate::run::Cancel;
+use crate::source::{SourceData, TableSource};
 use crate::PipelineError;
 
 /// A table's COPY data, encoded once and kept in memory.
@@ -27,51 +29,26 @@ pub struct Encoded {
 }
 
 /// The table's transform over `<dir>/<SNOWFLAKE_TABLE>.parquet`, planned
-/// as `floe run` plans it, with the encoder for its output.
+/// as `floe run --parquet <dir>` plans it, with the encoder for its output.
 async fn planned(
     config: &Config,
     name: &str,
     schema: &str,
     dir: &std::path::Path,
-) -> Result<(datafusion::dataframe::DataFrame, TablePlan, CopyEncoder), PipelineError> {
-    let t = &config.tables[name];
-    let source_err = |message: String| PipelineError::Source {
-        table: name.to_string(),
-        message,
+) -> Result<Planned, PipelineError> {
+    let ctx = plan::context(config, operators::GeometryOptions::default());
+    let source = TableSource::resolve(&config.tables[name], None, Some(dir));
+    let opened = source.open(name, config, &ctx, &Cancel::default()).await?;
+    let provider = match opened.data {
+        SourceData::Provider(p) => p,
+        SourceData::Stream(schema, stream) => {
+            crate::source::one_shot(schema, stream).map_err(|e| PipelineError::Source {
+                table: name.to_string(),
+                source: e.into(),
+            })?
+        }
     };
-    let transform_err = |message: String| PipelineError::Transform {
-        table: name.to_string(),
-        message,
-    };
-    let sf = t.snowflake_table.as_deref().ok_or_else(|| {
-        source_err("the table has no snowflake_table to name its parquet file".into())
-    })?;
-    let ctx = operators::session_context(&TransformOptions {
-        batch_size: config.load.batch_size,
-        geometry: operators::GeometryOptions::default(),
-    });
-    let path = dir.join(format!("{sf}.parquet"));
-    let provider = crate::source::parquet(&ctx, &path.to_string_lossy())
-        .await
-        .map_err(source_err)?;
-    operators::register_source(&ctx, provider).map_err(|e| transform_err(e.to_string()))?;
-    let df = ctx
-        .sql(t.transform_sql())
-        .await
-        .map_err(|e| transform_err(e.to_string()))?;
-    let arrow_schema = Arc::new(df.schema().as_arrow().clone());
-    let columns = crate::run::plan_columns(config, name, t, &arrow_schema)?;
-    let plan = TablePlan {
-        table: name.to_string(),
-        schema: schema.to_string(),
-        target: t.target.clone(),
-        columns: columns.clone(),
-        primary_key: t.primary_key.clone(),
-        indexes: t.indexes.clone(),
-        lock_timeout: config.load.lock_timeout,
-    };
-    let encoder = CopyEncoder::new(&t.target, &arrow_schema, columns, &t.primary_key)?;
-    Ok((df, plan, encoder))
+    plan::plan_table(config, name, schema, &ctx, provider).await
 }
 
 /// The table's transformed batches (as the encoder receives them) and its
@@ -81,11 +58,11 @@ pub async fn transformed(
     name: &str,
     dir: &std::path::Path,
 ) -> Result<(Vec<arrow::record_batch::RecordBatch>, CopyEncoder), PipelineError> {
-    let (df, _, encoder) = planned(config, name, "public", dir).await?;
-    let batches = df.collect().await.map_err(|e| PipelineError::Transform {
-        table: name.to_string(),
-        message: e.to_string(),
-    })?;
+    let Planned { df, encoder, .. } = planned(config, name, "public", dir).await?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| PipelineError::transform(name, e))?;
     Ok((batches, encoder))
 }
 
@@ -97,11 +74,12 @@ pub async fn encode_table(
     target: &Target,
     dir: &std::path::Path,
 ) -> Result<Encoded, PipelineError> {
-    let (df, plan, mut encoder) = planned(config, name, &target.schema, dir).await?;
-    let transform_err = |e: datafusion::error::DataFusionError| PipelineError::Transform {
-        table: name.to_string(),
-        message: e.to_string(),
-    };
+    let Planned {
+        df,
+        plan,
+        mut encoder,
+    } = planned(config, name, &target.schema, dir).await?;
+    let transform_err = |e| PipelineError::transform(name, e);
     let mut stream = df.execute_stream().await.map_err(transform_err)?;
     let mut chunks = Vec::new();
     let mut rows = 0u64;
@@ -142,7 +120,7 @@ pub async fn ceiling(
     let plan = &encoded.plan;
     let session = target
         .connect(
-            &format!("floe/{}/{run_id}/ceiling", plan.target),
+            &application_name(&[&plan.target, run_id, "ceiling"]),
             &config.load,
         )
         .await?;
@@ -154,7 +132,7 @@ pub async fn ceiling(
         others.push(
             target
                 .connect(
-                    &format!("floe/{}/{run_id}/ceiling{k}", plan.target),
+                    &application_name(&[&plan.target, run_id, &format!("ceiling{k}")]),
                     &config.load,
                 )
                 .await?,
@@ -173,23 +151,11 @@ pub async fn ceiling(
         let copies = clients.iter().enumerate().map(|(k, client)| {
             let sql = plan.copy_sql(&staging);
             async move {
-                let to_err = |step, e| PipelineError::postgres(&plan.table, step, e);
-                let sink = client
-                    .copy_in::<_, Bytes>(&sql)
-                    .await
-                    .map_err(|e| to_err("starting COPY", e))?;
-                let mut sink = Box::pin(sink);
-                let mine = encoded.chunks.iter().skip(k).step_by(streams).cloned();
-                let framed = std::iter::once(Bytes::from_static(COPY_HEADER))
-                    .chain(mine)
-                    .chain(std::iter::once(Bytes::from_static(COPY_TRAILER)));
-                for chunk in framed {
-                    sink.feed(chunk).await.map_err(|e| to_err("COPY", e))?;
+                let mut copy = CopyIn::start(client, &sql, &plan.table).await?;
+                for chunk in encoded.chunks.iter().skip(k).step_by(streams) {
+                    copy.feed(chunk.clone()).await?;
                 }
-                sink.as_mut()
-                    .finish()
-                    .await
-                    .map_err(|e| to_err("completing COPY", e))
+                copy.finish().await
             }
         });
         let copied: u64 = futures::future::try_join_all(copies)

@@ -1,6 +1,8 @@
-use operators::GeometryError;
+use datafusion::error::DataFusionError;
+use operators::{GeometryError, OperatorError};
 
 use crate::postgres::encode::EncodeError;
+use crate::source::SourceError;
 
 /// Everything that can fail while loading a table.
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +33,19 @@ pub enum PipelineError {
         error: Box<GeometryError>,
     },
     /// The transform failed to plan or run.
-    #[error("table {table}: transform: {message}")]
-    Transform { table: String, message: String },
+    #[error("table {table}: transform: {source}")]
+    Transform {
+        table: String,
+        #[source]
+        source: TransformError,
+    },
     /// The source could not be opened or read.
-    #[error("table {table}: source: {message}")]
-    Source { table: String, message: String },
+    #[error("table {table}: source: {source}")]
+    Source {
+        table: String,
+        #[source]
+        source: SourceError,
+    },
     /// The staged table does not hold what was read; the old table is kept.
     #[error("table {table}: verification failed: read {read} rows but the staging table holds {staged}; the target was left unchanged")]
     CountMismatch {
@@ -94,6 +104,24 @@ pub enum PipelineError {
     },
 }
 
+/// Why the way from source rows to COPY bytes broke (shown after `transform: `).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransformError {
+    /// Registering the source or planning the transform SQL.
+    #[error(transparent)]
+    Operator(#[from] OperatorError),
+    /// Planning or running the transform (a source failing mid-stream arrives here too).
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error("COPY writer task failed: {0}")]
+    WriterTask(#[source] tokio::task::JoinError),
+    #[error("checksum of the encoded rows: {0}")]
+    Checksum(String),
+    #[error("COPY ended before all rows were sent")]
+    CopyEndedEarly,
+}
+
 impl From<schemas::SchemaError> for PipelineError {
     fn from(e: schemas::SchemaError) -> Self {
         PipelineError::Config(Box::new(e))
@@ -101,6 +129,31 @@ impl From<schemas::SchemaError> for PipelineError {
 }
 
 impl PipelineError {
+    /// A transform failure of `table`.
+    pub fn transform(table: &str, source: impl Into<TransformError>) -> Self {
+        PipelineError::Transform {
+            table: table.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// A failure while the transform's rows stream: a geometry error names
+    /// its absolute row (`rows_before` rows came in earlier batches).
+    pub fn streaming(table: &str, rows_before: u64, e: DataFusionError) -> Self {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = cur {
+            if let Some(g) = err.downcast_ref::<GeometryError>() {
+                return PipelineError::InvalidGeometry {
+                    table: table.to_string(),
+                    row: rows_before + g.row_in_batch as u64 + 1,
+                    error: Box::new(g.clone()),
+                };
+            }
+            cur = err.source();
+        }
+        PipelineError::transform(table, e)
+    }
+
     /// Wraps a Postgres error with the table and the refresh step it broke.
     pub fn postgres(table: &str, step: &'static str, source: tokio_postgres::Error) -> Self {
         PipelineError::Postgres {

@@ -4,14 +4,60 @@
 use std::sync::Arc;
 
 use datafusion::datasource::MemTable;
-use operators::TransformOptions;
+use operators::OperatorError;
 use schemas::config::Config;
 use schemas::pg::{quote_qualified, PgType};
 use serde::Serialize;
 
-use crate::postgres::Target;
+use crate::error::TransformError;
+use crate::postgres::{application_name, refresh, Target};
+use crate::run::plan;
 use crate::snapshot::{FieldSpec, Verified};
 use crate::PipelineError;
+
+/// How a column the replay writes compares with the target's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ColumnStatus {
+    #[serde(rename = "same")]
+    Same,
+    /// There is no target table yet.
+    #[serde(rename = "new table")]
+    NewTable,
+    /// The replay outputs it; the target has no such column.
+    #[serde(rename = "added")]
+    Added,
+    /// The target has it; the replay does not output it.
+    #[serde(rename = "removed")]
+    Removed,
+    #[serde(rename = "type changed")]
+    TypeChanged,
+}
+
+impl ColumnStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnStatus::Same => "same",
+            ColumnStatus::NewTable => "new table",
+            ColumnStatus::Added => "added",
+            ColumnStatus::Removed => "removed",
+            ColumnStatus::TypeChanged => "type changed",
+        }
+    }
+
+    /// Whether the replay would stop on it.
+    pub fn is_drift(self) -> bool {
+        matches!(
+            self,
+            ColumnStatus::Added | ColumnStatus::Removed | ColumnStatus::TypeChanged
+        )
+    }
+}
+
+impl std::fmt::Display for ColumnStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
 
 /// One target column, as the replay would write it and as the target has it.
 #[derive(Debug, Clone, Serialize)]
@@ -22,8 +68,7 @@ pub struct ColumnCheck {
     /// The type in the target table (`None`: the target has no such column,
     /// or there is no target table yet).
     pub target: Option<String>,
-    /// `same`, `new table`, `added`, `removed` or `type changed`.
-    pub status: &'static str,
+    pub status: ColumnStatus,
 }
 
 /// What a replay of one snapshot would do.
@@ -50,14 +95,14 @@ impl ReplayPlan {
     pub fn explain_drift(&self) -> String {
         self.columns
             .iter()
-            .filter(|c| c.status != "same")
+            .filter(|c| c.status != ColumnStatus::Same)
             .map(|c| match c.status {
-                "added" => format!(
+                ColumnStatus::Added => format!(
                     "  {}: the replay outputs it ({}), the target has no such column",
                     c.name,
                     c.replay.as_deref().unwrap_or("?")
                 ),
-                "removed" => format!(
+                ColumnStatus::Removed => format!(
                     "  {}: the target has it ({}), the replay does not output it",
                     c.name,
                     c.target.as_deref().unwrap_or("?")
@@ -87,20 +132,9 @@ pub async fn check(
         table: name.to_string(),
         explanation,
     };
-    let ctx = operators::session_context(&TransformOptions {
-        batch_size: config.load.batch_size,
-        geometry: operators::GeometryOptions::default(),
-    });
-    let empty = MemTable::try_new(Arc::clone(&verified.schema), vec![vec![]]).map_err(|e| {
-        PipelineError::Transform {
-            table: name.to_string(),
-            message: e.to_string(),
-        }
-    })?;
-    operators::register_source(&ctx, Arc::new(empty)).map_err(|e| PipelineError::Transform {
-        table: name.to_string(),
-        message: e.to_string(),
-    })?;
+    let ctx = plan::context(config, operators::GeometryOptions::default());
+    let empty = MemTable::try_new(Arc::clone(&verified.schema), vec![vec![]])
+        .map_err(|e| PipelineError::transform(name, e))?;
     let snapshot_columns = || {
         verified
             .manifest
@@ -110,8 +144,11 @@ pub async fn check(
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let df = match ctx.sql(t.transform_sql()).await {
+    let df = match plan::transform(&ctx, t, Arc::new(empty)).await {
         Ok(df) => df,
+        Err(e @ TransformError::Operator(OperatorError::Source(_))) => {
+            return Err(PipelineError::transform(name, e))
+        }
         Err(e) => {
             return Err(drift(format!(
                 "today's transform does not fit the snapshot's columns: {e}\nthe snapshot has:\n{}",
@@ -120,10 +157,13 @@ pub async fn check(
         }
     };
     let out = Arc::new(df.schema().as_arrow().clone());
-    let planned = crate::run::plan_columns(config, name, t, &out)?;
+    let planned = plan::plan_columns(config, name, t, &out)?;
 
     let session = target
-        .connect(&format!("floe/{}/replay-check", t.target), &config.load)
+        .connect(
+            &application_name(&[&t.target, "replay-check"]),
+            &config.load,
+        )
         .await?;
     let qualified = quote_qualified(&target.schema, &t.target);
     let pg = |step: &'static str| {
@@ -171,14 +211,14 @@ pub async fn check(
         let replay = c.ty.to_string();
         let status_target = existing.iter().find(|(n, _)| *n == c.name);
         let (target_type, status) = match (exists, status_target) {
-            (false, _) => (None, "new table"),
-            (true, None) => (None, "added"),
+            (false, _) => (None, ColumnStatus::NewTable),
+            (true, None) => (None, ColumnStatus::Added),
             (true, Some((_, ty))) => (
                 Some(ty.clone()),
                 if same_type(&c.ty, ty) {
-                    "same"
+                    ColumnStatus::Same
                 } else {
-                    "type changed"
+                    ColumnStatus::TypeChanged
                 },
             ),
         };
@@ -195,21 +235,14 @@ pub async fn check(
                 name: n.clone(),
                 replay: None,
                 target: Some(ty.clone()),
-                status: "removed",
+                status: ColumnStatus::Removed,
             });
         }
     }
-    let schema_drift = columns
-        .iter()
-        .any(|c| matches!(c.status, "added" | "removed" | "type changed"));
+    let schema_drift = columns.iter().any(|c| c.status.is_drift());
     let rows = verified.manifest.rows;
-    let shrink_refused = match target_rows {
-        Some(old) if old > 0 => {
-            let floor = (old as f64 * (1.0 - config.load.max_shrink)).ceil() as u64;
-            rows == 0 || rows < floor
-        }
-        _ => false,
-    };
+    let shrink_refused =
+        target_rows.is_some_and(|old| refresh::shrink_refused(old, rows, config.load.max_shrink));
     Ok(ReplayPlan {
         table: name.to_string(),
         target_table: format!("{}.{}", target.schema, t.target),

@@ -206,7 +206,7 @@ pub struct SnowflakeConfig {
     pub max_buffered_bytes: usize,
     /// A response (or chunk) that sends nothing for this long is abandoned
     /// and retried: a stalled source must not hang a run.
-    #[serde(default = "default_read_timeout", with = "duration_text")]
+    #[serde(default = "default_read_timeout", with = "crate::duration::text")]
     pub read_timeout: Duration,
 }
 
@@ -331,14 +331,14 @@ pub struct LoadConfig {
     /// with `batch_size` this is what bounds floe's memory, not table size.
     pub max_in_flight_bytes: usize,
     /// How long the swap waits for readers' locks before giving up.
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::duration::text")]
     pub lock_timeout: Duration,
     /// Upper bound on any single statement (COPY, index build, swap).
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::duration::text")]
     pub statement_timeout: Duration,
     /// Postgres ends a session idle inside a transaction after this long, so a
     /// crashed floe can never leave locks behind.
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::duration::text")]
     pub idle_in_transaction_timeout: Duration,
     /// The shrink guard: a full refresh that would replace a non-empty table
     /// with zero rows, or with fewer than `(1 - max_shrink)` of its rows,
@@ -603,35 +603,6 @@ impl Config {
     }
 }
 
-/// Durations written as text: `10s`, `250ms`, `5m`, `1h`.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses `10s`, `250ms`, `5m`, `1h` (also used for CLI flags).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 10s, 250ms, 5m)"))?;
-    Ok(match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("`{s}`: unknown unit (use ms, s, m or h)")),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -724,10 +695,17 @@ target = "t_cache"
     }
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert!(parse_duration("5 parsecs").is_err());
+    fn config_durations_take_the_one_grammar() {
+        let c = parse(&format!(
+            "[load]\nlock_timeout = \"250ms\"\nstatement_timeout = \"1m 30s\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.load.lock_timeout, Duration::from_millis(250));
+        assert_eq!(c.load.statement_timeout, Duration::from_secs(90));
+        let e = parse(&format!("[load]\nlock_timeout = \"5 parsecs\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("parsecs"), "{e}");
     }
 
     #[test]

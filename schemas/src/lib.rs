@@ -12,10 +12,12 @@
 //! - [`snowflake_arrow`]: Snowflake's Arrow chunk encoding, decoded into
 //!   plain Arrow (client) and produced from it (emulator);
 //! - [`datasets`]: the grid tables floe ships with (generator, demo, config);
-//! - [`config`]: `floe.toml`, parsed and validated.
+//! - [`config`]: `floe.toml`, parsed and validated;
+//! - [`duration`]: durations as the config and the CLI write them.
 
 pub mod config;
 pub mod datasets;
+pub mod duration;
 pub mod error;
 pub mod geometry;
 pub mod pg;

@@ -134,7 +134,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         .with_context(|| format!("floe bench generates its data; `{name}` is not a grid table"))?;
     let data = tempfile::Builder::new().prefix("floe-bench-").tempdir()?;
     eprintln!("generating {} ...", dataset.snowflake_table);
-    pipeline::generate::generate(&pipeline::generate::GenerateOptions {
+    emulator::generate::generate(&emulator::generate::GenerateOptions {
         out: data.path().to_path_buf(),
         tables: vec![dataset],
         rows: args.rows,

@@ -3,9 +3,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use emulator::generate::{generate, GenerateOptions};
 use emulator::{Emulator, EmulatorConfig};
 use pipeline::cluster::EphemeralCluster;
-use pipeline::generate::{generate, GenerateOptions};
 use pipeline::postgres::Target;
 use pipeline::run::{new_run_id, RunOptions};
 use schemas::config::SnowflakeConfig;
@@ -113,13 +113,20 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     };
     let tables = super::select_tables(&config, &[])?;
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
-    let ok = reports.iter().all(|r| r.status == "success");
+    let ok = reports
+        .iter()
+        .all(|r| r.status == pipeline::postgres::runs::RunStatus::Success);
 
     if ok
         && config.find_table("assets_cache").is_some()
         && config.find_table("topology_connections_cache").is_some()
     {
-        let session = target.connect("floe/demo", &config.load).await?;
+        let session = target
+            .connect(
+                &pipeline::postgres::application_name(&["demo"]),
+                &config.load,
+            )
+            .await?;
         let rows = session
             .client
             .query(NEAR_SUBSTATION, &[])

@@ -23,7 +23,10 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<ExitCode> {
     let (config, target) = args.common.resolve()?;
     let session = target
-        .connect("floe/doctor", &config.load)
+        .connect(
+            &pipeline::postgres::application_name(&["doctor"]),
+            &config.load,
+        )
         .await
         .context("connecting to the target")?;
     let actions = Actions {

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
-use pipeline::generate::{generate, GenerateOptions};
+use emulator::generate::{generate, GenerateOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -134,7 +134,10 @@ impl Interrupt {
     pub fn exit_status(&self, reports: &[pipeline::run::TableReport]) -> std::process::ExitCode {
         match self.exit_code() {
             Some(code) => std::process::ExitCode::from(code),
-            None if reports.iter().all(|r| r.status == "success") => {
+            None if reports
+                .iter()
+                .all(|r| r.status == pipeline::postgres::runs::RunStatus::Success) =>
+            {
                 std::process::ExitCode::SUCCESS
             }
             None => std::process::ExitCode::from(1),

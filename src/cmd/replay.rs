@@ -104,7 +104,11 @@ fn print_plan(plan: &ReplayPlan, allow_shrink: bool, output: OutputFormat) -> Re
             plan.target_table, plan.snapshot_rows
         ),
     }
-    let same = plan.columns.iter().filter(|c| c.status == "same").count();
+    let same = plan
+        .columns
+        .iter()
+        .filter(|c| c.status == pipeline::replay::ColumnStatus::Same)
+        .count();
     if plan.schema_drift {
         println!("columns   DRIFT: {same} unchanged; the replay would stop:");
         println!("{}", plan.explain_drift());

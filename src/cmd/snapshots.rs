@@ -71,7 +71,7 @@ enum Command {
         #[arg(long)]
         keep: Option<usize>,
         /// Delete only snapshots older than this (e.g. 30d, 12h).
-        #[arg(long, value_parser = snapshot::parse_duration)]
+        #[arg(long, value_parser = schemas::duration::parse_duration)]
         older_than: Option<std::time::Duration>,
         /// Only this table.
         #[arg(long)]

@@ -32,7 +32,10 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         })
         .collect();
     let session = target
-        .connect("floe/status", &config.load)
+        .connect(
+            &pipeline::postgres::application_name(&["status"]),
+            &config.load,
+        )
         .await
         .context("connecting to the target")?;
     let records = runs::last_runs(&session.client, &tables, args.last.max(1))

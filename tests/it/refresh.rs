@@ -18,7 +18,7 @@ async fn readers_only_ever_see_the_old_or_the_new_table() {
 
     let bigger = tempfile::tempdir().unwrap();
     let new_rows = GRID_ROWS + 13_000;
-    pipeline::generate::generate(&pipeline::generate::GenerateOptions {
+    emulator::generate::generate(&emulator::generate::GenerateOptions {
         out: bigger.path().to_path_buf(),
         tables: vec![&schemas::datasets::TOPOLOGY],
         rows: Some(new_rows),

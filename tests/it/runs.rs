@@ -39,7 +39,7 @@ async fn recorded(client: &tokio_postgres::Client, target: &str) -> Vec<Recorded
 fn vegetation(dir: &std::path::Path, rows: u64) -> std::path::PathBuf {
     let d = schemas::datasets::find("vegetation").unwrap();
     let path = dir.join(format!("veg_{rows}.parquet"));
-    pipeline::generate::write_table(d, rows, 7, &path).unwrap();
+    emulator::generate::write_table(d, rows, 7, &path).unwrap();
     path
 }
 

@@ -259,7 +259,7 @@ async fn a_run_keeps_a_snapshot_and_replay_restores_the_table_without_snowflake(
 async fn vegetation_snapshot(url: &str, snaps: &Path, data: &Path, rows: u64) -> PathBuf {
     let d = schemas::datasets::find("vegetation").unwrap();
     let path = data.join(format!("veg_{rows}.parquet"));
-    pipeline::generate::write_table(d, rows, 11, &path).unwrap();
+    emulator::generate::write_table(d, rows, 11, &path).unwrap();
     let config = parquet_config(
         &path,
         "veg",
@@ -603,7 +603,7 @@ async fn a_failed_run_leaves_an_incomplete_snapshot_that_is_never_replayed() {
     // A value Postgres would reject in the third batch: the run fails mid-stream.
     let d = schemas::datasets::find("vegetation").unwrap();
     let path = tmp.path().join("bad.parquet");
-    pipeline::generate::write_table(d, 1_500, 11, &path).unwrap();
+    emulator::generate::write_table(d, 1_500, 11, &path).unwrap();
     let config = parquet_config(
         &path,
         "veg",

@@ -6,7 +6,7 @@ use arrow::record_batch::RecordBatch;
 use emulator::{Emulator, EmulatorConfig, User};
 use futures::TryStreamExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use pipeline::snowflake::{SnowflakeError, SnowflakeSession};
+use pipeline::source::snowflake::{SnowflakeError, SnowflakeSession};
 use schemas::config::SnowflakeConfig;
 
 use crate::support::*;

@@ -65,7 +65,7 @@ pub async fn connect(url: &str) -> Client {
 pub fn grid_dir() -> &'static Path {
     let (dir, _) = GRID.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        pipeline::generate::generate(&pipeline::generate::GenerateOptions {
+        emulator::generate::generate(&emulator::generate::GenerateOptions {
             out: dir.path().to_path_buf(),
             tables: Vec::new(),
             rows: Some(GRID_ROWS),

@@ -221,7 +221,7 @@ async fn idle_in_transaction(
     for r in rows {
         let (pid, app, user, age, query): (i32, String, String, f64, String) =
             (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        let floe = app.starts_with("floe/");
+        let floe = app.starts_with(super::APPLICATION_PREFIX);
         if let Some(limit) = terminate_stale {
             if floe && age > limit.as_secs_f64() {
                 let ended: bool = client

@@ -2,6 +2,7 @@
 //! encoder ([`encode`]) and the staged full refresh ([`refresh`]).
 
 pub mod checksum;
+pub mod copy;
 pub mod doctor;
 pub mod encode;
 pub mod refresh;
@@ -17,6 +18,17 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::error::describe_pg_error;
 use crate::PipelineError;
+
+/// What every floe session's `application_name` starts with (doctor tells
+/// floe's sessions from others by it).
+pub const APPLICATION_PREFIX: &str = "floe/";
+
+/// A floe session's `application_name`: `floe/<table>/<run>[/<role>]` for a
+/// run's sessions, `floe/<command>` for the CLI's own, so `pg_stat_activity`
+/// says which table and run a session serves.
+pub fn application_name(parts: &[&str]) -> String {
+    format!("{APPLICATION_PREFIX}{}", parts.join("/"))
+}
 
 /// A resolved Postgres target: driver config plus a printable, password-free name.
 #[derive(Clone)]
@@ -167,8 +179,6 @@ impl Target {
     }
 }
 
-/// One Postgres session. Dropping it closes the connection: a session is
-/// never handed back in an unknown state.
 /// Connects (plain or TLS) and drives the connection on its own task.
 async fn open(
     config: &tokio_postgres::Config,
@@ -227,6 +237,8 @@ fn transient_connect_error(e: &tokio_postgres::Error) -> bool {
     false
 }
 
+/// One Postgres session. Dropping it closes the connection: a session is
+/// never handed back in an unknown state.
 pub struct Session {
     pub client: Arc<Client>,
     task: JoinHandle<()>,
@@ -235,5 +247,22 @@ pub struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn application_names_say_table_run_and_role() {
+        use super::application_name;
+        assert_eq!(
+            application_name(&["t_cache", "20261124T023301Z-3f9a"]),
+            "floe/t_cache/20261124T023301Z-3f9a"
+        );
+        assert_eq!(
+            application_name(&["t_cache", "r1", "copy2"]),
+            "floe/t_cache/r1/copy2"
+        );
+        assert_eq!(application_name(&["doctor"]), "floe/doctor");
     }
 }

@@ -9,6 +9,61 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
+/// How a run stands or ended, as `sync_runs.status`, reports and JSON spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Success,
+    Failed,
+    Cancelled,
+    /// A `running` row whose process died (found by the table's next run).
+    Abandoned,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Success => "success",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RunStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// How a run loads its table, as `sync_runs.mode` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    /// Everything read from the source into a staged table, swapped in.
+    Full,
+    /// A full refresh from a snapshot instead of the source.
+    Replay,
+}
+
+impl RunMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Full => "full",
+            RunMode::Replay => "replay",
+        }
+    }
+}
+
 /// Creates the `floe` schema and the table if missing.
 const CREATE_SQL: &str = "\
 CREATE SCHEMA IF NOT EXISTS floe;
@@ -63,9 +118,10 @@ pub async fn start(
     run_id: &str,
     table: &str,
     target: &str,
-    mode: &str,
+    mode: RunMode,
     source: &str,
 ) -> Result<(), tokio_postgres::Error> {
+    let mode = mode.as_str();
     client
         .execute(
             "INSERT INTO floe.sync_runs (run_id, table_name, target, mode, source, status) \
@@ -94,9 +150,9 @@ pub async fn mark_abandoned(
 }
 
 /// How a run ended, as recorded.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Outcome<'a> {
-    pub status: &'a str,
+    pub status: RunStatus,
     pub source: Option<&'a str>,
     pub rows_read: Option<u64>,
     pub rows_written: Option<u64>,
@@ -113,6 +169,7 @@ pub async fn finish(
     outcome: &Outcome<'_>,
 ) -> Result<(), tokio_postgres::Error> {
     let n = |v: Option<u64>| v.map(|v| v as i64);
+    let status = outcome.status.as_str();
     client
         .execute(
             "UPDATE floe.sync_runs SET status = $3, finished_at = clock_timestamp(), \
@@ -121,7 +178,7 @@ pub async fn finish(
             &[
                 &run_id,
                 &table,
-                &outcome.status,
+                &status,
                 &outcome.source,
                 &n(outcome.rows_read),
                 &n(outcome.rows_written),

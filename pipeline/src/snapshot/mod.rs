@@ -475,38 +475,3 @@ pub fn plan_prune(
     }
     out
 }
-
-/// `30d`, `12h`, `90m`, `45s` (or a sum: `1d12h`).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3_600,
-            'd' => 86_400,
-            'w' => 604_800,
-            _ => {
-                return Err(format!(
-                    "bad duration {s:?}: unknown unit {c:?} (use s, m, h, d, w)"
-                ))
-            }
-        };
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("bad duration {s:?}: a number must come before {c:?}"))?;
-        total += n * unit;
-        number.clear();
-    }
-    if !number.is_empty() || s.trim().is_empty() {
-        return Err(format!(
-            "bad duration {s:?}: give a unit, e.g. 7d, 12h, 30m"
-        ));
-    }
-    Ok(std::time::Duration::from_secs(total))
-}

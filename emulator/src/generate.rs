@@ -24,7 +24,22 @@ use parquet::schema::types::ColumnPath;
 use schemas::datasets::{self, Dataset};
 use schemas::snowflake::SnowflakeType;
 
-use crate::PipelineError;
+/// Why generating a table failed, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Parquet {
+        path: String,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+}
 
 /// Rows per generated batch (and a quarter of a row group).
 const BATCH_ROWS: usize = 32_768;
@@ -92,8 +107,8 @@ pub struct Generated {
 }
 
 /// Writes `<out>/<SNOWFLAKE_TABLE>.parquet` for each selected table.
-pub fn generate(options: &GenerateOptions) -> Result<Vec<Generated>, PipelineError> {
-    std::fs::create_dir_all(&options.out).map_err(|source| PipelineError::Io {
+pub fn generate(options: &GenerateOptions) -> Result<Vec<Generated>, GenerateError> {
+    std::fs::create_dir_all(&options.out).map_err(|source| GenerateError::Io {
         context: format!("creating {}", options.out.display()),
         source,
     })?;
@@ -117,22 +132,22 @@ pub fn generate(options: &GenerateOptions) -> Result<Vec<Generated>, PipelineErr
         .collect()
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> PipelineError + '_ {
-    move |source| PipelineError::Io {
+fn io(path: &Path) -> impl Fn(std::io::Error) -> GenerateError + '_ {
+    move |source| GenerateError::Io {
         context: format!("writing {}", path.display()),
         source,
     }
 }
 
-fn pq(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> PipelineError + '_ {
-    move |e| PipelineError::Io {
-        context: format!("writing {}", path.display()),
-        source: std::io::Error::other(e.to_string()),
+fn pq(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> GenerateError + '_ {
+    move |source| GenerateError::Parquet {
+        path: path.display().to_string(),
+        source,
     }
 }
 
 /// Writes one table, streaming batches so memory stays flat.
-pub fn write_table(d: &Dataset, rows: u64, seed: u64, path: &Path) -> Result<(), PipelineError> {
+pub fn write_table(d: &Dataset, rows: u64, seed: u64, path: &Path) -> Result<(), GenerateError> {
     let schema = d.arrow_schema();
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq(path))?))

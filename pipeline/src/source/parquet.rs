@@ -1,4 +1,4 @@
-//! Sources: where a table's Arrow batches come from.
+//! Parquet as a source, and any stream of batches as a table read once.
 //!
 //! Every source is a DataFusion `TableProvider` registered as `source`, so a
 //! transform reads the same whichever it is. Parquet is read through
@@ -25,28 +25,63 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+/// Why parquet could not be opened: one line that says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetOpenError {
+    #[error("parquet file not found: {path}")]
+    NotFound { path: String },
+    #[error("bad parquet path {path}: {source}")]
+    BadPath {
+        path: String,
+        source: DataFusionError,
+    },
+    #[error("cannot read parquet {path}: {source}")]
+    Unreadable {
+        path: String,
+        source: DataFusionError,
+    },
+    #[error("no parquet files match {path}")]
+    NoFiles { path: String },
+    #[error("cannot open parquet {path}: {source}")]
+    Open {
+        path: String,
+        source: DataFusionError,
+    },
+}
+
 /// Opens parquet at `path` (file, directory or glob) as a table provider.
-/// Errors are one line that says what to fix.
-pub async fn parquet(ctx: &SessionContext, path: &str) -> Result<Arc<dyn TableProvider>, String> {
+pub async fn parquet(
+    ctx: &SessionContext,
+    path: &str,
+) -> Result<Arc<dyn TableProvider>, ParquetOpenError> {
+    let path_of = || path.to_string();
     let is_glob = path.contains(['*', '?', '[']);
     if !is_glob && !Path::new(path).exists() {
-        return Err(format!("parquet file not found: {path}"));
+        return Err(ParquetOpenError::NotFound { path: path_of() });
     }
-    let url = ListingTableUrl::parse(path).map_err(|e| format!("bad parquet path {path}: {e}"))?;
+    let url = ListingTableUrl::parse(path).map_err(|source| ParquetOpenError::BadPath {
+        path: path_of(),
+        source,
+    })?;
     let format = ParquetFormat::default().with_skip_metadata(false);
     let options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
     let schema = options
         .infer_schema(&ctx.state(), &url)
         .await
-        .map_err(|e| format!("cannot read parquet {path}: {e}"))?;
+        .map_err(|source| ParquetOpenError::Unreadable {
+            path: path_of(),
+            source,
+        })?;
     if schema.fields().is_empty() {
-        return Err(format!("no parquet files match {path}"));
+        return Err(ParquetOpenError::NoFiles { path: path_of() });
     }
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(schema);
-    let table =
-        ListingTable::try_new(config).map_err(|e| format!("cannot open parquet {path}: {e}"))?;
+    let table = ListingTable::try_new(config).map_err(|source| ParquetOpenError::Open {
+        path: path_of(),
+        source,
+    })?;
     Ok(Arc::new(table))
 }
 
@@ -55,13 +90,12 @@ pub async fn parquet(ctx: &SessionContext, path: &str) -> Result<Arc<dyn TablePr
 pub fn one_shot(
     schema: SchemaRef,
     stream: BoxStream<'static, Result<RecordBatch, DataFusionError>>,
-) -> Result<Arc<dyn TableProvider>, String> {
+) -> Result<Arc<dyn TableProvider>, DataFusionError> {
     let partition = OneShot {
         schema: Arc::clone(&schema),
         stream: std::sync::Mutex::new(Some(stream)),
     };
-    let table =
-        StreamingTable::try_new(schema, vec![Arc::new(partition)]).map_err(|e| e.to_string())?;
+    let table = StreamingTable::try_new(schema, vec![Arc::new(partition)])?;
     Ok(Arc::new(table))
 }
 

@@ -1,0 +1,344 @@
+//! Running one table end to end: source → transform → encoder → COPY into
+//! staging → verify → swap, recorded in `floe.sync_runs` and reported.
+//!
+//! The rooms: [`plan`] (the one planning path), [`stages`] (time by stage),
+//! [`report`] (what the run says, and its id), `record` (its `sync_runs`
+//! row), [`cancel`]. Where rows come from is [`crate::source`]; how they
+//! land is the load seam, [`crate::postgres::refresh::StagedRefresh`].
+
+pub mod cancel;
+pub mod plan;
+mod record;
+pub mod report;
+pub mod stages;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use operators::GeometryOptions;
+use schemas::config::Config;
+
+pub use cancel::{Cancel, Canceller};
+pub use report::{new_run_id, TableReport};
+pub use stages::Stages;
+
+use crate::postgres::copy::CopyTimes;
+use crate::postgres::refresh::StagedRefresh;
+use crate::postgres::runs::{self, Outcome, RunStatus};
+use crate::postgres::Target;
+use crate::snapshot::{SnapshotStatus, SnapshotWriter};
+use crate::source::{Opened, SourceData, SourceError, TableSource};
+use crate::PipelineError;
+use stages::{AfterCopy, StageClock};
+
+/// Per-run choices that are not in the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Identifies this run in staging names and `application_name`.
+    pub run_id: String,
+    /// Read `<dir>/<SNOWFLAKE_TABLE>.parquet` instead of each table's configured source.
+    pub parquet_dir: Option<PathBuf>,
+    /// Fires when the run must stop (Ctrl-C): the load rolls back and a
+    /// running Snowflake query is aborted on the server.
+    pub cancel: Cancel,
+    /// Let a refresh shrink the table past `load.max_shrink` (or empty it).
+    pub allow_shrink: bool,
+    /// Where to snapshot what each table's source returns; `None`: no snapshot.
+    pub snapshots: Option<SnapshotPlan>,
+    /// Replay this (verified) snapshot instead of reading the table's source.
+    pub replay: Option<crate::snapshot::Verified>,
+}
+
+/// Where a run snapshots what it reads.
+#[derive(Debug, Clone)]
+pub struct SnapshotPlan {
+    pub location: crate::snapshot::Location,
+    pub options: crate::snapshot::SnapshotOptions,
+}
+
+/// What a successful load did.
+struct Loaded {
+    rows: u64,
+    final_count: u64,
+    /// What `sync_runs.source` says once the source is open (the Snowflake query id).
+    source: Option<String>,
+    /// The verified content checksum (see `postgres::checksum`), unless turned off.
+    checksum: Option<String>,
+    /// The complete snapshot of what was read, when one was written.
+    snapshot: Option<String>,
+    stages: Stages,
+}
+
+/// Loads one table and reports, never panicking on bad input.
+pub async fn run_table(
+    config: &Config,
+    name: &str,
+    target: &Target,
+    options: &RunOptions,
+    progress: &AtomicU64,
+) -> TableReport {
+    let started = Instant::now();
+    let table_cfg = &config.tables[name];
+    let geometry = GeometryOptions {
+        on_invalid: table_cfg.on_invalid_geometry,
+        ..Default::default()
+    };
+    let source = TableSource::resolve(
+        table_cfg,
+        options.replay.as_ref(),
+        options.parquet_dir.as_deref(),
+    );
+    let record = record::Record::start(
+        config,
+        target,
+        name,
+        &options.run_id,
+        source.mode(),
+        &source.describe(),
+    )
+    .await;
+    let result = load_table(config, name, target, options, &source, &geometry, progress).await;
+    let invalid_geometries = geometry.invalid_count.load(Ordering::Relaxed);
+    if invalid_geometries > 0 {
+        tracing::warn!(
+            table = name,
+            invalid_geometries,
+            "invalid geometries were written as NULL"
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let report = match &result {
+        Ok(loaded) => TableReport {
+            status: RunStatus::Success,
+            table: table_cfg.target.clone(),
+            name: name.to_string(),
+            rows_synced: loaded.rows,
+            final_count: Some(loaded.final_count),
+            seconds,
+            error: None,
+            invalid_geometries,
+            snapshot: loaded.snapshot.clone(),
+            stages: Some(loaded.stages.clone()),
+        },
+        Err(e) => TableReport {
+            status: match e {
+                PipelineError::Cancelled { .. } => RunStatus::Cancelled,
+                _ => RunStatus::Failed,
+            },
+            table: table_cfg.target.clone(),
+            name: name.to_string(),
+            rows_synced: 0,
+            final_count: record::current_count(config, name, target, &options.run_id).await,
+            seconds,
+            error: Some(e.to_string()),
+            invalid_geometries,
+            snapshot: None,
+            stages: None,
+        },
+    };
+    let loaded = result.as_ref().ok();
+    record
+        .finish(&Outcome {
+            status: report.status,
+            source: loaded.and_then(|l| l.source.as_deref()),
+            rows_read: loaded.map(|l| l.rows),
+            rows_written: loaded.map(|l| l.final_count),
+            final_count: report.final_count,
+            checksum: loaded.and_then(|l| l.checksum.as_deref()),
+            error: report.error.as_deref(),
+        })
+        .await;
+    report
+}
+
+/// Opens the source, snapshots what it reads, and runs the staged refresh;
+/// the source is closed (a Snowflake query aborted, its session logged out)
+/// however the load ends.
+async fn load_table(
+    config: &Config,
+    name: &str,
+    target: &Target,
+    options: &RunOptions,
+    source: &TableSource<'_>,
+    geometry: &GeometryOptions,
+    progress: &AtomicU64,
+) -> Result<Loaded, PipelineError> {
+    let ctx = plan::context(config, geometry.clone());
+    let clock = Arc::new(StageClock::default());
+    let opening = Instant::now();
+    let Opened {
+        data,
+        described,
+        guard,
+    } = source.open(name, config, &ctx, &options.cancel).await?;
+    let source_open = opening.elapsed().as_secs_f64();
+    // What the run reads is snapshotted on its way to the transform (a
+    // replay reads a snapshot, so it writes none).
+    let snapshotting = options.snapshots.as_ref().zip(described.manifest());
+    let source_err = |e: SourceError| PipelineError::Source {
+        table: name.to_string(),
+        source: e,
+    };
+    let mut writer = None;
+    let provider = match (data, snapshotting) {
+        (SourceData::Provider(p), None) => Ok(p),
+        (data, snapshotting) => {
+            async {
+                let (schema, stream) = data.into_stream(&ctx).await.map_err(source_err)?;
+                let stream = clock.time_source(stream);
+                let stream = match snapshotting {
+                    Some((snapshots, manifest_source)) => {
+                        let w = SnapshotWriter::start(
+                            snapshots.location.snapshot(name, &options.run_id),
+                            name,
+                            &options.run_id,
+                            manifest_source,
+                            Arc::clone(&schema),
+                            snapshots.options,
+                        );
+                        let teed = clock.time_snapshot(w.tee(stream).into_stream().boxed());
+                        writer = Some(w);
+                        teed
+                    }
+                    None => stream,
+                };
+                crate::source::one_shot(schema, stream).map_err(|e| source_err(e.into()))
+            }
+            .await
+        }
+    };
+    let result = match provider {
+        Ok(provider) => refresh(config, name, target, options, &ctx, provider, progress).await,
+        Err(e) => Err(e),
+    };
+    guard.close(result.is_err()).await;
+    // The context holds the source (and the snapshot's end of the tee)
+    // until it is dropped; the snapshot is final only after that.
+    drop(ctx);
+    let complete = match writer {
+        Some(w) => finish_snapshot(w, name, &options.run_id, result.as_ref().err()).await,
+        None => false,
+    };
+    result.map(|r| Loaded {
+        rows: r.rows,
+        final_count: r.final_count,
+        source: described.record(),
+        checksum: r.checksum,
+        snapshot: complete
+            .then(|| {
+                options
+                    .snapshots
+                    .as_ref()
+                    .map(|s| s.location.snapshot(name, &options.run_id).url())
+            })
+            .flatten(),
+        stages: clock.stages(source_open, r.copy_times, r.after),
+    })
+}
+
+/// What a committed refresh hands back to [`load_table`].
+struct Refreshed {
+    rows: u64,
+    checksum: Option<String>,
+    final_count: u64,
+    copy_times: CopyTimes,
+    after: AfterCopy,
+}
+
+/// Plans the transform over `provider` and loads it through the staged
+/// refresh: begin (lock, stage) → copy → commit (verify, guard, swap).
+async fn refresh(
+    config: &Config,
+    name: &str,
+    target: &Target,
+    options: &RunOptions,
+    ctx: &datafusion::execution::context::SessionContext,
+    provider: Arc<dyn datafusion::catalog::TableProvider>,
+    progress: &AtomicU64,
+) -> Result<Refreshed, PipelineError> {
+    let planned = plan::plan_table(config, name, &target.schema, ctx, provider).await?;
+    let load = StagedRefresh::begin(target, &config.load, planned.plan, &options.run_id).await?;
+    // Holding the table's lock: a `running` record of another run is a dead run's.
+    let target_name = format!("{}.{}", target.schema, load.plan().target);
+    match runs::mark_abandoned(load.client(), &target_name, &options.run_id).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            table = name,
+            runs = n,
+            "marked earlier runs that never finished as abandoned"
+        ),
+        Err(e) => tracing::debug!(table = name, "sync_runs not updated: {e}"),
+    }
+    // Cancelling drops the copy mid-flight: the COPY is abandoned, and the
+    // staging table is dropped before the lock is released.
+    let copied = tokio::select! {
+        r = async {
+            let stream = planned
+                .df
+                .execute_stream()
+                .await
+                .map_err(|e| PipelineError::transform(name, e))?;
+            load.copy(stream, planned.encoder, progress).await
+        } => r,
+        _ = options.cancel.cancelled() => Err(PipelineError::Cancelled { table: name.to_string() }),
+    };
+    let copied = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            load.abort().await;
+            return Err(e);
+        }
+    };
+    let committed = load
+        .commit(&copied, options.allow_shrink, &options.cancel)
+        .await?;
+    let after = AfterCopy {
+        index_build: committed.index_build.as_secs_f64(),
+        verify: committed.verify.as_secs_f64(),
+        swap: committed.swap.as_secs_f64(),
+    };
+    Ok(Refreshed {
+        rows: copied.rows,
+        checksum: copied.checksum,
+        final_count: committed.final_count,
+        copy_times: copied.times,
+        after,
+    })
+}
+
+/// Finishes the snapshot (`complete`, `load_failed` or `incomplete`, by the
+/// load's outcome); true if it is complete.
+async fn finish_snapshot(
+    writer: SnapshotWriter,
+    name: &str,
+    run_id: &str,
+    failure: Option<&PipelineError>,
+) -> bool {
+    match writer.finish(failure.map(|e| e.to_string())).await {
+        Ok(m) => {
+            tracing::info!(
+                table = name,
+                status = ?m.status,
+                rows = m.rows,
+                bytes = m.bytes,
+                files = m.files.len(),
+                "snapshot written"
+            );
+            if m.status == SnapshotStatus::LoadFailed {
+                tracing::warn!(
+                    table = name,
+                    snapshot = %format!("{name}@{run_id}"),
+                    "every row read is kept in the snapshot; replay it by name once the cause is fixed"
+                );
+            }
+            m.status == SnapshotStatus::Complete
+        }
+        Err(e) => {
+            tracing::warn!(table = name, "snapshot: {e}");
+            false
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! What a run says about each table: the report (CLI text and JSON) and the
+//! run id that names it everywhere.
+
+use serde::Serialize;
+
+use super::stages::Stages;
+use crate::postgres::runs::RunStatus;
+
+/// What happened to one table, in the shape the incumbent procedure returned.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// `success`, `failed` or `cancelled`.
+    pub status: RunStatus,
+    /// The Postgres table.
+    pub table: String,
+    /// The config's name for it.
+    pub name: String,
+    pub rows_synced: u64,
+    /// Rows in the target after the run (on failure: what the untouched target holds, if known).
+    pub final_count: Option<u64>,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Geometries set to NULL under `on_invalid_geometry = "null"`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub invalid_geometries: u64,
+    /// Where the complete snapshot of what was read went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Where the time went (a successful run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<Stages>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A sortable, unique-enough run id: `20261124T023301Z-3f9a` (UTC to the
+/// second, then 16 bits that differ between processes and instants).
+pub fn new_run_id() -> String {
+    run_id_at(chrono::Utc::now(), std::process::id())
+}
+
+fn run_id_at(now: chrono::DateTime<chrono::Utc>, pid: u32) -> String {
+    let tag = (now.timestamp_subsec_nanos() ^ pid.rotate_left(16)) & 0xffff;
+    format!("{}-{tag:04x}", now.format("%Y%m%dT%H%M%SZ"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn run_ids_are_utc_to_the_second_and_sort_by_time() {
+        let at = |y, mo, d, h, mi, s| chrono::Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap();
+        let a = run_id_at(at(2024, 2, 29, 23, 59, 59), 7);
+        let b = run_id_at(at(2024, 3, 1, 0, 0, 0), 7);
+        assert!(a.starts_with("20240229T235959Z-"), "{a}");
+        assert!(b.starts_with("20240301T000000Z-"), "{b}");
+        assert_eq!(a.len(), "20240229T235959Z-0000".len());
+        assert!(a < b);
+        assert!(new_run_id().starts_with(&chrono::Utc::now().format("%Y").to_string()));
+    }
+}

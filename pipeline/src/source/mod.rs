@@ -1,0 +1,410 @@
+//! Where a table's rows come from: resolved once per run, opened once, and
+//! closed exactly once however the load ends.
+//!
+//! [`TableSource::resolve`] picks the source (a snapshot being replayed,
+//! `--parquet DIR`, or the table's configured parquet, Flight or Snowflake
+//! source); [`TableSource::open`] gives its schema and rows; [`Opened::guard`]
+//! ends what the source keeps open remotely (a Snowflake query and session).
+
+pub mod parquet;
+pub mod snowflake;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SessionContext;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use schemas::config::{Config, SourceSpec, TableConfig};
+
+use crate::flight::FlightSourceError;
+use crate::postgres::runs::RunMode;
+use crate::run::Cancel;
+use crate::snapshot::{SnapshotSource, Verified};
+use crate::PipelineError;
+pub use parquet::{one_shot, ParquetOpenError};
+use snowflake::{QueryTicket, SnowflakeError, SnowflakeSession};
+
+/// Why a source could not be opened or read (shown after `source: `).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    #[error(transparent)]
+    Snowflake(#[from] SnowflakeError),
+    #[error(transparent)]
+    Flight(#[from] FlightSourceError),
+    #[error(transparent)]
+    Parquet(#[from] ParquetOpenError),
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error("--parquet needs the table's snowflake_table to name <DIR>/<SNOWFLAKE_TABLE>.parquet")]
+    NoSnowflakeTable,
+    #[error("no source configured")]
+    NotConfigured,
+}
+
+/// Where one run of a table reads its rows, decided once, in this order: a
+/// snapshot being replayed, `--parquet DIR`, the table's configured source.
+#[derive(Debug, Clone)]
+pub enum TableSource<'a> {
+    /// A verified snapshot (`floe replay`).
+    Snapshot(&'a Verified),
+    /// `--parquet DIR`: `<DIR>/<SNOWFLAKE_TABLE>.parquet`.
+    ParquetDir {
+        dir: PathBuf,
+        snowflake_table: Option<String>,
+    },
+    Parquet {
+        path: String,
+    },
+    Flight {
+        url: String,
+    },
+    Snowflake {
+        query: String,
+    },
+    NotConfigured,
+}
+
+/// What the run read, once its source is open: the one description that
+/// `sync_runs`, the logs and the snapshot manifest take their words from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Described {
+    Snapshot { url: String },
+    Parquet { path: String },
+    Flight { url: String },
+    Snowflake(SnapshotSource),
+}
+
+/// A source's rows: DataFusion's own provider (parquet, read inside the
+/// transform with projection pushed down), or a stream of batches.
+pub enum SourceData {
+    Provider(Arc<dyn TableProvider>),
+    Stream(
+        SchemaRef,
+        BoxStream<'static, Result<RecordBatch, DataFusionError>>,
+    ),
+}
+
+/// An opened source. Dropping `data` stops every background task reading
+/// it (chunk downloads, snapshot part readers, a Flight stream).
+pub struct Opened {
+    pub data: SourceData,
+    pub described: Described,
+    /// Ends the source's remote work: call [`SourceGuard::close`] when the load ends.
+    pub guard: SourceGuard,
+}
+
+impl<'a> TableSource<'a> {
+    pub fn resolve(
+        t: &TableConfig,
+        replay: Option<&'a Verified>,
+        parquet_dir: Option<&std::path::Path>,
+    ) -> TableSource<'a> {
+        match (replay, parquet_dir, t.source()) {
+            (Some(v), _, _) => TableSource::Snapshot(v),
+            (None, Some(dir), _) => TableSource::ParquetDir {
+                dir: dir.to_path_buf(),
+                snowflake_table: t.snowflake_table.clone(),
+            },
+            (None, None, Some(SourceSpec::Parquet(path))) => TableSource::Parquet { path },
+            (None, None, Some(SourceSpec::Flight(url))) => TableSource::Flight { url },
+            (None, None, Some(SourceSpec::Snowflake { query, .. })) => {
+                TableSource::Snowflake { query }
+            }
+            (None, None, None) => TableSource::NotConfigured,
+        }
+    }
+
+    /// The run's mode in `sync_runs`.
+    pub fn mode(&self) -> RunMode {
+        match self {
+            TableSource::Snapshot(_) => RunMode::Replay,
+            _ => RunMode::Full,
+        }
+    }
+
+    /// `sync_runs.source` when the run starts, before anything is opened.
+    pub fn describe(&self) -> String {
+        match self {
+            TableSource::Snapshot(v) => format!("snapshot {}", v.snapshot.url()),
+            TableSource::ParquetDir { dir, .. } => format!("parquet {}", dir.display()),
+            TableSource::Parquet { path } => format!("parquet {path}"),
+            TableSource::Flight { url } => format!("flight {url}"),
+            TableSource::Snowflake { query } => format!("snowflake: {query}"),
+            TableSource::NotConfigured => String::new(),
+        }
+    }
+
+    /// Opens the source. A Snowflake query runs here (until its first
+    /// result); cancelling aborts it on the server and logs out.
+    pub async fn open(
+        &self,
+        name: &str,
+        config: &Config,
+        ctx: &SessionContext,
+        cancel: &Cancel,
+    ) -> Result<Opened, PipelineError> {
+        let failed = |e: SourceError| PipelineError::Source {
+            table: name.to_string(),
+            source: e,
+        };
+        let unguarded = |data, described| Opened {
+            data,
+            described,
+            guard: SourceGuard(None),
+        };
+        match self {
+            TableSource::Snapshot(verified) => {
+                let stream = crate::snapshot::read_batches(verified, config.load.batch_size)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))
+                    .boxed();
+                Ok(unguarded(
+                    SourceData::Stream(Arc::clone(&verified.schema), stream),
+                    Described::Snapshot {
+                        url: verified.snapshot.url(),
+                    },
+                ))
+            }
+            TableSource::ParquetDir {
+                dir,
+                snowflake_table,
+            } => {
+                let sf = snowflake_table
+                    .as_deref()
+                    .ok_or_else(|| failed(SourceError::NoSnowflakeTable))?;
+                let path = dir.join(format!("{sf}.parquet"));
+                let path = path.to_string_lossy().to_string();
+                let provider = parquet::parquet(ctx, &path)
+                    .await
+                    .map_err(|e| failed(e.into()))?;
+                Ok(unguarded(
+                    SourceData::Provider(provider),
+                    Described::Parquet { path },
+                ))
+            }
+            TableSource::Parquet { path } => {
+                let provider = parquet::parquet(ctx, path)
+                    .await
+                    .map_err(|e| failed(e.into()))?;
+                Ok(unguarded(
+                    SourceData::Provider(provider),
+                    Described::Parquet { path: path.clone() },
+                ))
+            }
+            TableSource::Flight { url } => {
+                let (schema, stream) = crate::flight::read(url)
+                    .await
+                    .map_err(|e| failed(e.into()))?;
+                let stream = stream
+                    .map_err(|e| DataFusionError::External(Box::new(e)))
+                    .boxed();
+                Ok(unguarded(
+                    SourceData::Stream(schema, stream),
+                    Described::Flight { url: url.clone() },
+                ))
+            }
+            TableSource::Snowflake { query } => {
+                let session = SnowflakeSession::login(&config.snowflake)
+                    .await
+                    .map_err(|e| failed(e.into()))?;
+                let session = Arc::new(session);
+                let ticket = QueryTicket::new(query);
+                // From here on the guard aborts and logs out whatever happens.
+                let guard = SourceGuard(Some((Arc::clone(&session), ticket.clone())));
+                let result = tokio::select! {
+                    r = session.query_ticket(&ticket) => r.map_err(|e| failed(e.into())),
+                    _ = cancel.cancelled() => Err(PipelineError::Cancelled { table: name.to_string() }),
+                };
+                let result = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        guard.close(true).await;
+                        return Err(e);
+                    }
+                };
+                tracing::info!(table = name, query_id = %result.query_id, rows = result.total, "Snowflake query done");
+                let described = Described::Snowflake(SnapshotSource::Snowflake {
+                    query: query.clone(),
+                    query_id: Some(result.query_id.clone()),
+                    account: config.snowflake.account.clone(),
+                    database: config.snowflake.database.clone(),
+                    schema: config.snowflake.schema.clone(),
+                });
+                let schema = Arc::clone(&result.schema);
+                let stream = session
+                    .stream(result)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))
+                    .boxed();
+                Ok(Opened {
+                    data: SourceData::Stream(schema, stream),
+                    described,
+                    guard,
+                })
+            }
+            TableSource::NotConfigured => Err(failed(SourceError::NotConfigured)),
+        }
+    }
+}
+
+impl Described {
+    /// `sync_runs.source` once the source is open; `None` keeps what the
+    /// start recorded ([`TableSource::describe`]).
+    pub fn record(&self) -> Option<String> {
+        match self {
+            Described::Snapshot { url } => Some(format!("snapshot {url}")),
+            Described::Parquet { .. } => None,
+            Described::Flight { url } => Some(format!("flight {url}")),
+            Described::Snowflake(SnapshotSource::Snowflake {
+                query_id: Some(id), ..
+            }) => Some(format!("snowflake query {id}")),
+            Described::Snowflake(_) => None,
+        }
+    }
+
+    /// Where the snapshot manifest says the rows came from; `None` for a
+    /// replay, which writes no snapshot of its own.
+    pub fn manifest(&self) -> Option<SnapshotSource> {
+        match self {
+            Described::Snapshot { .. } => None,
+            Described::Parquet { path } => Some(SnapshotSource::Parquet { path: path.clone() }),
+            Described::Flight { url } => Some(SnapshotSource::Flight { url: url.clone() }),
+            Described::Snowflake(s) => Some(s.clone()),
+        }
+    }
+}
+
+impl SourceData {
+    /// The rows as one stream (a provider is executed through `ctx`).
+    pub async fn into_stream(
+        self,
+        ctx: &SessionContext,
+    ) -> Result<
+        (
+            SchemaRef,
+            BoxStream<'static, Result<RecordBatch, DataFusionError>>,
+        ),
+        SourceError,
+    > {
+        match self {
+            SourceData::Stream(schema, stream) => Ok((schema, stream)),
+            SourceData::Provider(p) => {
+                let schema = p.schema();
+                let stream = ctx.read_table(p)?.execute_stream().await?;
+                Ok((schema, stream.boxed()))
+            }
+        }
+    }
+}
+
+/// What a source keeps open on a remote side (a Snowflake query and
+/// session), ended exactly once: by [`SourceGuard::close`], or, if the
+/// guard is dropped without it (a panic, a dropped future), by a task that
+/// aborts the query and logs out.
+pub struct SourceGuard(Option<(Arc<SnowflakeSession>, QueryTicket)>);
+
+impl SourceGuard {
+    /// Logs out; after a failed load, first asks the server to stop the
+    /// query (a failed sink or Ctrl-C).
+    pub async fn close(mut self, failed: bool) {
+        if let Some((session, ticket)) = self.0.take() {
+            if failed {
+                session.abort(&ticket).await;
+            }
+            session.logout().await;
+        }
+    }
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        if let Some((session, ticket)) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    session.abort(&ticket).await;
+                    session.logout().await;
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn table(source: &str) -> TableConfig {
+        let text = format!("[tables.t]\n{source}\ntarget = \"t_cache\"\n");
+        let c = Config::parse(&text, Path::new("floe.toml")).expect("config");
+        c.tables["t"].clone()
+    }
+
+    #[test]
+    fn parquet_dir_wins_over_the_configured_source_and_is_recorded_as_the_directory() {
+        let t = table("snowflake_table = \"TOPO\"");
+        let s = TableSource::resolve(&t, None, Some(Path::new("/data")));
+        assert!(matches!(
+            &s,
+            TableSource::ParquetDir { snowflake_table: Some(sf), .. } if sf == "TOPO"
+        ));
+        assert_eq!(s.describe(), "parquet /data");
+        assert_eq!(s.mode(), RunMode::Full);
+    }
+
+    #[test]
+    fn each_configured_source_is_described_as_sync_runs_records_it() {
+        let s = table("snowflake_table = \"TOPO\"");
+        assert_eq!(
+            TableSource::resolve(&s, None, None).describe(),
+            "snowflake: SELECT * FROM TOPO"
+        );
+        let p = table("parquet = \"x.parquet\"");
+        assert_eq!(
+            TableSource::resolve(&p, None, None).describe(),
+            "parquet x.parquet"
+        );
+        let f = table("flight = \"flight://h:1/t@latest\"");
+        assert_eq!(
+            TableSource::resolve(&f, None, None).describe(),
+            "flight flight://h:1/t@latest"
+        );
+    }
+
+    #[test]
+    fn once_open_the_record_names_the_query_and_the_manifest_keeps_the_source() {
+        let sf = Described::Snowflake(SnapshotSource::Snowflake {
+            query: "SELECT 1".into(),
+            query_id: Some("01b2".into()),
+            account: None,
+            database: None,
+            schema: None,
+        });
+        assert_eq!(sf.record().as_deref(), Some("snowflake query 01b2"));
+        assert!(matches!(
+            sf.manifest(),
+            Some(SnapshotSource::Snowflake { .. })
+        ));
+        // Parquet keeps what the start recorded (the file or the --parquet directory).
+        let pq = Described::Parquet {
+            path: "x.parquet".into(),
+        };
+        assert_eq!(pq.record(), None);
+        assert_eq!(
+            pq.manifest(),
+            Some(SnapshotSource::Parquet {
+                path: "x.parquet".into()
+            })
+        );
+        // A replay writes no snapshot of its own.
+        let snap = Described::Snapshot {
+            url: "file:///s/t/r1".into(),
+        };
+        assert_eq!(snap.record().as_deref(), Some("snapshot file:///s/t/r1"));
+        assert_eq!(snap.manifest(), None);
+    }
+}

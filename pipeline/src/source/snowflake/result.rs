@@ -1,0 +1,295 @@
+//! A query's result: the inline first rows, then the chunks downloaded in
+//! parallel (`prefetch_threads` at a time) and handed out in order, with
+//! what is downloaded but not yet consumed bounded in bytes. A chunk that
+//! fails is downloaded again with backoff; dropping the stream stops the
+//! downloads.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::record_batch::RecordBatch;
+use base64::Engine;
+use futures::stream::{self, BoxStream, StreamExt};
+use schemas::snowflake_arrow::{decode_batch, decoded_schema, RowType};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::transport::{backoff, http_err, transient};
+use super::{parameter, SnowflakeError, SnowflakeSession};
+use crate::budget::{ByteBudget, Reserved};
+
+/// Attempts per chunk before the query fails.
+const CHUNK_ATTEMPTS: u32 = 6;
+
+/// One downloadable chunk of a result.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChunkRef {
+    pub url: String,
+    pub row_count: usize,
+    pub uncompressed_size: usize,
+}
+
+/// A query's result, before its chunks are downloaded.
+pub struct QueryResult {
+    pub query_id: String,
+    pub rowtype: Vec<RowType>,
+    /// The schema every batch of the stream has.
+    pub schema: SchemaRef,
+    /// Rows in the whole result, as Snowflake counts them.
+    pub total: u64,
+    first: Vec<RecordBatch>,
+    chunks: Vec<ChunkRef>,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl QueryResult {
+    /// Reads a query's answer: its columns, inline rows and chunk list.
+    pub(super) fn from_answer(
+        data: &Value,
+        session_time_zone: &str,
+    ) -> Result<QueryResult, SnowflakeError> {
+        let field = |name: &str| -> Result<Value, SnowflakeError> {
+            data.get(name)
+                .cloned()
+                .ok_or_else(|| SnowflakeError::Decode(format!("query answer has no `{name}`")))
+        };
+        if data["queryResultFormat"].as_str() != Some("arrow") {
+            return Err(SnowflakeError::Decode(
+                "the result is not in Arrow format".into(),
+            ));
+        }
+        let time_zone = parameter(&data["parameters"], "TIMEZONE")
+            .unwrap_or_else(|| session_time_zone.to_string());
+        let rowtype: Vec<RowType> = serde_json::from_value(field("rowtype")?)
+            .map_err(|e| SnowflakeError::Decode(format!("rowtype: {e}")))?;
+        let schema = decoded_schema(&rowtype, &time_zone)
+            .map_err(|e| SnowflakeError::Decode(e.to_string()))?;
+        let chunks: Vec<ChunkRef> =
+            serde_json::from_value(data.get("chunks").cloned().unwrap_or(json!([])))
+                .map_err(|e| SnowflakeError::Decode(format!("chunks: {e}")))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(h) = data["chunkHeaders"].as_object() {
+            for (k, v) in h {
+                if let (Ok(name), Some(Ok(value))) = (
+                    reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                    v.as_str().map(reqwest::header::HeaderValue::from_str),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+        } else if let Some(qrmk) = data["qrmk"].as_str() {
+            headers.insert(
+                "x-amz-server-side-encryption-customer-algorithm",
+                reqwest::header::HeaderValue::from_static("AES256"),
+            );
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(qrmk) {
+                headers.insert("x-amz-server-side-encryption-customer-key", v);
+            }
+        }
+        let inline = base64::engine::general_purpose::STANDARD
+            .decode(
+                data["rowsetBase64"]
+                    .as_str()
+                    .or(data["rowsetbase64"].as_str())
+                    .unwrap_or(""),
+            )
+            .map_err(|e| SnowflakeError::Decode(format!("rowsetBase64: {e}")))?;
+        let first = if inline.is_empty() {
+            Vec::new()
+        } else {
+            decode_ipc(&inline, &rowtype, &schema)?
+        };
+        Ok(QueryResult {
+            query_id: data["queryId"].as_str().unwrap_or("").to_string(),
+            total: data["total"].as_u64().unwrap_or(0),
+            rowtype,
+            schema,
+            first,
+            chunks,
+            headers,
+        })
+    }
+}
+
+impl SnowflakeSession {
+    /// The result's batches in order: inline first, then downloaded chunks.
+    pub fn stream(
+        &self,
+        result: QueryResult,
+    ) -> BoxStream<'static, Result<RecordBatch, SnowflakeError>> {
+        let QueryResult {
+            rowtype,
+            schema,
+            first,
+            chunks,
+            headers,
+            ..
+        } = result;
+        let (tx, rx) =
+            mpsc::channel::<Result<(Vec<RecordBatch>, Reserved), SnowflakeError>>(self.prefetch);
+        let budget = ByteBudget::new(self.budget);
+        let (http, prefetch) = (self.http.clone(), self.prefetch);
+        let rowtype = Arc::new(rowtype);
+        let downloader = tokio::spawn(async move {
+            // Budget is reserved strictly in chunk order (so a later chunk can
+            // never hold what an earlier one needs); each download then runs as
+            // its own task, so inflating and decoding use every core.
+            let mut downloads = stream::iter(chunks.into_iter().enumerate())
+                .then(move |(i, chunk)| {
+                    let (http, headers, rowtype, schema, budget) = (
+                        http.clone(),
+                        headers.clone(),
+                        Arc::clone(&rowtype),
+                        Arc::clone(&schema),
+                        budget.clone(),
+                    );
+                    async move {
+                        // Reserve the chunk's decoded size before fetching it.
+                        let permit = budget.reserve(chunk.uncompressed_size).await;
+                        AbortOnDrop(tokio::spawn(async move {
+                            let permit = permit
+                                .map_err(|_| SnowflakeError::Http("download cancelled".into()))?;
+                            let batches =
+                                download_chunk(&http, &headers, &chunk, i, &rowtype, &schema)
+                                    .await?;
+                            Ok((batches, permit))
+                        }))
+                    }
+                })
+                .map(|task| async move {
+                    task.join().await.unwrap_or_else(|e| {
+                        Err(SnowflakeError::Http(format!(
+                            "chunk download task failed: {e}"
+                        )))
+                    })
+                })
+                .buffered(prefetch)
+                .boxed();
+            while let Some(item) = downloads.next().await {
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let abort = AbortOnDrop(downloader);
+        let rest = stream::unfold((rx, abort), |(mut rx, abort)| async move {
+            let item = rx.recv().await?;
+            // The permit is released as the chunk is handed over.
+            let item = item.map(|(batches, _permit)| stream::iter(batches.into_iter().map(Ok)));
+            Some((item, (rx, abort)))
+        })
+        .flat_map(|item| match item {
+            Ok(batches) => batches.boxed(),
+            Err(e) => stream::once(async move { Err(e) }).boxed(),
+        });
+        stream::iter(first.into_iter().map(Ok)).chain(rest).boxed()
+    }
+}
+
+/// A task aborted when its handle is dropped: dropping the result stream
+/// stops the downloads.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn decode_ipc(
+    bytes: &[u8],
+    rowtype: &[RowType],
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, SnowflakeError> {
+    let reader = StreamReader::try_new(bytes, None)
+        .map_err(|e| SnowflakeError::Decode(format!("Arrow IPC: {e}")))?;
+    reader
+        .map(|b| {
+            let chunk = b.map_err(|e| SnowflakeError::Decode(format!("Arrow IPC: {e}")))?;
+            decode_batch(&chunk, rowtype, schema).map_err(|e| SnowflakeError::Decode(e.to_string()))
+        })
+        .collect()
+}
+
+/// Downloads, inflates (sniffing the gzip magic), decodes and checks one chunk, with retries.
+async fn download_chunk(
+    http: &reqwest::Client,
+    headers: &reqwest::header::HeaderMap,
+    chunk: &ChunkRef,
+    index: usize,
+    rowtype: &[RowType],
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, SnowflakeError> {
+    let mut last = String::new();
+    for attempt in 0..CHUNK_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        let response = match http.get(&chunk.url).headers(headers.clone()).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                last = http_err(e).to_string();
+                continue;
+            }
+        };
+        let status = response.status();
+        if transient(status) {
+            last = format!("HTTP {status}");
+            continue;
+        }
+        if !status.is_success() {
+            return Err(SnowflakeError::Http(format!(
+                "chunk {index}: HTTP {status}"
+            )));
+        }
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                last = http_err(e).to_string();
+                continue;
+            }
+        };
+        let decoded = inflate(&body).and_then(|ipc| decode_ipc(&ipc, rowtype, schema));
+        match decoded {
+            Ok(batches) => {
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                if rows == chunk.row_count {
+                    return Ok(batches);
+                }
+                last = format!("{rows} rows where {} were announced", chunk.row_count);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tracing::warn!(
+            chunk = index,
+            attempt,
+            "chunk download failed, retrying: {last}"
+        );
+    }
+    Err(SnowflakeError::Http(format!(
+        "chunk {index} failed after {CHUNK_ATTEMPTS} attempts: {last}"
+    )))
+}
+
+fn inflate(body: &[u8]) -> Result<Vec<u8>, SnowflakeError> {
+    if body.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(body.len() * 4);
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .map_err(|e| SnowflakeError::Decode(format!("gzip: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(body.to_vec())
+    }
+}
