@@ -1,0 +1,319 @@
+//! Full refresh by staging table and atomic swap.
+//!
+//! 1. Take a session advisory lock on the target (two floe runs never load
+//!    one table at once), drop staging tables left by crashed runs.
+//! 2. Create a staging table and COPY into it. COPY is a single statement
+//!    outside any explicit transaction, so a floe that dies mid-load leaves no
+//!    open transaction behind: the server aborts the statement when the
+//!    connection goes, and the half-filled staging table is invisible to
+//!    readers and dropped by the next run.
+//! 3. Build the primary key and indexes after the load (faster than
+//!    maintaining them row by row) on two sessions at once, verify the
+//!    staged rows on the second beside the first's index build, ANALYZE.
+//! 4. Swap in one short transaction: lock the old table (waiting at most
+//!    `lock_timeout` for readers), drop it, rename staging into its place,
+//!    carry over its grants.
+//!
+//! Readers see the old complete table until the swap commits and the new
+//! complete table after it; a statement blocked on the swap's lock re-resolves
+//! the name once it gets the lock, so it reads the new table. (A reader in a
+//! REPEATABLE READ transaction whose snapshot predates the load would see the
+//! new table as empty: cache readers should use READ COMMITTED, the default.)
+//! Any failure before the swap commits leaves the target as it was.
+
+//!
+//! This module is the sequence and its contract ([`StagedRefresh`]); the
+//! statements of each step are in `steps`.
+
+mod steps;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::physical_plan::SendableRecordBatchStream;
+use schemas::config::LoadConfig;
+use tokio_postgres::Client;
+
+use super::checksum::RowChecksum;
+use super::copy::{copy_stream, Copied, Encoding};
+use super::encode::CopyEncoder;
+use super::{application_name, Session, Target};
+use crate::run::Cancel;
+use crate::PipelineError;
+pub use steps::{
+    build, current_count, discard, prepare, release, staged_columns, swap, verify, BuildTimes,
+    TablePlan, STAGING_MARK,
+};
+
+/// The load seam, as a full refresh through a staging table (incremental
+/// apply will be the second way to load a table). What a caller may rely on:
+///
+/// - [`StagedRefresh::begin`] takes the table's advisory lock (one floe run
+///   per table; another run holding it is [`PipelineError::Busy`]), drops
+///   staging tables crashed runs left, and creates this run's staging table.
+/// - [`StagedRefresh::copy`] streams rows into staging: accepted, never
+///   visible to readers.
+/// - [`StagedRefresh::commit`] builds the indexes with the verification
+///   beside them, stops if the run was cancelled, applies the shrink guard,
+///   and swaps. Once it returns `Ok`, the rows are verified (count and
+///   checksum), visible, and durable.
+/// - Any error, [`StagedRefresh::abort`], or a drop before `commit` returns
+///   `Ok` leaves the target exactly as it was. (A drop closes the session:
+///   the server ends any statement and releases the lock; the staging table
+///   left behind is dropped by the table's next `begin`.)
+pub struct StagedRefresh<'a> {
+    target: &'a Target,
+    load: &'a LoadConfig,
+    run_id: &'a str,
+    plan: TablePlan,
+    session: Session,
+    staging: String,
+}
+
+/// What a committed refresh measured and left.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    /// Rows in the table now (verified: equal to the rows read).
+    pub final_count: u64,
+    pub index_build: Duration,
+    /// The verification beside the index build.
+    pub verify: Duration,
+    pub swap: Duration,
+}
+
+impl<'a> StagedRefresh<'a> {
+    /// Connects, locks the table, cleans up, creates the staging table.
+    pub async fn begin(
+        target: &'a Target,
+        load: &'a LoadConfig,
+        plan: TablePlan,
+        run_id: &'a str,
+    ) -> Result<StagedRefresh<'a>, PipelineError> {
+        let session = target
+            .connect(&application_name(&[&plan.target, run_id]), load)
+            .await?;
+        let staging = prepare(&session.client, &plan, run_id).await?;
+        Ok(StagedRefresh {
+            target,
+            load,
+            run_id,
+            plan,
+            session,
+            staging,
+        })
+    }
+
+    /// The session holding the table's lock.
+    pub fn client(&self) -> &Client {
+        &self.session.client
+    }
+
+    pub fn plan(&self) -> &TablePlan {
+        &self.plan
+    }
+
+    /// Streams the transform's rows into the staging table on
+    /// `load.copy_streams` sessions, hashing them for the verification.
+    pub async fn copy(
+        &self,
+        stream: SendableRecordBatchStream,
+        encoder: CopyEncoder,
+        progress: &AtomicU64,
+    ) -> Result<Copied, PipelineError> {
+        let plan = &self.plan;
+        let checksum = match self.load.verify_checksum {
+            true => match staged_columns(&self.session.client, plan, &self.staging).await? {
+                Some(columns) => Some(RowChecksum::new(&columns)),
+                None => {
+                    tracing::warn!(
+                        table = %plan.table,
+                        "verifying the row count only: the content checksum needs PostgreSQL 14 or newer"
+                    );
+                    None
+                }
+            },
+            false => None,
+        };
+        // Further COPY streams, each a session of its own into the same staging table.
+        let mut streams = Vec::with_capacity(self.load.copy_streams.saturating_sub(1));
+        for k in 1..self.load.copy_streams {
+            let role = format!("copy{k}");
+            streams.push(
+                self.target
+                    .connect(
+                        &application_name(&[&plan.target, self.run_id, &role]),
+                        self.load,
+                    )
+                    .await?,
+            );
+        }
+        let clients: Vec<Arc<Client>> = std::iter::once(Arc::clone(&self.session.client))
+            .chain(streams.iter().map(|s| Arc::clone(&s.client)))
+            .collect();
+        copy_stream(
+            &clients,
+            plan,
+            &self.staging,
+            stream,
+            Encoding { encoder, checksum },
+            self.load.max_in_flight_bytes,
+            progress,
+        )
+        .await
+    }
+
+    /// Verifies what [`StagedRefresh::copy`] staged and swaps it in (see the
+    /// type's contract); `allow_shrink` lifts the shrink guard. Cancelling
+    /// before the swap keeps the old table. The lock is released either way.
+    pub async fn commit(
+        self,
+        copied: &Copied,
+        allow_shrink: bool,
+        cancel: &Cancel,
+    ) -> Result<Committed, PipelineError> {
+        let result = tokio::select! {
+            r = self.verify_and_swap(copied, allow_shrink, cancel) => r,
+            _ = cancel.cancelled() => Err(PipelineError::Cancelled { table: self.plan.table.clone() }),
+        };
+        if result.is_err() {
+            discard(&self.session.client, &self.plan, &self.staging).await;
+        }
+        release(&self.session.client, &self.plan).await;
+        result
+    }
+
+    /// Drops the staging table and releases the lock: the target is as it was.
+    pub async fn abort(self) {
+        discard(&self.session.client, &self.plan, &self.staging).await;
+        release(&self.session.client, &self.plan).await;
+    }
+
+    async fn verify_and_swap(
+        &self,
+        copied: &Copied,
+        allow_shrink: bool,
+        cancel: &Cancel,
+    ) -> Result<Committed, PipelineError> {
+        let (plan, staging) = (&self.plan, self.staging.as_str());
+        // A second session builds part of the indexes and then verifies
+        // the staged rows, beside the first's (longer) index build.
+        let helper = self
+            .target
+            .connect(
+                &application_name(&[&plan.target, self.run_id, "verify"]),
+                self.load,
+            )
+            .await?;
+        // It also counts the live table for the shrink guard, off the critical path.
+        let beside = async {
+            let verified = verify(
+                &helper.client,
+                plan,
+                staging,
+                copied.rows,
+                copied.checksum.as_deref(),
+            )
+            .await;
+            let live = match allow_shrink {
+                true => Ok(None),
+                false => current_count(&helper.client, plan).await,
+            };
+            (verified, live)
+        };
+        let ((verified, live), times) =
+            build(&self.session.client, &helper.client, plan, staging, beside).await?;
+        tracing::info!(
+            table = %plan.table,
+            index_build = ?times.index_build,
+            verify = ?times.beside,
+            "indexes built; staged rows verified"
+        );
+        drop(helper);
+        let final_count = verified?;
+        if cancel.is_cancelled() {
+            return Err(PipelineError::Cancelled {
+                table: plan.table.clone(),
+            });
+        }
+        shrink_guard(plan, live?, final_count, self.load.max_shrink)?;
+        let swap_started = Instant::now();
+        swap(&self.session.client, plan, staging).await?;
+        Ok(Committed {
+            final_count,
+            index_build: times.index_build,
+            verify: times.beside,
+            swap: swap_started.elapsed(),
+        })
+    }
+}
+
+/// Whether replacing `old` rows with `new` empties the table or shrinks it
+/// by more than `max_shrink` (a fraction): a source that returned nothing,
+/// or far too little, is far more often broken than really changed.
+pub fn shrink_refused(old: u64, new: u64, max_shrink: f64) -> bool {
+    let floor = (old as f64 * (1.0 - max_shrink)).ceil() as u64;
+    old > 0 && (new == 0 || new < floor)
+}
+
+/// Refuses a swap the shrink guard forbids; `live: None` (no table yet, or
+/// `--allow-shrink`) allows anything.
+pub fn shrink_guard(
+    plan: &TablePlan,
+    live: Option<u64>,
+    new: u64,
+    max_shrink: f64,
+) -> Result<(), PipelineError> {
+    match live {
+        Some(old) if shrink_refused(old, new, max_shrink) => Err(PipelineError::Shrink {
+            table: plan.table.clone(),
+            old,
+            new,
+            max_shrink_pct: (max_shrink * 100.0).round() as u32,
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> TablePlan {
+        TablePlan {
+            table: "t".into(),
+            schema: "public".into(),
+            target: "t_cache".into(),
+            columns: Vec::new(),
+            primary_key: vec!["id".into()],
+            indexes: Vec::new(),
+            lock_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_shrink_guard_refuses_emptying_or_shrinking_past_max_shrink() {
+        let p = plan();
+        // 2,000 rows, max_shrink 0.5: 1,000 is the floor.
+        assert!(shrink_guard(&p, Some(2_000), 1_000, 0.5).is_ok());
+        let e = shrink_guard(&p, Some(2_000), 999, 0.5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("refusing to replace 2000 rows with 999") && e.contains("50%"),
+            "{e}"
+        );
+        assert!(shrink_guard(&p, Some(2_000), 0, 0.5).is_err());
+        // Emptying is refused even when any shrink is allowed; growing never is.
+        assert!(shrink_refused(10, 0, 1.0));
+        assert!(!shrink_refused(10, 1, 1.0));
+        assert!(!shrink_refused(10, 11, 0.0));
+        assert!(shrink_refused(10, 9, 0.0));
+        // No live table (first load) or --allow-shrink: nothing to guard.
+        assert!(shrink_guard(&p, None, 0, 0.5).is_ok());
+        assert!(!shrink_refused(0, 0, 0.5));
+        // The floor rounds up: 3 rows at 0.5 keep at least 2.
+        assert!(shrink_refused(3, 1, 0.5));
+        assert!(!shrink_refused(3, 2, 0.5));
+    }
+}
