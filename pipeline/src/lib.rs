@@ -21,6 +21,7 @@ pub mod budget;
 pub mod cluster;
 pub mod error;
 pub mod flight;
+pub mod incremental;
 pub mod postgres;
 pub mod replay;
 pub mod retry;

@@ -395,6 +395,12 @@ pub struct TableConfig {
     pub parquet: Option<String>,
     /// Read an Arrow Flight stream instead: `flight://host:port/<ticket>`.
     pub flight: Option<String>,
+    /// The Snowflake table or view whose change data an incremental run
+    /// reads (default: `snowflake_table` when there is no custom `query`).
+    /// A view without geospatial columns is the way out where Snowflake
+    /// refuses change data on a table that has them; its key columns must
+    /// be the target's key.
+    pub changes_from: Option<String>,
     /// DataFusion SQL over a table named `source`; defaults to `SELECT * FROM source`.
     pub transform: Option<String>,
     /// The Postgres table (in `target.schema`).
@@ -463,6 +469,16 @@ impl TableConfig {
             table: self.snowflake_table.clone(),
             query,
         })
+    }
+
+    /// The Snowflake object an incremental run reads change data from:
+    /// `changes_from`, else the source table unless a custom `query` hides it.
+    pub fn changes_object(&self) -> Option<&str> {
+        match (&self.changes_from, &self.query, &self.snowflake_table) {
+            (Some(c), _, _) => Some(c),
+            (None, None, Some(t)) => Some(t),
+            _ => None,
+        }
     }
 
     /// Parsed column type overrides.
