@@ -18,6 +18,12 @@
 //!   `ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT` (GeoJSON, WKT, EWKT, WKB, EWKB);
 //!   long-running queries answer `333333` and are polled at
 //!   `GET /queries/<id>/result`; `POST /queries/v1/abort-request` cancels;
+//! - DML (`INSERT … VALUES|SELECT`, `UPDATE`, `DELETE`, `TRUNCATE TABLE`,
+//!   autocommitted, answered as Snowflake answers them), `ALTER TABLE … SET
+//!   CHANGE_TRACKING | DATA_RETENTION_TIME_IN_DAYS`, table versions with
+//!   time travel (`AT`/`BEFORE`) and change data (`CHANGES … AT … END`),
+//!   `CURRENT_TIMESTAMP()`, `SYSTEM$LAST_CHANGE_COMMIT_TIME` (see
+//!   `history` and `changes`);
 //! - `GET /chunks/...`: refuses requests without the result's `chunkHeaders`
 //!   (as S3 does without the SSE-C key);
 //! - `POST /session?delete=true` (logout);
@@ -34,8 +40,10 @@
 //! development server, not a warehouse.
 
 mod auth;
+mod changes;
 pub mod faults;
 pub mod generate;
+mod history;
 mod query;
 
 use std::collections::HashMap;
@@ -179,6 +187,12 @@ impl Emulator {
             faults: Mutex::new(config.faults),
             stats: Mutex::new(Stats::default()),
             counter: AtomicU64::new(1),
+            histories: Mutex::new(HashMap::new()),
+            created_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(0),
+            generation: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/session/v1/login-request", post(auth::login))
@@ -353,6 +367,12 @@ pub(crate) struct AppState {
     faults: Mutex<Faults>,
     stats: Mutex<Stats>,
     counter: AtomicU64,
+    /// Tables that statements have changed (or whose history was asked for).
+    histories: Mutex<HashMap<String, Arc<Mutex<history::History>>>>,
+    /// When the tables were created: the emulator's start, in ns since the epoch.
+    created_ns: i64,
+    /// Bumped by every commit: persisted results from before it are stale.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for AppState {
@@ -392,6 +412,22 @@ impl AppState {
 
     pub(crate) fn with_stats<R>(&self, f: impl FnOnce(&mut Stats) -> R) -> R {
         locked(&self.stats, f)
+    }
+
+    pub(crate) fn with_histories<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<String, Arc<Mutex<history::History>>>) -> R,
+    ) -> R {
+        locked(&self.histories, f)
+    }
+
+    /// Marks every persisted result stale (a table changed).
+    pub(crate) fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     fn stats_now(&self) -> Stats {

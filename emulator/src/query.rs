@@ -21,6 +21,7 @@ use schemas::snowflake_arrow::{encode_batch, RowType};
 use serde_json::{json, Value};
 
 use crate::auth::{bearer, parameters, session_expired};
+use crate::changes::Changed;
 use crate::faults::Faults;
 use crate::{failure, success, AppState, StoredChunk, StoredQuery};
 
@@ -131,6 +132,8 @@ pub(crate) struct CacheKey {
     sql: String,
     geography: GeographyFormat,
     files: Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>,
+    /// Commits since the start: a statement's commit makes older results stale.
+    generation: u64,
 }
 
 fn cache_key(state: &AppState, sql: &str, geography: GeographyFormat) -> Option<CacheKey> {
@@ -145,6 +148,7 @@ fn cache_key(state: &AppState, sql: &str, geography: GeographyFormat) -> Option<
         sql: sql.to_string(),
         geography,
         files,
+        generation: state.generation(),
     })
 }
 
@@ -238,13 +242,46 @@ pub(crate) async fn query(
     ) {
         return statement_done(&query_id, geography);
     }
-    if !upper.starts_with("SELECT") && !upper.starts_with("WITH") {
+    let mut statement_type = 4096;
+    let mut sql = sql;
+    match crate::changes::execute(&state, &sql).await {
+        Some(Ok(Changed::Done)) => return statement_done(&query_id, geography),
+        Some(Ok(Changed::Rows {
+            columns,
+            statement_type: dml,
+        })) => {
+            statement_type = dml;
+            let counts: Vec<String> = columns
+                .iter()
+                .map(|(name, n)| format!("CAST({n} AS BIGINT) AS \"{name}\""))
+                .collect();
+            sql = format!("SELECT {}", counts.join(", "));
+        }
+        Some(Err(e)) => return sql_error(&query_id, e.code, e.sql_state, &e.message),
+        None => {}
+    }
+    if !upper.starts_with("SELECT") && !upper.starts_with("WITH") && statement_type == 4096 {
         return compilation_error(
             &query_id,
-            "this emulator answers SELECT statements and ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT or USE_CACHED_RESULT only",
+            "this emulator answers SELECT, DML (INSERT, UPDATE, DELETE, TRUNCATE), ALTER TABLE … SET CHANGE_TRACKING | DATA_RETENTION_TIME_IN_DAYS and ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT | USE_CACHED_RESULT",
         );
     }
-    let cache_key = cache_key(&state, &sql, geography);
+    // Versioned references (AT, BEFORE, CHANGES) become tables registered
+    // for this query; their answers depend on the time, so none is cached.
+    let mut scratch = Vec::new();
+    let rewritten = match crate::changes::rewrite_select(&state, &sql, &mut scratch).await {
+        Ok(r) => r,
+        Err(e) => return sql_error(&query_id, e.code, e.sql_state, &e.message),
+    };
+    let _dropped = ScratchTables {
+        state: &state,
+        names: scratch,
+    };
+    let cache_key = match (&rewritten, statement_type) {
+        (None, 4096) => cache_key(&state, &sql, geography),
+        _ => None,
+    };
+    let sql = rewritten.unwrap_or(sql);
     let cached = match (&cache_key, use_cached_result) {
         (Some(k), true) => state.with_result_cache(|c| c.get(k)),
         _ => None,
@@ -294,7 +331,7 @@ pub(crate) async fn query(
             SSE_KEY_HEADER: key,
         },
         "qrmk": key,
-        "statementTypeId": 4096,
+        "statementTypeId": statement_type,
     }));
     let running_for = state.with_faults(|f| std::mem::take(&mut f.long_query_secs));
     let stored = StoredQuery {
@@ -322,6 +359,23 @@ pub(crate) async fn query(
     match answer {
         Some(answer) => success(answer),
         None => still_running(&query_id),
+    }
+}
+
+/// Tables registered for one query, dropped once it has run.
+struct ScratchTables<'a> {
+    state: &'a AppState,
+    names: Vec<String>,
+}
+
+impl Drop for ScratchTables<'_> {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = self
+                .state
+                .ctx
+                .deregister_table(datafusion::common::TableReference::bare(n.clone()));
+        }
     }
 }
 

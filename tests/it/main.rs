@@ -2,6 +2,7 @@
 //! cluster per test binary; see `support`).
 
 mod bounded_memory;
+mod changes;
 mod cli;
 mod conformance;
 mod doctor;

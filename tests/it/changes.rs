@@ -1,0 +1,277 @@
+//! The emulator's change tracking over real HTTP, read by floe's Snowflake
+//! client: DML answers, table versions by commit time, `CHANGES` as the
+//! net delta, the change token, and Snowflake's two errors.
+
+use std::collections::BTreeSet;
+
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::array_value_to_string;
+use emulator::{Emulator, EmulatorConfig};
+use futures::TryStreamExt;
+use pipeline::source::snowflake::{SnowflakeError, SnowflakeSession};
+use schemas::config::SnowflakeConfig;
+
+use crate::support::*;
+
+async fn session() -> (Emulator, SnowflakeSession) {
+    let emulator = Emulator::start(EmulatorConfig::new(grid_dir(), "floe", "pw"))
+        .await
+        .expect("emulator starts");
+    let config = SnowflakeConfig {
+        account: Some("emulator".into()),
+        user: Some("floe".into()),
+        password: Some("pw".into()),
+        host: Some("127.0.0.1".into()),
+        port: Some(emulator.port()),
+        protocol: Some("http".into()),
+        ..Default::default()
+    };
+    let session = SnowflakeSession::login(&config).await.expect("login");
+    (emulator, session)
+}
+
+/// Every row of the answer as text.
+async fn rows(s: &SnowflakeSession, sql: &str) -> Result<Vec<Vec<String>>, SnowflakeError> {
+    let result = s.query(sql).await?;
+    let batches: Vec<RecordBatch> = s.stream(result).try_collect().await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        for r in 0..b.num_rows() {
+            out.push(
+                b.columns()
+                    .iter()
+                    .map(|c| array_value_to_string(c, r).unwrap())
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn one(s: &SnowflakeSession, sql: &str) -> String {
+    rows(s, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"))[0][0].clone()
+}
+
+/// Snowflake's clock, as a literal AT/END can take.
+async fn now(s: &SnowflakeSession) -> String {
+    let t = one(s, "SELECT CURRENT_TIMESTAMP()").await;
+    format!("'{t}'::TIMESTAMP_TZ")
+}
+
+fn code(e: SnowflakeError) -> String {
+    match e {
+        SnowflakeError::Query { code, .. } => code,
+        other => panic!("not a Snowflake error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn dml_commits_versions_that_time_travel_and_changes_read_back() {
+    let (_emulator, s) = session().await;
+    let ids = rows(
+        &s,
+        "SELECT TRANSFORMER_ID FROM TRANSFORMERS ORDER BY TRANSFORMER_ID LIMIT 4",
+    )
+    .await
+    .unwrap();
+    let id = |i: usize| ids[i][0].clone();
+    let before: u64 = one(&s, "SELECT COUNT(*) FROM TRANSFORMERS")
+        .await
+        .parse()
+        .unwrap();
+    let token0: i128 = one(&s, "SELECT SYSTEM$LAST_CHANGE_COMMIT_TIME('TRANSFORMERS')")
+        .await
+        .parse()
+        .unwrap();
+    s.execute("ALTER TABLE TRANSFORMERS SET CHANGE_TRACKING = TRUE")
+        .await
+        .unwrap();
+    let t0 = now(&s).await;
+
+    // An update (of a value and of the key itself), a delete, an insert,
+    // and an insert deleted again inside the window.
+    let updated = rows(
+        &s,
+        &format!(
+            "UPDATE TRANSFORMERS SET LOAD_PCT = 99.5 WHERE TRANSFORMER_ID = '{}'",
+            id(0)
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        updated,
+        vec![vec!["1".to_string(), "0".to_string()]],
+        "rows updated, multi-joined"
+    );
+    rows(
+        &s,
+        &format!(
+            "UPDATE TRANSFORMERS SET TRANSFORMER_ID = 'RENAMED' WHERE TRANSFORMER_ID = '{}'",
+            id(1)
+        ),
+    )
+    .await
+    .unwrap();
+    let deleted = one(
+        &s,
+        &format!(
+            "DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{}'",
+            id(2)
+        ),
+    )
+    .await;
+    assert_eq!(deleted, "1");
+    let inserted = one(
+        &s,
+        "INSERT INTO TRANSFORMERS SELECT 'NEW-1', KVA_RATING, PHASE, LOAD_PCT, LAT, LON, FEEDER_ID, LAST_READING_AT \
+         FROM TRANSFORMERS WHERE TRANSFORMER_ID = 'RENAMED'",
+    )
+    .await;
+    assert_eq!(inserted, "1");
+    one(
+        &s,
+        &format!("INSERT INTO TRANSFORMERS SELECT 'GONE', KVA_RATING, PHASE, LOAD_PCT, LAT, LON, FEEDER_ID, LAST_READING_AT FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{}'", id(3)),
+    )
+    .await;
+    assert_eq!(
+        one(&s, "DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = 'GONE'").await,
+        "1"
+    );
+    let t1 = now(&s).await;
+
+    // The current table and both versions by time travel.
+    let after: u64 = one(&s, "SELECT COUNT(*) FROM TRANSFORMERS")
+        .await
+        .parse()
+        .unwrap();
+    assert_eq!(after, before);
+    assert_eq!(
+        one(
+            &s,
+            &format!("SELECT COUNT(*) FROM TRANSFORMERS AT(TIMESTAMP => {t0})")
+        )
+        .await,
+        before.to_string()
+    );
+    assert_eq!(
+        one(
+            &s,
+            &format!("SELECT LOAD_PCT FROM TRANSFORMERS AT(TIMESTAMP => {t1}) WHERE TRANSFORMER_ID = '{}'", id(0))
+        )
+        .await,
+        "99.5"
+    );
+    assert_ne!(
+        one(
+            &s,
+            &format!("SELECT LOAD_PCT FROM TRANSFORMERS AT(TIMESTAMP => {t0}) WHERE TRANSFORMER_ID = '{}'", id(0))
+        )
+        .await,
+        "99.5"
+    );
+
+    // The net delta: the key change is a delete of the old key and an
+    // insert of the new one; the insert deleted again is absent.
+    let changes: BTreeSet<(String, String, String)> = rows(
+        &s,
+        &format!(
+            "SELECT TRANSFORMER_ID, METADATA$ACTION, METADATA$ISUPDATE FROM TRANSFORMERS \
+             CHANGES(INFORMATION => DEFAULT) AT(TIMESTAMP => {t0}) END(TIMESTAMP => {t1})"
+        ),
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+    .collect();
+    let expected: BTreeSet<(String, String, String)> = [
+        (id(0), "DELETE", "true"),
+        (id(0), "INSERT", "true"),
+        (id(1), "DELETE", "true"),
+        ("RENAMED".to_string(), "INSERT", "true"),
+        (id(2), "DELETE", "false"),
+        ("NEW-1".to_string(), "INSERT", "false"),
+    ]
+    .into_iter()
+    .map(|(k, a, u)| (k, a.to_string(), u.to_string()))
+    .collect();
+    assert_eq!(changes, expected);
+
+    // The note's read: the current rows of the keys inserted in the window.
+    let upserted = rows(
+        &s,
+        &format!(
+            "SELECT s.TRANSFORMER_ID FROM TRANSFORMERS AT(TIMESTAMP => {t1}) s WHERE s.TRANSFORMER_ID IN \
+             (SELECT TRANSFORMER_ID FROM TRANSFORMERS CHANGES(INFORMATION => DEFAULT) \
+              AT(TIMESTAMP => {t0}) END(TIMESTAMP => {t1}) WHERE METADATA$ACTION = 'INSERT') ORDER BY 1"
+        ),
+    )
+    .await
+    .unwrap();
+    let mut want = vec![id(0), "NEW-1".to_string(), "RENAMED".to_string()];
+    want.sort();
+    assert_eq!(
+        upserted
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect::<Vec<_>>(),
+        want
+    );
+
+    // The change token moved.
+    let token1: i128 = one(&s, "SELECT SYSTEM$LAST_CHANGE_COMMIT_TIME('TRANSFORMERS')")
+        .await
+        .parse()
+        .unwrap();
+    assert!(token1 > token0, "{token0} -> {token1}");
+    s.logout().await;
+}
+
+#[tokio::test]
+async fn outside_time_travel_or_change_tracking_snowflake_s_errors_come_back() {
+    let (_emulator, s) = session().await;
+    let t0 = now(&s).await;
+    one(&s, "DELETE FROM FLUX_OPS_CENTER_ASSETS WHERE ASSET_ID IN (SELECT ASSET_ID FROM FLUX_OPS_CENTER_ASSETS LIMIT 1)").await;
+    let t1 = now(&s).await;
+    // Tracking was never switched on: 091930.
+    let e = rows(
+        &s,
+        &format!("SELECT ASSET_ID FROM FLUX_OPS_CENTER_ASSETS CHANGES(INFORMATION => DEFAULT) AT(TIMESTAMP => {t0}) END(TIMESTAMP => {t1})"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(e), "091930");
+    // Before the table existed: 000707.
+    let e = rows(&s, "SELECT COUNT(*) FROM FLUX_OPS_CENTER_ASSETS AT(TIMESTAMP => '2001-01-01 00:00:00 +0000'::TIMESTAMP_TZ)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "000707");
+    // No retention: yesterday's version is gone, now's is readable.
+    s.execute("ALTER TABLE FLUX_OPS_CENTER_ASSETS SET DATA_RETENTION_TIME_IN_DAYS = 0")
+        .await
+        .unwrap();
+    let e = rows(
+        &s,
+        &format!("SELECT COUNT(*) FROM FLUX_OPS_CENTER_ASSETS AT(TIMESTAMP => {t0})"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(e), "000707");
+    // Change data of a table with a geospatial column is refused.
+    s.execute("ALTER TABLE VEGETATION_RISK_ZONES SET CHANGE_TRACKING = TRUE")
+        .await
+        .unwrap();
+    let t2 = now(&s).await;
+    let e = rows(
+        &s,
+        &format!("SELECT ZONE_ID FROM VEGETATION_RISK_ZONES CHANGES(INFORMATION => DEFAULT) AT(TIMESTAMP => {t2})"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, SnowflakeError::Query { ref message, .. } if message.contains("geospatial")),
+        "{e}"
+    );
+    s.logout().await;
+}
