@@ -180,7 +180,7 @@ pub(crate) async fn execute(state: &AppState, sql: &str) -> Option<Result<Change
         Ok(_) => return Some(Err(SqlError::compilation("one statement at a time"))),
         Err(e) => return Some(Err(SqlError::compilation(e.to_string()))),
     };
-    Some(dml(state, statement).await)
+    Some(Box::pin(dml(state, statement)).await)
 }
 
 /// A table parameter the emulator keeps.
@@ -233,7 +233,24 @@ fn table_setting(sql: &str) -> Option<Result<(String, TableSetting), SqlError>> 
     Some(parsed)
 }
 
+/// Runs a DML statement, answering once its commit time has passed (so a
+/// `CURRENT_TIMESTAMP()` after the answer is never before the commit).
 async fn dml(state: &AppState, statement: Statement) -> Result<Changed, SqlError> {
+    let done = dml_commit(state, statement).await?;
+    let newest = state.with_histories(|m| {
+        m.values()
+            .map(|h| lock(h).last_commit_ns())
+            .max()
+            .unwrap_or(0)
+    });
+    let ahead = newest - now_ns();
+    if ahead > 0 {
+        tokio::time::sleep(std::time::Duration::from_nanos(ahead as u64)).await;
+    }
+    Ok(done)
+}
+
+async fn dml_commit(state: &AppState, statement: Statement) -> Result<Changed, SqlError> {
     match statement {
         Statement::Insert(insert) => {
             let TableObject::TableName(name) = &insert.table else {

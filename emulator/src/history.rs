@@ -226,9 +226,15 @@ impl History {
         inserted: Option<RecordBatch>,
         now_ns: i64,
     ) -> u32 {
-        // Commit times are strictly increasing, a millisecond apart at
-        // least: time travel is addressed in milliseconds.
-        let at = now_ns.max(self.last_commit_ns() + 1_000_000);
+        // Commit times are whole milliseconds (time travel is addressed in
+        // milliseconds), strictly increasing, and never before `now_ns`.
+        let ceil_ms = now_ns.div_euclid(1_000_000) * 1_000_000
+            + if now_ns.rem_euclid(1_000_000) > 0 {
+                1_000_000
+            } else {
+                0
+            };
+        let at = ceil_ms.max(self.last_commit_ns() + 1_000_000);
         self.commits.push(at);
         let v = self.live();
         let mut successor_ids = Vec::with_capacity(ended.len());

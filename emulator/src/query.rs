@@ -185,6 +185,44 @@ fn statement_done(query_id: &str, geography: GeographyFormat) -> Json<Value> {
     })))
 }
 
+/// A DML statement's answer, as Snowflake sends it: one JSON row of counts
+/// (`number of rows inserted`, …), the statement type, and `stats`.
+fn dml_done(
+    query_id: &str,
+    geography: GeographyFormat,
+    columns: &[(&str, u64)],
+    statement_type: u64,
+) -> Json<Value> {
+    let rowtype: Vec<Value> = columns
+        .iter()
+        .map(|(name, _)| json!({ "name": name, "type": "fixed", "precision": 19, "scale": 0, "nullable": false, "length": null, "byteLength": null }))
+        .collect();
+    let row: Vec<String> = columns.iter().map(|(_, n)| n.to_string()).collect();
+    let count = |name: &str| {
+        columns
+            .iter()
+            .filter(|(c, _)| *c == name)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    success(with_session_fields(json!({
+        "parameters": parameters(geography),
+        "rowtype": rowtype,
+        "rowset": [row],
+        "total": 1,
+        "returned": 1,
+        "queryId": query_id,
+        "queryResultFormat": "json",
+        "statementTypeId": statement_type,
+        "stats": {
+            "numRowsInserted": count("number of rows inserted"),
+            "numRowsUpdated": count("number of rows updated"),
+            "numRowsDeleted": count("number of rows deleted"),
+            "numDmlDuplicates": 0,
+        },
+    })))
+}
+
 pub(crate) async fn query(
     State(state): State<Arc<AppState>>,
     UrlQuery(params): UrlQuery,
@@ -242,25 +280,16 @@ pub(crate) async fn query(
     ) {
         return statement_done(&query_id, geography);
     }
-    let mut statement_type = 4096;
-    let mut sql = sql;
     match crate::changes::execute(&state, &sql).await {
         Some(Ok(Changed::Done)) => return statement_done(&query_id, geography),
         Some(Ok(Changed::Rows {
             columns,
-            statement_type: dml,
-        })) => {
-            statement_type = dml;
-            let counts: Vec<String> = columns
-                .iter()
-                .map(|(name, n)| format!("CAST({n} AS BIGINT) AS \"{name}\""))
-                .collect();
-            sql = format!("SELECT {}", counts.join(", "));
-        }
+            statement_type,
+        })) => return dml_done(&query_id, geography, &columns, statement_type),
         Some(Err(e)) => return sql_error(&query_id, e.code, e.sql_state, &e.message),
         None => {}
     }
-    if !upper.starts_with("SELECT") && !upper.starts_with("WITH") && statement_type == 4096 {
+    if !upper.starts_with("SELECT") && !upper.starts_with("WITH") {
         return compilation_error(
             &query_id,
             "this emulator answers SELECT, DML (INSERT, UPDATE, DELETE, TRUNCATE), ALTER TABLE … SET CHANGE_TRACKING | DATA_RETENTION_TIME_IN_DAYS and ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT | USE_CACHED_RESULT",
@@ -277,9 +306,9 @@ pub(crate) async fn query(
         state: &state,
         names: scratch,
     };
-    let cache_key = match (&rewritten, statement_type) {
-        (None, 4096) => cache_key(&state, &sql, geography),
-        _ => None,
+    let cache_key = match &rewritten {
+        None => cache_key(&state, &sql, geography),
+        Some(_) => None,
     };
     let sql = rewritten.unwrap_or(sql);
     let cached = match (&cache_key, use_cached_result) {
@@ -331,7 +360,7 @@ pub(crate) async fn query(
             SSE_KEY_HEADER: key,
         },
         "qrmk": key,
-        "statementTypeId": statement_type,
+        "statementTypeId": 4096,
     }));
     let running_for = state.with_faults(|f| std::mem::take(&mut f.long_query_secs));
     let stored = StoredQuery {

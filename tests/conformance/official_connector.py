@@ -233,6 +233,51 @@ def main():
             fail(f"GEOGRAPHY_OUTPUT_FORMAT=WKB gave {wkb[:16]!r}")
         report["geography_formats"] = ["WKT", "WKB"]
 
+        # Change tracking: DML answers (row counts as the connector reads
+        # them) and CHANGES as the net delta between two points in time.
+        cur.execute("ALTER TABLE TRANSFORMERS SET CHANGE_TRACKING = TRUE")
+        cur.execute("SELECT CURRENT_TIMESTAMP()")
+        t0 = cur.fetchone()[0]
+        cur.execute("SELECT TRANSFORMER_ID FROM TRANSFORMERS ORDER BY TRANSFORMER_ID LIMIT 3")
+        a, b, c = [r[0] for r in cur.fetchall()]
+        for sql, rowcount, answer in (
+            (f"UPDATE TRANSFORMERS SET LOAD_PCT = 12.5 WHERE TRANSFORMER_ID = '{a}'", 1, [(1, 0)]),
+            (f"DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{b}'", 1, [(1,)]),
+            (
+                "INSERT INTO TRANSFORMERS SELECT 'NEW-1', KVA_RATING, PHASE, LOAD_PCT, LAT, LON, "
+                f"FEEDER_ID, LAST_READING_AT FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{c}'",
+                1,
+                [(1,)],
+            ),
+        ):
+            cur.execute(sql)
+            if cur.rowcount != rowcount:
+                fail(f"{sql}: rowcount {cur.rowcount}, expected {rowcount}")
+            got = cur.fetchall()
+            if got != answer:
+                fail(f"{sql}: answered {got}, expected {answer}")
+        cur.execute("SELECT CURRENT_TIMESTAMP()")
+        t1 = cur.fetchone()[0]
+        cur.execute(
+            "SELECT TRANSFORMER_ID, METADATA$ACTION, METADATA$ISUPDATE FROM TRANSFORMERS "
+            f"CHANGES(INFORMATION => DEFAULT) AT(TIMESTAMP => '{t0.isoformat()}'::TIMESTAMP_TZ) "
+            f"END(TIMESTAMP => '{t1.isoformat()}'::TIMESTAMP_TZ)"
+        )
+        got = sorted(cur.fetchall())
+        want = sorted([(a, "DELETE", True), (a, "INSERT", True), (b, "DELETE", False), ("NEW-1", "INSERT", False)])
+        if got != want:
+            fail(f"CHANGES gave {got}, expected {want}")
+        try:
+            cur.execute(
+                "SELECT ZONE_ID FROM VEGETATION_RISK_ZONES CHANGES(INFORMATION => DEFAULT) "
+                f"AT(TIMESTAMP => '{t0.isoformat()}'::TIMESTAMP_TZ)"
+            )
+            fail("CHANGES on a table without change tracking did not raise")
+        except snowflake.connector.errors.ProgrammingError as e:
+            if e.errno != 91930 or e.sqlstate != "2F003":
+                fail(f"change tracking off: errno {e.errno} sqlstate {e.sqlstate}")
+        report["change_tracking"] = True
+
         # Errors keep Snowflake's code and SQL state.
         try:
             cur.execute("SELECT * FROM NO_SUCH_TABLE")

@@ -2,7 +2,8 @@
 //! Snowflake emulator: it reads every grid table with `fetch_arrow_all()`
 //! and `fetchall()` and must get exactly what the parquet files hold, logs
 //! in with a key pair (its own JWT, checked by the emulator), renews an
-//! expired session and retries a failed chunk. The script is
+//! expired session and retries a failed chunk; its DML row counts and
+//! `CHANGES` results follow Snowflake's rules. The script is
 //! `tests/conformance/official_connector.py`; `scripts/install-deps --python`
 //! puts the connector in a virtualenv (`FLOE_PYTHON` points at it).
 
@@ -78,6 +79,7 @@ async fn official_connector_reads_every_table_as_the_parquet_holds_it() {
         );
     }
     assert_eq!(report["key_pair_login"], true);
+    assert_eq!(report["change_tracking"], true);
     let stats = emulator.stats();
     // Every table twice (Arrow and rows) at 13 downloaded chunks, plus the fault rounds.
     assert!(stats.chunk_requests >= 6 * 2 * 13, "{stats:?}");
