@@ -23,7 +23,7 @@
 //!   CHANGE_TRACKING | DATA_RETENTION_TIME_IN_DAYS`, table versions with
 //!   time travel (`AT`/`BEFORE`) and change data (`CHANGES … AT … END`),
 //!   `CURRENT_TIMESTAMP()`, `SYSTEM$LAST_CHANGE_COMMIT_TIME` (see
-//!   `history` and `changes`);
+//!   `history`, `tables`, `dml`, `travel`);
 //! - `GET /chunks/...`: refuses requests without the result's `chunkHeaders`
 //!   (as S3 does without the SSE-C key);
 //! - `POST /session?delete=true` (logout);
@@ -40,11 +40,13 @@
 //! development server, not a warehouse.
 
 mod auth;
-mod changes;
+mod dml;
 pub mod faults;
 pub mod generate;
 mod history;
 mod query;
+mod tables;
+mod travel;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

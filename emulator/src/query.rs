@@ -21,7 +21,7 @@ use schemas::snowflake_arrow::{encode_batch, RowType};
 use serde_json::{json, Value};
 
 use crate::auth::{bearer, parameters, session_expired};
-use crate::changes::Changed;
+use crate::dml::Changed;
 use crate::faults::Faults;
 use crate::{failure, success, AppState, StoredChunk, StoredQuery};
 
@@ -280,7 +280,7 @@ pub(crate) async fn query(
     ) {
         return statement_done(&query_id, geography);
     }
-    match crate::changes::execute(&state, &sql).await {
+    match crate::dml::execute(&state, &sql).await {
         Some(Ok(Changed::Done)) => return statement_done(&query_id, geography),
         Some(Ok(Changed::Rows {
             columns,
@@ -298,7 +298,7 @@ pub(crate) async fn query(
     // Versioned references (AT, BEFORE, CHANGES) become tables registered
     // for this query; their answers depend on the time, so none is cached.
     let mut scratch = Vec::new();
-    let rewritten = match crate::changes::rewrite_select(&state, &sql, &mut scratch).await {
+    let rewritten = match crate::travel::rewrite_select(&state, &sql, &mut scratch).await {
         Ok(r) => r,
         Err(e) => return sql_error(&query_id, e.code, e.sql_state, &e.message),
     };
