@@ -180,7 +180,9 @@ pub fn write_table(d: &Dataset, rows: u64, seed: u64, path: &Path) -> Result<(),
     Ok(())
 }
 
-fn make_batch(
+/// `n` rows of table `d` whose keys are numbered from `start` (`write_table`'s
+/// own batches; the emulator's change traffic draws new rows from it too).
+pub(crate) fn make_batch(
     d: &Dataset,
     schema: &SchemaRef,
     start: u64,

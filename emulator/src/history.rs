@@ -275,6 +275,49 @@ impl History {
         v
     }
 
+    /// Up to `k` distinct positions of current rows, drawn with `draw`
+    /// (uniform over stored rows; a row no longer current is drawn again).
+    pub(crate) fn sample_live(&self, k: usize, draw: &mut impl FnMut(u64) -> u64) -> Vec<u64> {
+        let v = self.live();
+        let stored: u64 = self.versions.iter().map(|m| m.row_id.len() as u64).sum();
+        let mut picked = HashSet::new();
+        let mut out = Vec::with_capacity(k);
+        let mut tries = 0;
+        while out.len() < k && stored > 0 && tries < k * 20 {
+            tries += 1;
+            let mut i = draw(stored);
+            for (b, meta) in self.versions.iter().enumerate() {
+                let n = meta.row_id.len() as u64;
+                if i < n {
+                    let r = i as usize;
+                    if meta.from[r] <= v && v < meta.to[r] && picked.insert((b, r)) {
+                        out.push(pack(b, r));
+                    }
+                    break;
+                }
+                i -= n;
+            }
+        }
+        out
+    }
+
+    /// The values of column `column` at `positions`, in order.
+    pub(crate) fn values_at(
+        &self,
+        positions: &[u64],
+        column: usize,
+    ) -> Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
+        let slices: Vec<arrow::array::ArrayRef> = positions
+            .iter()
+            .map(|&p| {
+                let (b, r) = unpack(p);
+                self.batches[b].column(column).slice(r, 1)
+            })
+            .collect();
+        let refs: Vec<&dyn arrow::array::Array> = slices.iter().map(|a| a.as_ref()).collect();
+        arrow::compute::concat(&refs)
+    }
+
     /// `ALTER TABLE … SET DATA_RETENTION_TIME_IN_DAYS = n`.
     pub(crate) fn set_retention_days(&mut self, days: u32) {
         self.retention_ns = i64::from(days) * 86_400 * 1_000_000_000;

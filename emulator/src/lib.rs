@@ -27,6 +27,7 @@
 //! - `GET /chunks/...`: refuses requests without the result's `chunkHeaders`
 //!   (as S3 does without the SSE-C key);
 //! - `POST /session?delete=true` (logout);
+//! - change traffic for demos and benchmarks: [`Emulator::mutate`];
 //! - fault injection and statistics for tests: see [`faults`].
 //!
 //! [`generate`] writes the data it serves: the grid tables as deterministic
@@ -44,6 +45,7 @@ mod dml;
 pub mod faults;
 pub mod generate;
 mod history;
+mod mutate;
 mod query;
 mod tables;
 mod travel;
@@ -124,6 +126,8 @@ pub enum EmulatorError {
     },
     #[error("user {user}: {message}")]
     User { user: String, message: String },
+    #[error("--mutate {table}: {message}")]
+    Mutate { table: String, message: String },
 }
 
 /// A running emulator; stops when dropped.
@@ -133,6 +137,8 @@ pub struct Emulator {
     tables: Vec<String>,
     state: Arc<AppState>,
     task: tokio::task::JoinHandle<()>,
+    /// Change traffic started by [`Emulator::mutate`], stopped with the emulator.
+    mutators: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Emulator {
@@ -219,7 +225,26 @@ impl Emulator {
             tables,
             state,
             task,
+            mutators: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Starts change traffic on a grid table: `rows_per_sec` changed rows a
+    /// second (≈70% updates with geometry, 20% inserts, 10% deletes), one
+    /// commit every 100 ms, until the emulator stops.
+    pub fn mutate(&self, table: &str, rows_per_sec: u32) -> Result<(), EmulatorError> {
+        let dataset = schemas::datasets::find(table)
+            .filter(|d| self.tables.iter().any(|t| t == d.snowflake_table))
+            .ok_or_else(|| EmulatorError::Mutate {
+                table: table.to_string(),
+                message: format!(
+                    "not a grid table this emulator serves ({})",
+                    self.tables.join(", ")
+                ),
+            })?;
+        let task = tokio::spawn(mutate::run(Arc::clone(&self.state), dataset, rows_per_sec));
+        locked(&self.mutators, |m| m.push(task));
+        Ok(())
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -255,6 +280,7 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.task.abort();
+        locked(&self.mutators, |m| m.iter().for_each(|t| t.abort()));
     }
 }
 

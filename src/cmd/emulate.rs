@@ -44,6 +44,21 @@ pub struct Args {
     /// also settable at runtime with `POST /floe/faults`.
     #[arg(long = "fault", value_name = "NAME[=VALUE]")]
     faults: Vec<String>,
+    /// Change traffic on a grid table: ROWS_PER_SEC changed rows a second (≈70% updates with
+    /// geometry, 20% inserts, 10% deletes), one commit every 100 ms. Repeatable.
+    #[arg(long = "mutate", value_name = "TABLE=ROWS_PER_SEC", value_parser = parse_mutate)]
+    mutate: Vec<(String, u32)>,
+}
+
+fn parse_mutate(s: &str) -> std::result::Result<(String, u32), String> {
+    let (table, rate) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: write TABLE=ROWS_PER_SEC, e.g. TOPOLOGY=100"))?;
+    let rate: u32 = rate
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: ROWS_PER_SEC must be a whole number"))?;
+    Ok((table.trim().to_string(), rate))
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
@@ -74,6 +89,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     })
     .await
     .context("starting the Snowflake emulator")?;
+    for (table, rows_per_sec) in &args.mutate {
+        emulator.mutate(table, *rows_per_sec)?;
+    }
     // The server must outlive whoever reads this banner: a closed stdout is not an error.
     let banner = format!(
         "Snowflake emulator listening on {}\ntables: {}\nconnect with: SNOWFLAKE_PROTOCOL=http SNOWFLAKE_HOST=127.0.0.1 SNOWFLAKE_PORT={} SNOWFLAKE_ACCOUNT=emulator SNOWFLAKE_USER={}\n",

@@ -247,3 +247,80 @@ async fn outside_time_travel_or_change_tracking_snowflake_s_errors_come_back() {
     );
     s.logout().await;
 }
+
+#[tokio::test]
+async fn change_traffic_is_mostly_updates_with_new_geometry_some_inserts_and_deletes() {
+    let (emulator, s) = session().await;
+    s.execute("ALTER TABLE TRANSFORMERS SET CHANGE_TRACKING = TRUE")
+        .await
+        .unwrap();
+    let before: i64 = one(&s, "SELECT COUNT(*) FROM TRANSFORMERS")
+        .await
+        .parse()
+        .unwrap();
+    let t0 = now(&s).await;
+    assert!(emulator.mutate("NO_SUCH_TABLE", 10).is_err());
+    emulator.mutate("transformers", 2_000).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let t1 = now(&s).await;
+    let changes = rows(
+        &s,
+        &format!(
+            "SELECT TRANSFORMER_ID, METADATA$ACTION, METADATA$ISUPDATE FROM TRANSFORMERS \
+             CHANGES(INFORMATION => DEFAULT) AT(TIMESTAMP => {t0}) END(TIMESTAMP => {t1})"
+        ),
+    )
+    .await
+    .unwrap();
+    let count = |action: &str, update: &str| {
+        changes
+            .iter()
+            .filter(|r| r[1] == action && r[2] == update)
+            .count()
+    };
+    let (updated, inserted, deleted) = (
+        count("INSERT", "true"),
+        count("INSERT", "false"),
+        count("DELETE", "false"),
+    );
+    assert_eq!(
+        count("DELETE", "true"),
+        updated,
+        "an update is a DELETE and an INSERT"
+    );
+    let total = (updated + inserted + deleted) as f64;
+    assert!(
+        total >= 1_000.0,
+        "about 2,000 rows a second for over a second: {total}"
+    );
+    for (share, want) in [(updated, 0.7), (inserted, 0.2), (deleted, 0.1)] {
+        assert!(
+            (share as f64 / total - want).abs() < 0.06,
+            "{updated} updated, {inserted} inserted, {deleted} deleted"
+        );
+    }
+    // An updated row has new coordinates (its geometry moved), same key.
+    let key = &changes
+        .iter()
+        .find(|r| r[1] == "INSERT" && r[2] == "true")
+        .unwrap()[0];
+    let at = |t: &str| {
+        format!(
+            "SELECT LAT, LON FROM TRANSFORMERS AT(TIMESTAMP => {t}) WHERE TRANSFORMER_ID = '{key}'"
+        )
+    };
+    assert_ne!(
+        rows(&s, &at(&t0)).await.unwrap(),
+        rows(&s, &at(&t1)).await.unwrap()
+    );
+    // The current table is the old one plus inserts minus deletes (at t1).
+    let at_t1: i64 = one(
+        &s,
+        &format!("SELECT COUNT(*) FROM TRANSFORMERS AT(TIMESTAMP => {t1})"),
+    )
+    .await
+    .parse()
+    .unwrap();
+    assert_eq!(at_t1, before + inserted as i64 - deleted as i64);
+    s.logout().await;
+}
