@@ -73,10 +73,11 @@ fn tick(
     let touched = h.sample_live(updates + deletes, &mut draw);
     let updates = updates.min(touched.len());
     let schema = h.schema();
-    let fresh = |start: u64, k: usize, rng: &mut Rng| -> Result<RecordBatch, arrow::error::ArrowError> {
-        let b = make_batch(d, &d.arrow_schema(), start, k, rng)?;
-        RecordBatch::try_new(Arc::clone(&schema), b.columns().to_vec())
-    };
+    let fresh =
+        |start: u64, k: usize, rng: &mut Rng| -> Result<RecordBatch, arrow::error::ArrowError> {
+            let b = make_batch(d, &d.arrow_schema(), start, k, rng)?;
+            RecordBatch::try_new(Arc::clone(&schema), b.columns().to_vec())
+        };
     // Updated rows: everything redrawn but the key (the first column).
     let updated = if updates > 0 {
         let b = fresh(rng.below(1 << 30), updates, rng)?;
