@@ -324,3 +324,90 @@ async fn change_traffic_is_mostly_updates_with_new_geometry_some_inserts_and_del
     assert_eq!(at_t1, before + inserted as i64 - deleted as i64);
     s.logout().await;
 }
+
+#[tokio::test]
+async fn a_window_reads_the_deleted_keys_the_upserted_rows_and_the_count_at_its_end() {
+    use pipeline::incremental::window::{
+        count_at_sql, deleted_keys_sql, snowflake_now, upserted_rows_sql, Window,
+    };
+    let (_emulator, s) = session().await;
+    s.execute("ALTER TABLE TRANSFORMERS SET CHANGE_TRACKING = TRUE")
+        .await
+        .unwrap();
+    let ids: Vec<String> = rows(
+        &s,
+        "SELECT TRANSFORMER_ID FROM TRANSFORMERS ORDER BY TRANSFORMER_ID LIMIT 3",
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect();
+    let before = one(&s, "SELECT COUNT(*) FROM TRANSFORMERS").await;
+    let start = snowflake_now(&s).await.unwrap();
+    for sql in [
+        format!("UPDATE TRANSFORMERS SET LOAD_PCT = 42.5 WHERE TRANSFORMER_ID = '{}'", ids[0]),
+        format!("UPDATE TRANSFORMERS SET TRANSFORMER_ID = 'RENAMED' WHERE TRANSFORMER_ID = '{}'", ids[1]),
+        format!("DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{}'", ids[2]),
+        format!(
+            "INSERT INTO TRANSFORMERS SELECT 'NEW-1', KVA_RATING, PHASE, LOAD_PCT, LAT, LON, FEEDER_ID, \
+             LAST_READING_AT FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{}'",
+            ids[0]
+        ),
+    ] {
+        s.execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let end = snowflake_now(&s).await.unwrap();
+    assert!(end > start);
+    let w = Window {
+        start_ns: start,
+        end_ns: end,
+    };
+    let keys = vec!["transformer_id".to_string()];
+
+    let deleted: BTreeSet<String> = rows(&s, &deleted_keys_sql("TRANSFORMERS", &keys, &w))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert_eq!(deleted, ids.iter().cloned().collect::<BTreeSet<_>>());
+
+    let upserted = rows(
+        &s,
+        &upserted_rows_sql("TRANSFORMERS", "TRANSFORMERS", &keys, &w),
+    )
+    .await
+    .unwrap();
+    let upserted_keys: BTreeSet<String> = upserted.iter().map(|r| r[0].clone()).collect();
+    assert_eq!(
+        upserted_keys,
+        [ids[0].clone(), "NEW-1".into(), "RENAMED".into()].into()
+    );
+    let row0 = upserted.iter().find(|r| r[0] == ids[0]).unwrap();
+    assert_eq!(
+        row0[3], "42.5",
+        "whole rows as they are at the window's end: {row0:?}"
+    );
+    assert_eq!(row0.len(), 8, "every column of the source: {row0:?}");
+
+    assert_eq!(one(&s, &count_at_sql("TRANSFORMERS", &w)).await, before);
+
+    // A window that ends where it starts holds nothing.
+    let empty = Window {
+        start_ns: start,
+        end_ns: start,
+    };
+    assert!(rows(&s, &deleted_keys_sql("TRANSFORMERS", &keys, &empty))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(rows(
+        &s,
+        &upserted_rows_sql("TRANSFORMERS", "TRANSFORMERS", &keys, &empty)
+    )
+    .await
+    .unwrap()
+    .is_empty());
+    s.logout().await;
+}

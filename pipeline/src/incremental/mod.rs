@@ -4,6 +4,9 @@
 //!
 //! Built so far: [`eligible`], which decides once, from the config and the
 //! DataFusion plan of the table's transform, whether a table can ever be
-//! loaded incrementally.
+//! loaded incrementally; [`window`], the Snowflake statements that read a
+//! window of changes (Snowflake's clock, deleted keys, upserted rows, the
+//! count at the window's end).
 
 pub mod eligible;
+pub mod window;

@@ -132,6 +132,7 @@ pub async fn copy_stream(
         mut encoder,
         checksum,
     } = encoding;
+    let (started_tx, mut started) = mpsc::channel::<()>(clients.len());
     let writers: Vec<_> = clients
         .iter()
         .map(|client| {
@@ -142,10 +143,20 @@ pub async fn copy_stream(
                 Arc::clone(&rx),
                 checksum.clone(),
                 budget.clone(),
+                started_tx.clone(),
             ))
         })
         .collect();
-    drop(rx);
+    drop((rx, started_tx));
+    // Every COPY is open before the first batch goes out, so all sessions
+    // share the load from its start (one opening late could find it done).
+    // A writer that fails to start says nothing: the wait ends when all
+    // have spoken or gone, and its failure closes the budget below.
+    for _ in clients {
+        if started.recv().await.is_none() {
+            break;
+        }
+    }
 
     let produced = async {
         let mut rows = 0u64;
@@ -224,9 +235,10 @@ pub async fn copy_stream(
 }
 
 /// One COPY session: the encoded batches it takes from the shared queue
-/// (hashed here, beside the encoder), framed by [`CopyIn`]. Returns its row
-/// count and checksum, or `None` if the queue closed early (the COPY is
-/// aborted by dropping it). A failure closes the budget, which stops the encoder.
+/// (hashed here, beside the encoder), framed by [`CopyIn`]. Says `started`
+/// once its COPY is open. Returns its row count and checksum, or `None` if
+/// the queue closed early (the COPY is aborted by dropping it). A failure
+/// closes the budget, which stops the encoder.
 async fn copy_writer(
     client: Arc<Client>,
     copy_sql: String,
@@ -234,9 +246,12 @@ async fn copy_writer(
     frames: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>>,
     mut checksum: Option<RowChecksum>,
     budget: ByteBudget,
+    started: mpsc::Sender<()>,
 ) -> Result<Option<(u64, Option<RowChecksum>)>, PipelineError> {
     let written = async {
         let mut copy = CopyIn::start(&client, &copy_sql, &table).await?;
+        let _ = started.send(()).await;
+        drop(started);
         loop {
             let frame = frames.lock().await.recv().await;
             match frame {
