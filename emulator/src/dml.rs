@@ -6,7 +6,7 @@
 //! its new values) with DataFusion over the current version, with each
 //! stored row's position as a hidden column.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use arrow::compute::{cast, concat_batches};
@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::SnowflakeDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
-use crate::history::{SqlError, POS_COLUMN};
+use crate::history::{History, SqlError, POS_COLUMN};
 use crate::tables::{df_err, history, lock, now_ns, publish, resolved, Scratch};
 use crate::travel::{rewrite_expr, rewrite_query};
 use crate::AppState;
@@ -177,16 +177,7 @@ async fn dml_commit(state: &AppState, statement: Statement) -> Result<Changed, S
             if update.from.is_some() {
                 return Err(SqlError::compilation("UPDATE … FROM is not emulated"));
             }
-            let h = history(state, &table).await?;
-            let (schema, rows) = {
-                let g = lock(&h);
-                (g.schema_with_positions(), g.rows_at(g.live(), true))
-            };
-            let mut scratch = Scratch {
-                state,
-                names: Vec::new(),
-            };
-            let tmp = scratch.register(Arc::clone(&schema), rows)?;
+            let (h, mut scratch, tmp, schema) = current_rows(state, &table).await?;
             let mut assigned = std::collections::HashMap::new();
             for a in &update.assignments {
                 let AssignmentTarget::ColumnName(c) = &a.target else {
@@ -235,16 +226,7 @@ async fn dml_commit(state: &AppState, statement: Statement) -> Result<Changed, S
             if delete.using.is_some() {
                 return Err(SqlError::compilation("DELETE … USING is not emulated"));
             }
-            let h = history(state, &table).await?;
-            let (schema, rows) = {
-                let g = lock(&h);
-                (g.schema_with_positions(), g.rows_at(g.live(), true))
-            };
-            let mut scratch = Scratch {
-                state,
-                names: Vec::new(),
-            };
-            let tmp = scratch.register(schema, rows)?;
+            let (h, mut scratch, tmp, _) = current_rows(state, &table).await?;
             let sql = format!(
                 "SELECT \"{POS_COLUMN}\" FROM \"{tmp}\" AS {alias}{}",
                 where_clause(state, delete.selection.as_ref(), &mut scratch.names).await?
@@ -284,6 +266,25 @@ async fn dml_commit(state: &AppState, statement: Statement) -> Result<Changed, S
             "the emulator does not run: {other}"
         ))),
     }
+}
+
+/// A table's history and its current rows, with their positions, registered
+/// for one statement: (history, the registration, its name, its schema).
+async fn current_rows<'a>(
+    state: &'a AppState,
+    table: &str,
+) -> Result<(Arc<Mutex<History>>, Scratch<'a>, String, SchemaRef), SqlError> {
+    let h = history(state, table).await?;
+    let (schema, rows) = {
+        let g = lock(&h);
+        (g.schema_with_positions(), g.rows_at(g.live(), true))
+    };
+    let mut scratch = Scratch {
+        state,
+        names: Vec::new(),
+    };
+    let tmp = scratch.register(Arc::clone(&schema), rows)?;
+    Ok((h, scratch, tmp, schema))
 }
 
 /// The one table a DML statement names, and the alias its expressions use.

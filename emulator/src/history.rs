@@ -184,16 +184,9 @@ impl History {
                     .filter(|(_, &x)| x)
                     .map(|(r, _)| pack(b, r))
                     .collect();
-                let mut fields: Vec<Field> = rows
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                fields.push(Field::new(POS_COLUMN, DataType::UInt64, false));
                 let mut columns = rows.columns().to_vec();
                 columns.push(Arc::new(pos));
-                if let Ok(b) = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns) {
+                if let Ok(b) = RecordBatch::try_new(self.schema_with_positions(), columns) {
                     out.push(b);
                 }
             } else {
@@ -205,14 +198,13 @@ impl History {
 
     /// The schema [`History::rows_at`] gives with positions.
     pub(crate) fn schema_with_positions(&self) -> SchemaRef {
-        let mut fields: Vec<Field> = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new(POS_COLUMN, DataType::UInt64, false));
-        Arc::new(Schema::new(fields))
+        self.schema_plus(vec![Field::new(POS_COLUMN, DataType::UInt64, false)])
+    }
+
+    /// The table's columns followed by `extra`.
+    fn schema_plus(&self, extra: Vec<Field>) -> SchemaRef {
+        let fields = self.schema.fields().iter().map(|f| f.as_ref().clone());
+        Arc::new(Schema::new(fields.chain(extra).collect::<Vec<_>>()))
     }
 
     /// Commits a statement: the rows at `ended` positions stop at the new
@@ -386,16 +378,11 @@ impl History {
                 }
             }
         }
-        let mut fields: Vec<Field> = self
-            .schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new("METADATA$ACTION", DataType::Utf8, false));
-        fields.push(Field::new("METADATA$ISUPDATE", DataType::Boolean, false));
-        fields.push(Field::new("METADATA$ROW_ID", DataType::Utf8, false));
-        let schema = Arc::new(Schema::new(fields));
+        let schema = self.schema_plus(vec![
+            Field::new("METADATA$ACTION", DataType::Utf8, false),
+            Field::new("METADATA$ISUPDATE", DataType::Boolean, false),
+            Field::new("METADATA$ROW_ID", DataType::Utf8, false),
+        ]);
         let mut out = Vec::new();
         for (batch, meta) in self.batches.iter().zip(&self.versions) {
             let mut keep = Vec::with_capacity(meta.row_id.len());

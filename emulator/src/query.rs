@@ -302,7 +302,7 @@ pub(crate) async fn query(
         Ok(r) => r,
         Err(e) => return sql_error(&query_id, e.code, e.sql_state, &e.message),
     };
-    let _dropped = ScratchTables {
+    let _dropped = crate::tables::Scratch {
         state: &state,
         names: scratch,
     };
@@ -388,23 +388,6 @@ pub(crate) async fn query(
     match answer {
         Some(answer) => success(answer),
         None => still_running(&query_id),
-    }
-}
-
-/// Tables registered for one query, dropped once it has run.
-struct ScratchTables<'a> {
-    state: &'a AppState,
-    names: Vec<String>,
-}
-
-impl Drop for ScratchTables<'_> {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = self
-                .state
-                .ctx
-                .deregister_table(datafusion::common::TableReference::bare(n.clone()));
-        }
     }
 }
 

@@ -9,7 +9,6 @@ use arrow::util::display::array_value_to_string;
 use emulator::{Emulator, EmulatorConfig};
 use futures::TryStreamExt;
 use pipeline::source::snowflake::{SnowflakeError, SnowflakeSession};
-use schemas::config::SnowflakeConfig;
 
 use crate::support::*;
 
@@ -17,15 +16,7 @@ async fn session() -> (Emulator, SnowflakeSession) {
     let emulator = Emulator::start(EmulatorConfig::new(grid_dir(), "floe", "pw"))
         .await
         .expect("emulator starts");
-    let config = SnowflakeConfig {
-        account: Some("emulator".into()),
-        user: Some("floe".into()),
-        password: Some("pw".into()),
-        host: Some("127.0.0.1".into()),
-        port: Some(emulator.port()),
-        protocol: Some("http".into()),
-        ..Default::default()
-    };
+    let config = emulator_login(emulator.port(), "floe", "pw");
     let session = SnowflakeSession::login(&config).await.expect("login");
     (emulator, session)
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use emulator::{Emulator, EmulatorConfig};
-use schemas::config::{Config, SnowflakeConfig};
+use schemas::config::Config;
 use tokio_postgres::Client;
 
 use crate::support::*;
@@ -23,15 +23,7 @@ async fn emulator() -> Emulator {
 
 fn config_for(emulator: &Emulator) -> Config {
     let mut config = shipped_config();
-    config.snowflake = SnowflakeConfig {
-        account: Some("emulator".into()),
-        user: Some("floe".into()),
-        password: Some("pw".into()),
-        host: Some("127.0.0.1".into()),
-        port: Some(emulator.port()),
-        protocol: Some("http".into()),
-        ..Default::default()
-    };
+    config.snowflake = emulator_login(emulator.port(), "floe", "pw");
     config
 }
 

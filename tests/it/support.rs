@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use pipeline::cluster::EphemeralCluster;
 use pipeline::postgres::Target;
 use pipeline::run::{new_run_id, run_table, RunOptions, TableReport};
-use schemas::config::Config;
+use schemas::config::{Config, SnowflakeConfig};
 use tokio_postgres::{Client, NoTls};
 
 static CLUSTER: OnceLock<EphemeralCluster> = OnceLock::new();
@@ -75,6 +75,19 @@ pub fn grid_dir() -> &'static Path {
         (dir, GRID_ROWS)
     });
     dir.path()
+}
+
+/// How floe's client logs in to an emulator on `port` with a password.
+pub fn emulator_login(port: u16, user: &str, password: &str) -> SnowflakeConfig {
+    SnowflakeConfig {
+        account: Some("emulator".into()),
+        user: Some(user.into()),
+        password: Some(password.into()),
+        host: Some("127.0.0.1".into()),
+        port: Some(port),
+        protocol: Some("http".into()),
+        ..Default::default()
+    }
 }
 
 /// The shipped config.
