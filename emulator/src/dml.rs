@@ -127,7 +127,9 @@ fn table_setting(sql: &str) -> Option<Result<(String, TableSetting), SqlError>> 
 /// Runs a DML statement, answering once its commit time has passed (so a
 /// `CURRENT_TIMESTAMP()` after the answer is never before the commit).
 async fn dml(state: &AppState, statement: Statement) -> Result<Changed, SqlError> {
+    let writing = state.writer.lock().await;
     let done = dml_commit(state, statement).await?;
+    drop(writing);
     let newest = state.with_histories(|m| {
         m.values()
             .map(|h| lock(h).last_commit_ns())

@@ -201,6 +201,7 @@ impl Emulator {
                 .map(|d| d.as_nanos() as i64)
                 .unwrap_or(0),
             generation: AtomicU64::new(0),
+            writer: tokio::sync::Mutex::new(()),
         });
         let app = Router::new()
             .route("/session/v1/login-request", post(auth::login))
@@ -401,6 +402,9 @@ pub(crate) struct AppState {
     created_ns: i64,
     /// Bumped by every commit: persisted results from before it are stale.
     generation: AtomicU64,
+    /// Held by each changing statement from reading its rows to its commit,
+    /// as Snowflake serializes DML on a table (no lost updates).
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -42,6 +42,7 @@ pub(crate) async fn run(state: Arc<AppState>, d: &'static Dataset, rows_per_sec:
             continue;
         }
         owed -= n as f64;
+        let _writing = state.writer.lock().await;
         let mut guard = lock(&h);
         match tick(&mut guard, d, n, &mut rng, &mut next_key) {
             Ok(()) => {

@@ -297,14 +297,14 @@ pub(crate) async fn query(
     }
     // Versioned references (AT, BEFORE, CHANGES) become tables registered
     // for this query; their answers depend on the time, so none is cached.
-    let mut scratch = Vec::new();
-    let rewritten = match crate::travel::rewrite_select(&state, &sql, &mut scratch).await {
+    // Dropped (with what it registered) however the query ends.
+    let mut scratch = crate::tables::Scratch {
+        state: &state,
+        names: Vec::new(),
+    };
+    let rewritten = match crate::travel::rewrite_select(&state, &sql, &mut scratch.names).await {
         Ok(r) => r,
         Err(e) => return sql_error(&query_id, e.code, e.sql_state, &e.message),
-    };
-    let _dropped = crate::tables::Scratch {
-        state: &state,
-        names: scratch,
     };
     let cache_key = match &rewritten {
         None => cache_key(&state, &sql, geography),

@@ -36,6 +36,17 @@ pub(crate) fn df_err(e: impl std::fmt::Display) -> SqlError {
     SqlError::compilation(e.to_string())
 }
 
+/// Snowflake's answer for a table that is not there.
+pub(crate) fn missing(table: &str) -> SqlError {
+    SqlError {
+        code: "002003",
+        sql_state: "42S02",
+        message: format!(
+            "SQL compilation error:\nObject '{table}' does not exist or not authorized."
+        ),
+    }
+}
+
 /// The history of `table`, loading it from its file the first time.
 pub(crate) async fn history(
     state: &AppState,
@@ -48,13 +59,7 @@ pub(crate) async fn history(
         .ctx
         .table(TableReference::bare(table))
         .await
-        .map_err(|_| SqlError {
-            code: "002003",
-            sql_state: "42S02",
-            message: format!(
-                "SQL compilation error:\nObject '{table}' does not exist or not authorized."
-            ),
-        })?;
+        .map_err(|_| missing(table))?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(df_err)?;
     let loaded = History::new(

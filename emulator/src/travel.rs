@@ -40,7 +40,7 @@ pub(crate) async fn rewrite_select(
     let mut text = sql.to_string();
     let mut changed = false;
     if upper.contains("SYSTEM$LAST_CHANGE_COMMIT_TIME") {
-        text = last_change_tokens(state, &text).await?;
+        text = last_change_tokens(state, &text)?;
         changed = true;
     }
     if upper.contains("CURRENT_TIMESTAMP") {
@@ -86,7 +86,7 @@ fn replace_ci(text: &str, from: &str, to: &str) -> String {
 
 /// `SYSTEM$LAST_CHANGE_COMMIT_TIME('<table>')` → the table's last commit
 /// time in ns (its creation, if nothing changed it), as a number.
-async fn last_change_tokens(state: &AppState, text: &str) -> Result<String, SqlError> {
+fn last_change_tokens(state: &AppState, text: &str) -> Result<String, SqlError> {
     const CALL: &str = "SYSTEM$LAST_CHANGE_COMMIT_TIME(";
     let mut out = String::new();
     let mut rest = text;
@@ -108,11 +108,16 @@ async fn last_change_tokens(state: &AppState, text: &str) -> Result<String, SqlE
         };
         let token = match state.with_histories(|m| m.get(&table).cloned()) {
             Some(h) => lock(&h).last_commit_ns(),
-            None => {
-                // Not changed since the emulator started: its creation time.
-                history(state, &table).await?;
+            // Not changed since the emulator started: its creation time (and
+            // no need to load it: a per-minute poll must stay cheap).
+            None if state
+                .ctx
+                .table_exist(datafusion::common::TableReference::bare(table.clone()))
+                .unwrap_or(false) =>
+            {
                 state.created_ns
             }
+            None => return Err(crate::tables::missing(&table)),
         };
         out.push_str(&format!("CAST({token} AS BIGINT)"));
         rest = &after[close + 1..];

@@ -205,6 +205,11 @@ async fn outside_time_travel_or_change_tracking_snowflake_s_errors_come_back() {
     .await
     .unwrap_err();
     assert_eq!(code(e), "091930");
+    // The change token of a table that is not there: 002003.
+    let e = rows(&s, "SELECT SYSTEM$LAST_CHANGE_COMMIT_TIME('NO_SUCH_TABLE')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "002003");
     // Before the table existed: 000707.
     let e = rows(&s, "SELECT COUNT(*) FROM FLUX_OPS_CENTER_ASSETS AT(TIMESTAMP => '2001-01-01 00:00:00 +0000'::TIMESTAMP_TZ)")
         .await
