@@ -20,7 +20,6 @@
 //! REPEATABLE READ transaction whose snapshot predates the load would see the
 //! new table as empty: cache readers should use READ COMMITTED, the default.)
 //! Any failure before the swap commits leaves the target as it was.
-
 //!
 //! This module is the sequence and its contract ([`StagedRefresh`]); the
 //! statements of each step are in `steps`.
