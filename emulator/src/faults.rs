@@ -22,7 +22,7 @@ pub struct Faults {
     /// The next renewal is refused as if the master token had expired
     /// (`390114`), so the client must log in again.
     pub expire_master: bool,
-    /// The next query keeps running for this many seconds: its answer is
+    /// The next query that reads a table keeps running for this many seconds: its answer is
     /// `333333` with a result URL to poll.
     pub long_query_secs: u64,
     /// The next N logins answer `503 Service Unavailable`.

@@ -362,7 +362,13 @@ pub(crate) async fn query(
         "qrmk": key,
         "statementTypeId": 4096,
     }));
-    let running_for = state.with_faults(|f| std::mem::take(&mut f.long_query_secs));
+    // Armed for the next query that reads a table (a client's clock reading
+    // before its query, `SELECT CURRENT_TIMESTAMP()`, leaves it armed).
+    let reads_a_table = upper.contains(" FROM ");
+    let running_for = match reads_a_table {
+        true => state.with_faults(|f| std::mem::take(&mut f.long_query_secs)),
+        false => 0,
+    };
     let stored = StoredQuery {
         chunks: built
             .chunks

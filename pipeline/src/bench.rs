@@ -173,7 +173,7 @@ pub async fn ceiling(
         let ((), built) = refresh::build(client, &helper.client, plan, &staging, async {}).await?;
         let index_build = built.index_build.as_secs_f64();
         let swapped = Instant::now();
-        refresh::swap(client, plan, &staging).await?;
+        refresh::swap(client, plan, &staging, &[]).await?;
         Ok(CeilingRun {
             copy,
             index_build,

@@ -407,3 +407,58 @@ async fn a_window_reads_the_deleted_keys_the_upserted_rows_and_the_count_at_its_
     .is_empty());
     s.logout().await;
 }
+
+/// The table's watermark in `floe.sync_state`, in ns since the epoch (`None`: cleared).
+async fn watermark(client: &tokio_postgres::Client, target: &str) -> Option<i64> {
+    client
+        .query_one(
+            "SELECT (extract(epoch FROM watermark) * 1e6)::int8 * 1000 FROM floe.sync_state WHERE target = $1",
+            &[&target],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_full_refresh_records_snowflake_s_time_before_its_read_and_parquet_clears_it() {
+    use pipeline::incremental::window::snowflake_now;
+    let (emulator, s) = session().await;
+    let url = fresh_db("watermark").await;
+    let client = connect(&url).await;
+    let mut config = shipped_config();
+    config.snowflake = emulator_login(emulator.port(), "floe", "pw");
+    let target = "public.transformers_cache";
+
+    // Through Snowflake: the watermark is Snowflake's clock between the
+    // moment before the run and the moment after it.
+    let before = snowflake_now(&s).await.unwrap();
+    assert_success(&run(&config, "transformers", &url, None).await);
+    let after = snowflake_now(&s).await.unwrap();
+    let w = watermark(&client, target).await.expect("a watermark");
+    // Postgres keeps microseconds.
+    assert!(
+        before / 1000 * 1000 <= w && w <= after,
+        "{before} <= {w} <= {after}"
+    );
+
+    // A failed run leaves rows and watermark as they were.
+    config.tables.get_mut("transformers").unwrap().transform =
+        Some("SELECT transformer_id, st_point(lon, 1000.0, 4326) AS geom FROM source".into());
+    let failed = run(&config, "transformers", &url, None).await;
+    assert_eq!(failed.status, "failed", "{failed:?}");
+    assert_eq!(watermark(&client, target).await, Some(w));
+
+    // From parquet there is no Snowflake time: cleared, so an incremental
+    // run would have to start from a full refresh.
+    let config = shipped_config();
+    assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
+    assert_eq!(watermark(&client, target).await, None);
+    let runs: i64 = client
+        .query_one("SELECT count(*) FROM floe.sync_state", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "one row per target");
+    s.logout().await;
+}

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod encode;
 pub mod refresh;
 pub mod runs;
+pub mod state;
 pub mod tls;
 
 use std::sync::Arc;

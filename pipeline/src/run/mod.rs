@@ -28,6 +28,7 @@ pub use stages::Stages;
 use crate::postgres::copy::CopyTimes;
 use crate::postgres::refresh::StagedRefresh;
 use crate::postgres::runs::{self, Outcome, RunStatus};
+use crate::postgres::state::FullRefreshed;
 use crate::postgres::Target;
 use crate::snapshot::{SnapshotStatus, SnapshotWriter};
 use crate::source::{Opened, SourceData, SourceError, TableSource};
@@ -172,6 +173,7 @@ async fn load_table(
     let Opened {
         data,
         described,
+        watermark_ns,
         guard,
     } = source.open(name, config, &ctx, &options.cancel).await?;
     let source_open = opening.elapsed().as_secs_f64();
@@ -211,7 +213,14 @@ async fn load_table(
         }
     };
     let result = match provider {
-        Ok(provider) => refresh(config, name, target, options, &ctx, provider, progress).await,
+        Ok(provider) => {
+            let load = Load {
+                ctx: &ctx,
+                provider,
+                watermark_ns,
+            };
+            refresh(config, name, target, options, load, progress).await
+        }
         Err(e) => Err(e),
     };
     guard.close(result.is_err()).await;
@@ -248,17 +257,30 @@ struct Refreshed {
     after: AfterCopy,
 }
 
-/// Plans the transform over `provider` and loads it through the staged
-/// refresh: begin (lock, stage) → copy → commit (verify, guard, swap).
+/// What [`refresh`] loads: the source as DataFusion reads it, and the
+/// watermark to record with the rows.
+struct Load<'a> {
+    ctx: &'a datafusion::execution::context::SessionContext,
+    provider: Arc<dyn datafusion::catalog::TableProvider>,
+    watermark_ns: Option<i64>,
+}
+
+/// Plans the transform over the source and loads it through the staged
+/// refresh: begin (lock, stage) → copy → commit (verify, guard, swap and
+/// the watermark).
 async fn refresh(
     config: &Config,
     name: &str,
     target: &Target,
     options: &RunOptions,
-    ctx: &datafusion::execution::context::SessionContext,
-    provider: Arc<dyn datafusion::catalog::TableProvider>,
+    source: Load<'_>,
     progress: &AtomicU64,
 ) -> Result<Refreshed, PipelineError> {
+    let Load {
+        ctx,
+        provider,
+        watermark_ns,
+    } = source;
     let planned = plan::plan_table(config, name, &target.schema, ctx, provider).await?;
     let load = StagedRefresh::begin(target, &config.load, planned.plan, &options.run_id).await?;
     // Holding the table's lock: a `running` record of another run is a dead run's.
@@ -292,8 +314,14 @@ async fn refresh(
             return Err(e);
         }
     };
+    let state = FullRefreshed {
+        target: target_name,
+        table: name.to_string(),
+        run_id: options.run_id.clone(),
+        watermark_ns,
+    };
     let committed = load
-        .commit(&copied, options.allow_shrink, &options.cancel)
+        .commit(&copied, options.allow_shrink, &options.cancel, &state)
         .await?;
     let after = AfterCopy {
         index_build: committed.index_build.as_secs_f64(),

@@ -95,6 +95,10 @@ pub enum SourceData {
 pub struct Opened {
     pub data: SourceData,
     pub described: Described,
+    /// Snowflake's time taken just before the read started (ns since the
+    /// epoch): the rows are current at least up to it, so an incremental run
+    /// can continue from it. `None` for sources without Snowflake's clock.
+    pub watermark_ns: Option<i64>,
     /// Ends the source's remote work: call [`SourceGuard::close`] when the load ends.
     pub guard: SourceGuard,
 }
@@ -156,6 +160,7 @@ impl<'a> TableSource<'a> {
         let unguarded = |data, described| Opened {
             data,
             described,
+            watermark_ns: None,
             guard: SourceGuard(None),
         };
         match self {
@@ -216,11 +221,19 @@ impl<'a> TableSource<'a> {
                 let ticket = QueryTicket::new(query);
                 // From here on the guard aborts and logs out whatever happens.
                 let guard = SourceGuard(Some((Arc::clone(&session), ticket.clone())));
+                // The watermark is taken before the query starts: changes
+                // committed while it runs are read again by the next
+                // incremental window, which is harmless.
+                let read = async {
+                    let watermark = crate::incremental::window::snowflake_now(&session).await?;
+                    let result = session.query_ticket(&ticket).await?;
+                    Ok::<_, SnowflakeError>((watermark, result))
+                };
                 let result = tokio::select! {
-                    r = session.query_ticket(&ticket) => r.map_err(|e| failed(e.into())),
+                    r = read => r.map_err(|e| failed(e.into())),
                     _ = cancel.cancelled() => Err(PipelineError::Cancelled { table: name.to_string() }),
                 };
-                let result = match result {
+                let (watermark, result) = match result {
                     Ok(r) => r,
                     Err(e) => {
                         guard.close(true).await;
@@ -243,6 +256,7 @@ impl<'a> TableSource<'a> {
                 Ok(Opened {
                     data: SourceData::Stream(schema, stream),
                     described,
+                    watermark_ns: Some(watermark),
                     guard,
                 })
             }

@@ -37,6 +37,7 @@ use tokio_postgres::Client;
 use super::checksum::RowChecksum;
 use super::copy::{copy_stream, Copied, Encoding};
 use super::encode::CopyEncoder;
+use super::state::FullRefreshed;
 use super::{application_name, Session, Target};
 use crate::run::Cancel;
 use crate::PipelineError;
@@ -55,8 +56,9 @@ pub use steps::{
 ///   visible to readers.
 /// - [`StagedRefresh::commit`] builds the indexes with the verification
 ///   beside them, stops if the run was cancelled, applies the shrink guard,
-///   and swaps. Once it returns `Ok`, the rows are verified (count and
-///   checksum), visible, and durable.
+///   and swaps, writing the table's `floe.sync_state` row (its watermark) in
+///   the same transaction. Once it returns `Ok`, the rows are verified
+///   (count and checksum), visible, and durable, and so is the watermark.
 /// - Any error, [`StagedRefresh::abort`], or a drop before `commit` returns
 ///   `Ok` leaves the target exactly as it was. (A drop closes the session:
 ///   the server ends any statement and releases the lock; the staging table
@@ -163,16 +165,18 @@ impl<'a> StagedRefresh<'a> {
     }
 
     /// Verifies what [`StagedRefresh::copy`] staged and swaps it in (see the
-    /// type's contract); `allow_shrink` lifts the shrink guard. Cancelling
-    /// before the swap keeps the old table. The lock is released either way.
+    /// type's contract), recording `state` (the watermark) in the swap's
+    /// transaction; `allow_shrink` lifts the shrink guard. Cancelling before
+    /// the swap keeps the old table. The lock is released either way.
     pub async fn commit(
         self,
         copied: &Copied,
         allow_shrink: bool,
         cancel: &Cancel,
+        state: &FullRefreshed,
     ) -> Result<Committed, PipelineError> {
         let result = tokio::select! {
-            r = self.verify_and_swap(copied, allow_shrink, cancel) => r,
+            r = self.verify_and_swap(copied, allow_shrink, cancel, state) => r,
             _ = cancel.cancelled() => Err(PipelineError::Cancelled { table: self.plan.table.clone() }),
         };
         if result.is_err() {
@@ -193,6 +197,7 @@ impl<'a> StagedRefresh<'a> {
         copied: &Copied,
         allow_shrink: bool,
         cancel: &Cancel,
+        state: &FullRefreshed,
     ) -> Result<Committed, PipelineError> {
         let (plan, staging) = (&self.plan, self.staging.as_str());
         // A second session builds part of the indexes and then verifies
@@ -237,7 +242,7 @@ impl<'a> StagedRefresh<'a> {
         }
         shrink_guard(plan, live?, final_count, self.load.max_shrink)?;
         let swap_started = Instant::now();
-        swap(&self.session.client, plan, staging).await?;
+        swap(&self.session.client, plan, staging, &[state.upsert_sql()]).await?;
         Ok(Committed {
             final_count,
             index_build: times.index_build,

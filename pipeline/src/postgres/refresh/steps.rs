@@ -134,6 +134,10 @@ pub async fn prepare(
             target: plan.target.clone(),
         });
     }
+    // The swap records the watermark in floe.sync_state: have the table before loading.
+    crate::postgres::state::ensure(client)
+        .await
+        .map_err(pg(plan, "creating floe.sync_state"))?;
     // Holding the lock, any staging table of this target is an orphan of a crashed run.
     let orphans = client
         .query(
@@ -406,10 +410,15 @@ const SWAP_ATTEMPTS: u32 = 3;
 /// `lock_timeout` for readers; between attempts floe backs off (the lock
 /// is never held while waiting), and after the last it names the sessions
 /// in the way. The old table is untouched until an attempt commits.
-pub async fn swap(client: &Client, plan: &TablePlan, staging: &str) -> Result<(), PipelineError> {
+pub async fn swap(
+    client: &Client,
+    plan: &TablePlan,
+    staging: &str,
+    also: &[String],
+) -> Result<(), PipelineError> {
     let mut attempt = 1;
     loop {
-        match swap_once(client, plan, staging).await {
+        match swap_once(client, plan, staging, also).await {
             Err(e) if is_lock_timeout(&e) => {
                 if attempt == SWAP_ATTEMPTS {
                     return Err(PipelineError::SwapBlocked {
@@ -459,7 +468,13 @@ async fn blockers(client: &Client, plan: &TablePlan) -> String {
     }
 }
 
-async fn swap_once(client: &Client, plan: &TablePlan, staging: &str) -> Result<(), PipelineError> {
+/// One swap attempt; `also` runs inside its transaction, before COMMIT.
+async fn swap_once(
+    client: &Client,
+    plan: &TablePlan,
+    staging: &str,
+    also: &[String],
+) -> Result<(), PipelineError> {
     let target = plan.qualified(&plan.target);
     let exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
@@ -519,6 +534,7 @@ async fn swap_once(client: &Client, plan: &TablePlan, staging: &str) -> Result<(
                 quote_ident(&plan.index_name(ix))
             ));
         }
+        statements.extend(also.iter().cloned());
         statements.push("COMMIT".into());
         client
             .batch_execute(&statements.join("; "))
