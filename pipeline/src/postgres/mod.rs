@@ -208,6 +208,35 @@ async fn open(
     })
 }
 
+/// Runs `create_sql` unless `table` exists, tolerating a concurrent run
+/// doing the same. Only DDL when needed: it takes locks, and it is what a
+/// troubled database (slow DDL, a full disk) fails first.
+pub(crate) async fn ensure_table(
+    client: &Client,
+    table: &str,
+    create_sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    match client.batch_execute(create_sql).await {
+        // Two first runs racing on CREATE ... IF NOT EXISTS: the other one won.
+        Err(e)
+            if e.code().is_some_and(|c| {
+                *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    || *c == tokio_postgres::error::SqlState::DUPLICATE_OBJECT
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Connection attempts while the server is (re)starting: about 2 s in all.
 const CONNECT_ATTEMPTS: u32 = 4;
 

@@ -88,28 +88,7 @@ CREATE INDEX IF NOT EXISTS sync_runs_target_started ON floe.sync_runs (target, s
 
 /// Creates the bookkeeping table, tolerating a concurrent run doing the same.
 pub async fn ensure(client: &Client) -> Result<(), tokio_postgres::Error> {
-    // Only DDL when needed: it takes locks, and it is what a troubled
-    // database (slow DDL, a full disk) fails first.
-    let exists: bool = client
-        .query_one("SELECT to_regclass('floe.sync_runs') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if exists {
-        return Ok(());
-    }
-    match client.batch_execute(CREATE_SQL).await {
-        Ok(()) => Ok(()),
-        // Two first runs racing on CREATE ... IF NOT EXISTS: the other one won.
-        Err(e)
-            if e.code().is_some_and(|c| {
-                *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-                    || *c == tokio_postgres::error::SqlState::DUPLICATE_OBJECT
-            }) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    super::ensure_table(client, "floe.sync_runs", CREATE_SQL).await
 }
 
 /// Records that `run_id` started loading `target` (schema-qualified).

@@ -19,27 +19,9 @@ CREATE TABLE IF NOT EXISTS floe.sync_state (
     updated_at         timestamptz NOT NULL DEFAULT clock_timestamp()
 )";
 
-/// Creates the state table if missing (DDL only when needed, tolerating a
-/// concurrent run doing the same).
+/// Creates the state table if missing.
 pub async fn ensure(client: &Client) -> Result<(), tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('floe.sync_state') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if exists {
-        return Ok(());
-    }
-    match client.batch_execute(CREATE_SQL).await {
-        Err(e)
-            if e.code().is_some_and(|c| {
-                *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-                    || *c == tokio_postgres::error::SqlState::DUPLICATE_OBJECT
-            }) =>
-        {
-            Ok(())
-        }
-        other => other,
-    }
+    super::ensure_table(client, "floe.sync_state", CREATE_SQL).await
 }
 
 /// What a full refresh records as it swaps.
