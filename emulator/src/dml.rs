@@ -248,17 +248,7 @@ async fn dml_commit(state: &AppState, statement: Statement) -> Result<Changed, S
                 let table = resolved(&target.name);
                 let h = history(state, &table).await?;
                 let mut guard = lock(&h);
-                let all: Vec<u64> = guard
-                    .rows_at(guard.live(), true)
-                    .iter()
-                    .flat_map(|b| {
-                        b.column(b.num_columns() - 1)
-                            .as_any()
-                            .downcast_ref::<UInt64Array>()
-                            .map(|a| a.values().to_vec())
-                            .unwrap_or_default()
-                    })
-                    .collect();
+                let all = positions(&guard.rows_at(guard.live(), true)?)?;
                 guard.commit(&all, None, None, now_ns());
                 publish(state, &table, &guard)?;
             }
@@ -279,7 +269,7 @@ async fn current_rows<'a>(
     let h = history(state, table).await?;
     let (schema, rows) = {
         let g = lock(&h);
-        (g.schema_with_positions(), g.rows_at(g.live(), true))
+        (g.schema_with_positions(), g.rows_at(g.live(), true)?)
     };
     let mut scratch = Scratch {
         state,

@@ -155,45 +155,38 @@ impl History {
     }
 
     /// The rows of version `v`; with `positions`, plus [`POS_COLUMN`].
-    pub(crate) fn rows_at(&self, v: u32, positions: bool) -> Vec<RecordBatch> {
+    pub(crate) fn rows_at(&self, v: u32, positions: bool) -> Result<Vec<RecordBatch>, SqlError> {
+        let arrow = |e: arrow::error::ArrowError| SqlError::compilation(e.to_string());
+        let with_positions = positions.then(|| self.schema_with_positions());
         let mut out = Vec::new();
         for (b, (batch, meta)) in self.batches.iter().zip(&self.versions).enumerate() {
-            let visible: Vec<bool> = meta
+            let visible: BooleanArray = meta
                 .from
                 .iter()
                 .zip(&meta.to)
-                .map(|(&f, &t)| f <= v && v < t)
+                .map(|(&f, &t)| Some(f <= v && v < t))
                 .collect();
-            let kept = visible.iter().filter(|&&x| x).count();
+            let kept = visible.true_count();
             if kept == 0 {
                 continue;
             }
-            let rows = if kept == batch.num_rows() {
-                batch.clone()
-            } else {
-                let mask = BooleanArray::from(visible.clone());
-                match filter_record_batch(batch, &mask) {
-                    Ok(b) => b,
-                    Err(_) => continue,
-                }
+            // A stored batch no statement touched goes out as it is.
+            let rows = match kept == batch.num_rows() {
+                true => batch.clone(),
+                false => filter_record_batch(batch, &visible).map_err(arrow)?,
             };
-            if positions {
-                let pos: UInt64Array = visible
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &x)| x)
-                    .map(|(r, _)| pack(b, r))
-                    .collect();
-                let mut columns = rows.columns().to_vec();
-                columns.push(Arc::new(pos));
-                if let Ok(b) = RecordBatch::try_new(self.schema_with_positions(), columns) {
-                    out.push(b);
+            match &with_positions {
+                None => out.push(rows),
+                Some(schema) => {
+                    let pos: UInt64Array =
+                        visible.values().set_indices().map(|r| pack(b, r)).collect();
+                    let mut columns = rows.columns().to_vec();
+                    columns.push(Arc::new(pos));
+                    out.push(RecordBatch::try_new(Arc::clone(schema), columns).map_err(arrow)?);
                 }
-            } else {
-                out.push(rows);
             }
         }
-        out
+        Ok(out)
     }
 
     /// The schema [`History::rows_at`] gives with positions.
@@ -426,6 +419,7 @@ impl History {
     #[cfg(test)]
     pub(crate) fn count_at(&self, v: u32) -> usize {
         self.rows_at(v, false)
+            .expect("rows")
             .iter()
             .map(RecordBatch::num_rows)
             .sum()
@@ -459,7 +453,7 @@ mod tests {
 
     fn positions_of(h: &History, ids: &[i64]) -> Vec<u64> {
         let mut out = Vec::new();
-        for b in h.rows_at(h.live(), true) {
+        for b in h.rows_at(h.live(), true).unwrap() {
             let id = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
             let pos = b.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
             for i in 0..b.num_rows() {

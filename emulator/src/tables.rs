@@ -83,7 +83,7 @@ pub(crate) fn lock(h: &Mutex<History>) -> std::sync::MutexGuard<'_, History> {
 
 /// Registers `table` as its current version (after a commit).
 pub(crate) fn publish(state: &AppState, table: &str, h: &History) -> Result<(), SqlError> {
-    let rows = h.rows_at(h.live(), false);
+    let rows = h.rows_at(h.live(), false)?;
     let mem = MemTable::try_new(h.schema(), vec![rows]).map_err(df_err)?;
     let name = TableReference::bare(table);
     let _ = state.ctx.deregister_table(name.clone());

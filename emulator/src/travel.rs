@@ -4,6 +4,9 @@
 //! change data) registered for the query alone; `CURRENT_TIMESTAMP()` and
 //! `SYSTEM$LAST_CHANGE_COMMIT_TIME('T')` are answered from the histories.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use datafusion::sql::sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, Query, SetExpr,
     Statement, TableAlias, TableFactor, TableVersion, Value,
@@ -124,155 +127,200 @@ fn last_change_tokens(state: &AppState, text: &str) -> Result<String, SqlError> 
     }
 }
 
-fn rewrite<'a>(
-    state: &'a AppState,
-    query: &'a mut Query,
-    scratch: &'a mut Vec<String>,
-) -> futures::future::BoxFuture<'a, Result<(), SqlError>> {
-    Box::pin(async move {
-        if let Some(with) = &mut query.with {
-            for cte in &mut with.cte_tables {
-                rewrite(state, &mut cte.query, scratch).await?;
-            }
-        }
-        rewrite_set(state, &mut query.body, scratch).await
-    })
+/// Rewrites every versioned table reference of `query`.
+async fn rewrite(
+    state: &AppState,
+    query: &mut Query,
+    scratch: &mut Vec<String>,
+) -> Result<(), SqlError> {
+    rewrite_versioned(state, scratch, |f| visit_query(query, f)).await
 }
 
-fn rewrite_set<'a>(
-    state: &'a AppState,
-    body: &'a mut SetExpr,
-    scratch: &'a mut Vec<String>,
-) -> futures::future::BoxFuture<'a, Result<(), SqlError>> {
-    Box::pin(async move {
-        match body {
-            SetExpr::Select(select) => {
-                for t in &mut select.from {
-                    rewrite_factor(state, &mut t.relation, scratch).await?;
-                    for j in &mut t.joins {
-                        rewrite_factor(state, &mut j.relation, scratch).await?;
-                    }
-                }
-                if let Some(e) = &mut select.selection {
-                    rewrite_expr(state, e, scratch).await?;
-                }
-                Ok(())
-            }
-            SetExpr::Query(q) => rewrite(state, q, scratch).await,
-            SetExpr::SetOperation { left, right, .. } => {
-                rewrite_set(state, left, scratch).await?;
-                rewrite_set(state, right, scratch).await
-            }
-            _ => Ok(()),
-        }
-    })
+/// As [`rewrite`], for the references in an expression (a DML's `WHERE`).
+pub(crate) async fn rewrite_expr(
+    state: &AppState,
+    e: &mut Expr,
+    scratch: &mut Vec<String>,
+) -> Result<(), SqlError> {
+    rewrite_versioned(state, scratch, |f| visit_expr(e, f)).await
 }
 
-pub(crate) fn rewrite_expr<'a>(
-    state: &'a AppState,
-    e: &'a mut Expr,
-    scratch: &'a mut Vec<String>,
-) -> futures::future::BoxFuture<'a, Result<(), SqlError>> {
-    Box::pin(async move {
-        match e {
-            Expr::BinaryOp { left, right, .. } => {
-                rewrite_expr(state, left, scratch).await?;
-                rewrite_expr(state, right, scratch).await
-            }
-            Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } => {
-                rewrite_expr(state, inner, scratch).await
-            }
-            Expr::InSubquery { subquery, .. } | Expr::Exists { subquery, .. } => {
-                rewrite(state, subquery, scratch).await
-            }
-            Expr::Subquery(q) => rewrite(state, q, scratch).await,
-            _ => Ok(()),
+/// A table factor visitor, applied to everything `visit` reaches.
+type Visit<'f> = &'f mut dyn FnMut(&mut TableFactor) -> Result<(), SqlError>;
+
+/// Loads the history of every table a versioned reference names (the only
+/// step that waits), then replaces each reference by a table of that
+/// version's rows or change data, registered into `scratch`.
+async fn rewrite_versioned(
+    state: &AppState,
+    scratch: &mut Vec<String>,
+    mut visit: impl FnMut(Visit<'_>) -> Result<(), SqlError>,
+) -> Result<(), SqlError> {
+    let mut names = Vec::new();
+    visit(&mut |factor| {
+        if let TableFactor::Table {
+            name,
+            version: Some(_),
+            ..
+        } = factor
+        {
+            names.push(resolved(name));
         }
-    })
+        Ok(())
+    })?;
+    let mut histories = HashMap::new();
+    for table in names {
+        let h = history(state, &table).await?;
+        histories.insert(table, h);
+    }
+    let now = now_ns();
+    visit(&mut |factor| replace_versioned(state, factor, &histories, now, scratch))
 }
 
-fn rewrite_factor<'a>(
-    state: &'a AppState,
-    factor: &'a mut TableFactor,
-    scratch: &'a mut Vec<String>,
-) -> futures::future::BoxFuture<'a, Result<(), SqlError>> {
-    Box::pin(async move {
-        match factor {
-            TableFactor::Derived { subquery, .. } => rewrite(state, subquery, scratch).await,
-            TableFactor::NestedJoin {
-                table_with_joins, ..
-            } => {
-                rewrite_factor(state, &mut table_with_joins.relation, scratch).await?;
-                for j in &mut table_with_joins.joins {
-                    rewrite_factor(state, &mut j.relation, scratch).await?;
+/// Calls `f` on every table factor of `query`: its CTEs, FROM clauses and
+/// joins, derived tables, and the subqueries of its `WHERE`s.
+fn visit_query(query: &mut Query, f: Visit<'_>) -> Result<(), SqlError> {
+    if let Some(with) = &mut query.with {
+        for cte in &mut with.cte_tables {
+            visit_query(&mut cte.query, f)?;
+        }
+    }
+    visit_set(&mut query.body, f)
+}
+
+fn visit_set(body: &mut SetExpr, f: Visit<'_>) -> Result<(), SqlError> {
+    match body {
+        SetExpr::Select(select) => {
+            for t in &mut select.from {
+                visit_factor(&mut t.relation, f)?;
+                for j in &mut t.joins {
+                    visit_factor(&mut j.relation, f)?;
                 }
-                Ok(())
             }
-            TableFactor::Table {
-                name,
-                alias,
-                version,
-                ..
-            } if version.is_some() => {
-                let table = resolved(name);
-                let h = history(state, &table).await?;
-                let now = now_ns();
-                let (schema, rows) = {
-                    let g = lock(&h);
-                    match version.take() {
-                        Some(TableVersion::Function(point)) => {
-                            let v = point_version(&g, &point, now)?;
-                            (g.schema(), g.rows_at(v, false))
-                        }
-                        Some(TableVersion::Changes { changes, at, end }) => {
-                            let info = named_args(&changes)?
-                                .into_iter()
-                                .find(|(k, _)| k == "INFORMATION")
-                                .map(|(_, v)| v.to_string().to_uppercase())
-                                .unwrap_or_default();
-                            if info != "DEFAULT" {
-                                return Err(SqlError::compilation(format!(
-                                    "CHANGES(INFORMATION => {info}) is not emulated (DEFAULT is)"
-                                )));
-                            }
-                            let a = point_version(&g, &at, now)?;
-                            let b = match &end {
-                                Some(end) => point_version(&g, end, now)?,
-                                None => g.live(),
-                            };
-                            g.changes(a, b)?
-                        }
-                        _ => return Err(SqlError::compilation(
-                            "this kind of time travel is not emulated (AT, BEFORE and CHANGES are)",
-                        )),
-                    }
+            match &mut select.selection {
+                Some(e) => visit_expr(e, f),
+                None => Ok(()),
+            }
+        }
+        SetExpr::Query(q) => visit_query(q, f),
+        SetExpr::SetOperation { left, right, .. } => {
+            visit_set(left, f)?;
+            visit_set(right, f)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn visit_expr(e: &mut Expr, f: Visit<'_>) -> Result<(), SqlError> {
+    match e {
+        Expr::BinaryOp { left, right, .. } => {
+            visit_expr(left, f)?;
+            visit_expr(right, f)
+        }
+        Expr::Nested(inner) | Expr::UnaryOp { expr: inner, .. } => visit_expr(inner, f),
+        Expr::InSubquery { subquery, .. } | Expr::Exists { subquery, .. } => {
+            visit_query(subquery, f)
+        }
+        Expr::Subquery(q) => visit_query(q, f),
+        _ => Ok(()),
+    }
+}
+
+fn visit_factor(factor: &mut TableFactor, f: Visit<'_>) -> Result<(), SqlError> {
+    match factor {
+        TableFactor::Derived { subquery, .. } => visit_query(subquery, f),
+        TableFactor::NestedJoin {
+            table_with_joins, ..
+        } => {
+            visit_factor(&mut table_with_joins.relation, f)?;
+            for j in &mut table_with_joins.joins {
+                visit_factor(&mut j.relation, f)?;
+            }
+            Ok(())
+        }
+        other => f(other),
+    }
+}
+
+/// Replaces a versioned reference (`T AT(…)`, `T CHANGES(…) AT(…) END(…)`)
+/// by a table of its rows registered for the query; other factors stay.
+fn replace_versioned(
+    state: &AppState,
+    factor: &mut TableFactor,
+    histories: &HashMap<String, Arc<Mutex<History>>>,
+    now: i64,
+    scratch: &mut Vec<String>,
+) -> Result<(), SqlError> {
+    let TableFactor::Table {
+        name,
+        alias,
+        version,
+        ..
+    } = factor
+    else {
+        return Ok(());
+    };
+    let Some(version) = version.take() else {
+        return Ok(());
+    };
+    let table = resolved(name);
+    let h = histories
+        .get(&table)
+        .ok_or_else(|| crate::tables::missing(&table))?;
+    let (schema, rows) = {
+        let g = lock(h);
+        match version {
+            TableVersion::Function(point) => {
+                let v = point_version(&g, &point, now)?;
+                (g.schema(), g.rows_at(v, false)?)
+            }
+            TableVersion::Changes { changes, at, end } => {
+                let info = named_args(&changes)?
+                    .into_iter()
+                    .find(|(k, _)| k == "INFORMATION")
+                    .map(|(_, v)| v.to_string().to_uppercase())
+                    .unwrap_or_default();
+                if info != "DEFAULT" {
+                    return Err(SqlError::compilation(format!(
+                        "CHANGES(INFORMATION => {info}) is not emulated (DEFAULT is)"
+                    )));
+                }
+                let a = point_version(&g, &at, now)?;
+                let b = match &end {
+                    Some(end) => point_version(&g, end, now)?,
+                    None => g.live(),
                 };
-                let mut registered = Scratch {
-                    state,
-                    names: Vec::new(),
-                };
-                let tmp = registered.register(schema, rows)?;
-                // The caller drops it once the query has run.
-                scratch.append(&mut registered.names);
-                if alias.is_none() {
-                    let last = name
-                        .0
-                        .last()
-                        .map(|p| p.to_string())
-                        .unwrap_or_else(|| table.clone());
-                    *alias = Some(TableAlias {
-                        explicit: true,
-                        name: Ident::new(last.trim_matches('"')),
-                        columns: Vec::new(),
-                        at: None,
-                    });
-                }
-                *name = ObjectName::from(vec![Ident::with_quote('"', tmp)]);
-                Ok(())
+                g.changes(a, b)?
             }
-            _ => Ok(()),
+            _ => {
+                return Err(SqlError::compilation(
+                    "this kind of time travel is not emulated (AT, BEFORE and CHANGES are)",
+                ))
+            }
         }
-    })
+    };
+    let mut registered = Scratch {
+        state,
+        names: Vec::new(),
+    };
+    let tmp = registered.register(schema, rows)?;
+    // The caller drops it once the query has run.
+    scratch.append(&mut registered.names);
+    if alias.is_none() {
+        let last = name
+            .0
+            .last()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| table.clone());
+        *alias = Some(TableAlias {
+            explicit: true,
+            name: Ident::new(last.trim_matches('"')),
+            columns: Vec::new(),
+            at: None,
+        });
+    }
+    *name = ObjectName::from(vec![Ident::with_quote('"', tmp)]);
+    Ok(())
 }
 
 /// `NAME(KEY => value, …)` as (KEY, value) pairs.
