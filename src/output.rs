@@ -82,6 +82,20 @@ fn print_text_row(r: &TableReport, header: bool) {
         "{:<8} {:<28} {:>12} {:>12} {:>9.2}",
         r.status, r.table, r.rows_synced, count, r.seconds
     );
+    if let Some(c) = &r.changes {
+        println!(
+            "         incremental: {} inserted, {} updated, {} deleted; window {} .. {}; apply {:.3}s",
+            c.rows_inserted,
+            c.rows_updated,
+            c.rows_deleted,
+            c.window.start,
+            c.window.end,
+            c.apply_seconds
+        );
+    }
+    if let Some(reason) = r.reason {
+        println!("         full refresh instead of incremental: {reason}");
+    }
     if r.invalid_geometries > 0 {
         println!(
             "         {} invalid geometries written as NULL",

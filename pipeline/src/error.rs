@@ -90,6 +90,14 @@ pub enum PipelineError {
         #[source]
         source: crate::snapshot::SnapshotError,
     },
+    /// The source holds two rows with one key value (Snowflake does not
+    /// enforce primary keys); nothing was applied.
+    #[error("table {table}: the source has more than one row with key ({key}) = ({value}); nothing was applied. Fix the source's duplicates")]
+    DuplicateKey {
+        table: String,
+        key: String,
+        value: String,
+    },
     /// Another floe run holds this table.
     #[error("table {table}: another floe run is loading {target} right now")]
     Busy { table: String, target: String },

@@ -26,27 +26,31 @@ pub struct Args {
     target: Option<String>,
     /// Runs of each configuration; the report gives their median and min–max.
     #[arg(long, default_value_t = 5)]
-    repeats: usize,
+    pub(super) repeats: usize,
     /// Config file (default: ./floe.toml, else the shipped grid config).
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
     /// Parallel COPY sessions for floe and the ceiling alike, overriding `load.copy_streams`.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=schemas::config::MAX_COPY_STREAMS as i64))]
     copy_streams: Option<u16>,
+    /// Measure incremental runs instead: windows of 100, 1,000 and 10,000
+    /// changed rows made in the emulator, against a full refresh.
+    #[arg(long)]
+    pub(super) incremental: bool,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
 }
 
 /// Min, median and max of a measure over the repeats.
 #[derive(Debug, Clone, Copy, Serialize)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(super) struct Spread {
+    pub(super) median: f64,
+    pub(super) min: f64,
+    pub(super) max: f64,
 }
 
 impl Spread {
-    fn of(values: &[f64]) -> Spread {
+    pub(super) fn of(values: &[f64]) -> Spread {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
@@ -109,10 +113,11 @@ struct Uncached {
 }
 
 /// One run of a floe configuration, as a child process.
-struct Sample {
-    seconds: f64,
-    peak_rss: u64,
-    stages: serde_json::Value,
+pub(super) struct Sample {
+    pub(super) seconds: f64,
+    pub(super) peak_rss: u64,
+    /// The run's JSON report of its (one) table.
+    pub(super) report: serde_json::Value,
 }
 
 pub async fn run(args: Args) -> Result<ExitCode> {
@@ -158,6 +163,20 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let password = format!("bench-{}", std::process::id());
     let (emulator, port) = start_emulator(data.path(), &password)?;
     let _emulator = KillOnDrop(emulator);
+    if args.incremental {
+        let bench = super::bench_incremental::Bench {
+            args: &args,
+            config: &config,
+            name: &name,
+            snowflake_table: dataset.snowflake_table,
+            url: &url,
+            password: &password,
+            port,
+        };
+        let code = bench.run().await?;
+        drop(cluster);
+        return Ok(code);
+    }
 
     eprintln!("encoding {name} once for the ceiling ...");
     let encoded = pipeline::bench::encode_table(&config, &name, &target, data.path()).await?;
@@ -211,7 +230,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // does elsewhere) stays out of floe's figures. Its time is reported.
     eprintln!("first run through the emulator (its query is not cached yet) ...");
     let uncached = measure(&mut floe_run("emulator"))?;
-    let uncached_query = uncached.stages["source_open"].as_f64().unwrap_or(0.0);
+    let uncached_query = uncached.report["stages"]["source_open"]
+        .as_f64()
+        .unwrap_or(0.0);
     for i in 0..args.repeats {
         // Each repeat runs the three in a different order.
         for k in 0..3 {
@@ -274,15 +295,14 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     ] {
         let seconds = Spread::of(&samples.iter().map(|s| s.seconds).collect::<Vec<_>>());
         let mut stages = serde_json::Map::new();
-        let keys: Vec<String> = samples[0]
-            .stages
+        let keys: Vec<String> = samples[0].report["stages"]
             .as_object()
             .map(|o| o.keys().cloned().collect())
             .unwrap_or_default();
         for k in keys {
             let v: Vec<f64> = samples
                 .iter()
-                .filter_map(|s| s.stages[&k].as_f64())
+                .filter_map(|s| s.report["stages"][&k].as_f64())
                 .collect();
             if !v.is_empty() {
                 stages.insert(k, Spread::of(&v).median.into());
@@ -377,7 +397,7 @@ fn print_text(r: &Report) {
 
 /// Runs one `floe run`, timing it and sampling its peak RSS (VmHWM, a
 /// high-water mark, so a peak between samples is not missed).
-fn measure(cmd: &mut Command) -> Result<Sample> {
+pub(super) fn measure(cmd: &mut Command) -> Result<Sample> {
     let started = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -404,7 +424,7 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
     Ok(Sample {
         seconds,
         peak_rss: peak,
-        stages: report[0]["stages"].clone(),
+        report: report[0].clone(),
     })
 }
 
@@ -431,7 +451,7 @@ fn own_peak_rss() -> u64 {
     vm_hwm("/proc/self/status").unwrap_or(0)
 }
 
-struct KillOnDrop(std::process::Child);
+pub(super) struct KillOnDrop(pub(super) std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -442,7 +462,7 @@ impl Drop for KillOnDrop {
 
 /// The Snowflake emulator in its own process, so its memory (it holds whole
 /// results) is not counted as floe's.
-fn start_emulator(data: &Path, password: &str) -> Result<(std::process::Child, u16)> {
+pub(super) fn start_emulator(data: &Path, password: &str) -> Result<(std::process::Child, u16)> {
     let mut child = Command::new(std::env::current_exe().unwrap_or_else(|_| "floe".into()))
         .args([
             "emulate-snowflake",

@@ -8,6 +8,7 @@ use emulator::{Emulator, EmulatorConfig};
 use pipeline::cluster::EphemeralCluster;
 use pipeline::postgres::Target;
 use pipeline::run::{new_run_id, RunOptions};
+use pipeline::source::snowflake::SnowflakeSession;
 use schemas::config::SnowflakeConfig;
 
 use crate::output::{run_tables, OutputFormat};
@@ -38,7 +39,7 @@ WITH s AS (
     ORDER BY geom <-> ST_SetSRID(ST_MakePoint(-95.0, 30.0), 4326)
     LIMIT 1
 )
-SELECT s.asset_id, s.name, ST_AsText(s.geom, 5), count(t.connection_id)
+SELECT s.asset_id, s.name, ST_AsText(s.geom, 5), count(t.connection_id), ST_X(s.geom), ST_Y(s.geom)
 FROM s LEFT JOIN topology_connections_cache t
   ON ST_DWithin(t.geom, s.geom, 0.006) AND ST_DWithin(t.geom::geography, s.geom::geography, 500)
 GROUP BY s.asset_id, s.name, s.geom";
@@ -97,6 +98,19 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         protocol: Some("http".into()),
         ..config.snowflake.clone()
     };
+    // Change tracking on before the first load, as a production account
+    // would have it: the full refresh's watermark then starts a window the
+    // incremental round can read.
+    let tracked = tracked_tables(&config);
+    let session_sf = SnowflakeSession::login(&config.snowflake)
+        .await
+        .context("logging in to the emulator")?;
+    for t in &tracked {
+        session_sf
+            .execute(&format!("ALTER TABLE {t} SET CHANGE_TRACKING = TRUE"))
+            .await
+            .with_context(|| format!("switching on change tracking for {t}"))?;
+    }
     let (canceller, cancel) = pipeline::run::Cancel::new();
     let _interrupt = super::on_interrupt(canceller);
     let options = RunOptions {
@@ -110,10 +124,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             Some(&data.path().join("snapshots").to_string_lossy()),
         )?),
         replay: None,
+        incremental: false,
     };
     let tables = super::select_tables(&config, &[])?;
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
-    let ok = reports
+    let mut ok = reports
         .iter()
         .all(|r| r.status == pipeline::postgres::runs::RunStatus::Success);
 
@@ -127,18 +142,30 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                 &config.load,
             )
             .await?;
-        let rows = session
-            .client
-            .query(NEAR_SUBSTATION, &[])
-            .await
-            .context("running the demo query")?;
-        if let Some(r) = rows.first() {
-            let (id, name, at, n): (String, String, String, i64) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
+        let before = near_substation(&session.client).await?;
+        println!();
+        println!("{}", before.line());
+        // The incremental round: the source changes, floe applies only that.
+        if tracked.iter().any(|t| t == TOPOLOGY) {
+            let changes = change_topology(&session.client, &session_sf, &before).await?;
+            eprintln!("\nin Snowflake: {changes}; now `floe run --incremental` ...");
+            let options = RunOptions {
+                run_id: new_run_id(),
+                incremental: true,
+                snapshots: None,
+                ..options
+            };
+            let tables = super::select_tables(&config, &["topology_connections_cache".into()])?;
+            let incremental = run_tables(&config, &tables, &target, &options, args.output).await;
+            ok = incremental
+                .iter()
+                .all(|r| r.status == pipeline::postgres::runs::RunStatus::Success);
+            let after = near_substation(&session.client).await?;
             println!();
-            println!("Connections within 500 m of substation {id} \"{name}\" at {at}: {n}");
+            println!("{}", after.line());
         }
     }
+    session_sf.logout().await;
     eprintln!("demo finished in {:.1}s", started.elapsed().as_secs_f64());
     if args.keep {
         let url = cluster.url();
@@ -156,4 +183,118 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The topology table in Snowflake (the demo's incremental round changes it).
+const TOPOLOGY: &str = "FLUX_OPS_CENTER_TOPOLOGY";
+
+/// The config's Snowflake tables that can load incrementally in the
+/// emulator (no geospatial column: it refuses their change data).
+fn tracked_tables(config: &schemas::config::Config) -> Vec<String> {
+    const GEOSPATIAL: [&str; 3] = [
+        "VEGETATION_RISK_ZONES",
+        "GRID_POWER_LINES",
+        "BUILDING_FOOTPRINTS",
+    ];
+    config
+        .tables
+        .values()
+        .filter_map(|t| t.snowflake_table.clone())
+        .filter(|t| !GEOSPATIAL.contains(&t.as_str()))
+        .collect()
+}
+
+/// The demo query's answer.
+struct NearSubstation {
+    id: String,
+    name: String,
+    at: String,
+    lon: f64,
+    lat: f64,
+    connections: i64,
+}
+
+impl NearSubstation {
+    fn line(&self) -> String {
+        format!(
+            "Connections within 500 m of substation {} \"{}\" at {}: {}",
+            self.id, self.name, self.at, self.connections
+        )
+    }
+}
+
+async fn near_substation(client: &tokio_postgres::Client) -> Result<NearSubstation> {
+    let r = client
+        .query_one(NEAR_SUBSTATION, &[])
+        .await
+        .context("running the demo query")?;
+    Ok(NearSubstation {
+        id: r.get(0),
+        name: r.get(1),
+        at: r.get(2),
+        lon: r.get(4),
+        lat: r.get(5),
+        connections: r.get(3),
+    })
+}
+
+/// Changes the topology in Snowflake the way a re-routing does: moves 30
+/// connections next to the substation (new geometry), removes 10 of those
+/// already near it, adds 10 new ones there. Returns what it did, in words.
+async fn change_topology(
+    client: &tokio_postgres::Client,
+    snowflake: &SnowflakeSession,
+    near: &NearSubstation,
+) -> Result<String> {
+    let ids = |sql: String| async move {
+        let rows = client.query(&sql, &[]).await?;
+        Ok::<_, tokio_postgres::Error>(
+            rows.iter()
+                .map(|r| r.get::<_, i64>(0).to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    };
+    let point = format!("ST_SetSRID(ST_MakePoint({}, {}), 4326)", near.lon, near.lat);
+    let far = ids(format!(
+        "SELECT connection_id FROM topology_connections_cache \
+         ORDER BY geom <-> {point} DESC, connection_id LIMIT 30"
+    ))
+    .await?;
+    let close = ids(format!(
+        "SELECT connection_id FROM topology_connections_cache \
+         WHERE ST_DWithin(geom::geography, {point}::geography, 500) ORDER BY connection_id LIMIT 10"
+    ))
+    .await?;
+    let (lon, lat) = (near.lon + 0.001, near.lat + 0.001);
+    let mut statements = vec![format!(
+        "UPDATE {TOPOLOGY} SET FROM_LONGITUDE = {lon}, FROM_LATITUDE = {lat}, \
+         TO_LONGITUDE = {}, TO_LATITUDE = {} WHERE CONNECTION_ID IN ({far})",
+        lon + 0.0005,
+        lat + 0.0005
+    )];
+    if !close.is_empty() {
+        statements.push(format!(
+            "DELETE FROM {TOPOLOGY} WHERE CONNECTION_ID IN ({close})"
+        ));
+    }
+    statements.push(format!(
+        "INSERT INTO {TOPOLOGY} SELECT CONNECTION_ID + 100000000, FROM_ASSET_ID, TO_ASSET_ID, \
+         FROM_ASSET_TYPE, TO_ASSET_TYPE, CIRCUIT_ID, FEEDER_ID, SUBSTATION_ID, PHASE, VOLTAGE_KV, \
+         {lat}, {lon}, {}, {}, LENGTH_M, IS_ENERGIZED, INSTALLED_DATE, UPDATED_AT, ATTRIBUTES \
+         FROM {TOPOLOGY} WHERE CONNECTION_ID IN ({far}) AND CONNECTION_ID % 3 = 0",
+        lat - 0.0005,
+        lon - 0.0005
+    ));
+    for sql in &statements {
+        snowflake
+            .execute(sql)
+            .await
+            .with_context(|| format!("changing the topology in the emulator: {sql}"))?;
+    }
+    Ok(format!(
+        "moved 30 connections next to substation {}, deleted {} near it, inserted copies of a third of the moved ones",
+        near.id,
+        close.split(", ").filter(|s| !s.is_empty()).count()
+    ))
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand; shared config loading lives here.
 
 pub mod bench;
+pub mod bench_incremental;
 pub mod demo;
 pub mod doctor;
 pub mod emulate;

@@ -75,6 +75,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         allow_shrink: args.allow_shrink,
         snapshots: None,
         replay: Some(verified),
+        incremental: false,
     };
     let reports = run_tables(&config, &[table], &target, &options, args.output).await;
     Ok(signal.exit_status(&reports))

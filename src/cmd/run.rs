@@ -14,8 +14,12 @@ pub struct Args {
     #[arg(long = "table")]
     tables: Vec<String>,
     /// Read every table from DIR/<SNOWFLAKE_TABLE>.parquet instead of its configured source.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "incremental")]
     parquet: Option<PathBuf>,
+    /// Apply each table's changes in Snowflake since its last load, in
+    /// place; a full refresh where that is impossible (the report says why).
+    #[arg(long)]
+    incremental: bool,
     /// Let a refresh shrink a table by more than `load.max_shrink`, or empty it.
     #[arg(long)]
     allow_shrink: bool,
@@ -50,6 +54,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             false => Some(super::snapshot_plan(&config, args.snapshot_dir.as_deref())?),
         },
         replay: None,
+        incremental: args.incremental,
     };
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
     Ok(signal.exit_status(&reports))

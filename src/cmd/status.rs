@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use pipeline::postgres::runs;
+use pipeline::postgres::{runs, state};
 
 use crate::output::OutputFormat;
 
@@ -19,7 +19,8 @@ pub struct Args {
     output: OutputFormat,
 }
 
-/// `floe status`: the last runs per table from `floe.sync_runs`.
+/// `floe status`: each table's watermark and lag from `floe.sync_state`,
+/// then the last runs per table from `floe.sync_runs`.
 pub async fn run(args: Args) -> Result<ExitCode> {
     let (config, target) = args.common.resolve()?;
     // Config names and Postgres names both select; resolve config names to targets.
@@ -41,14 +42,41 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let records = runs::last_runs(&session.client, &tables, args.last.max(1))
         .await
         .context("reading floe.sync_runs")?;
+    let states = state::list(&session.client, &tables)
+        .await
+        .context("reading floe.sync_state")?;
     match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&records)?),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "tables": states,
+                "runs": records,
+            }))?
+        ),
         OutputFormat::Text => {
+            if !states.is_empty() {
+                println!(
+                    "{:<34} {:<28} {:>10} {:<21}",
+                    "target", "watermark (UTC)", "lag", "last full refresh"
+                );
+                for s in &states {
+                    println!(
+                        "{:<34} {:<28} {:>10} {:<21}",
+                        s.target,
+                        s.watermark.as_deref().unwrap_or("- (not from Snowflake)"),
+                        s.lag_seconds
+                            .map(|l| format!("{l:.1}s"))
+                            .unwrap_or_else(|| "-".into()),
+                        s.last_full_refresh
+                    );
+                }
+                println!();
+            }
             if records.is_empty() {
                 println!("no runs recorded in {} yet", target.display());
             } else {
                 println!(
-                    "{:<12} {:<7} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  error",
+                    "{:<12} {:<11} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  error",
                     "status",
                     "mode",
                     "target",
@@ -62,9 +90,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             for r in &records {
                 let n = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<12} {:<7} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  {}",
+                    "{:<12} {:<11} {:<34} {:<22} {:<21} {:>8} {:>10} {:>11}  {}",
                     r.status,
-                    r.mode,
+                    match &r.reason {
+                        Some(reason) => format!("{}({reason})", r.mode),
+                        None => r.mode.clone(),
+                    },
                     r.target,
                     r.run_id,
                     r.started_at,

@@ -324,7 +324,7 @@ async fn change_traffic_is_mostly_updates_with_new_geometry_some_inserts_and_del
 #[tokio::test]
 async fn a_window_reads_the_deleted_keys_the_upserted_rows_and_the_count_at_its_end() {
     use pipeline::incremental::window::{
-        count_at_sql, deleted_keys_sql, snowflake_now, upserted_rows_sql, Window,
+        count_sql, deleted_keys_sql, snowflake_now, source_at, upserted_rows_sql, Window,
     };
     let (_emulator, s) = session().await;
     s.execute("ALTER TABLE TRANSFORMERS SET CHANGE_TRACKING = TRUE")
@@ -371,7 +371,12 @@ async fn a_window_reads_the_deleted_keys_the_upserted_rows_and_the_count_at_its_
 
     let upserted = rows(
         &s,
-        &upserted_rows_sql("TRANSFORMERS", "TRANSFORMERS", &keys, &w),
+        &upserted_rows_sql(
+            &source_at(Some("TRANSFORMERS"), None, &w),
+            "TRANSFORMERS",
+            &keys,
+            &w,
+        ),
     )
     .await
     .unwrap();
@@ -387,7 +392,10 @@ async fn a_window_reads_the_deleted_keys_the_upserted_rows_and_the_count_at_its_
     );
     assert_eq!(row0.len(), 8, "every column of the source: {row0:?}");
 
-    assert_eq!(one(&s, &count_at_sql("TRANSFORMERS", &w)).await, before);
+    assert_eq!(
+        one(&s, &count_sql(&source_at(Some("TRANSFORMERS"), None, &w))).await,
+        before
+    );
 
     // A window that ends where it starts holds nothing.
     let empty = Window {
@@ -400,7 +408,12 @@ async fn a_window_reads_the_deleted_keys_the_upserted_rows_and_the_count_at_its_
         .is_empty());
     assert!(rows(
         &s,
-        &upserted_rows_sql("TRANSFORMERS", "TRANSFORMERS", &keys, &empty)
+        &upserted_rows_sql(
+            &source_at(Some("TRANSFORMERS"), None, &empty),
+            "TRANSFORMERS",
+            &keys,
+            &empty
+        )
     )
     .await
     .unwrap()

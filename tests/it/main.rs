@@ -8,6 +8,7 @@ mod conformance;
 mod doctor;
 mod faults;
 mod grid;
+mod incremental;
 mod refresh;
 mod runs;
 mod secrets;

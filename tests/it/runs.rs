@@ -192,14 +192,22 @@ async fn a_killed_run_is_marked_abandoned_by_the_next_and_floe_status_shows_it()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let shown: Vec<&str> = status
+    let shown: Vec<&str> = status["runs"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["status"].as_str().unwrap())
         .collect();
     assert_eq!(shown, ["success", "abandoned"]);
-    assert_eq!(status[0]["final_count"], GRID_ROWS);
+    assert_eq!(status["runs"][0]["final_count"], GRID_ROWS);
+    // The table's state: loaded from Snowflake, so with a watermark and its lag.
+    let state = &status["tables"][0];
+    assert_eq!(state["target"], "public.transformers_cache", "{status}");
+    assert!(state["watermark"].as_str().is_some(), "{status}");
+    assert!(
+        state["lag_seconds"].as_f64().is_some_and(|l| l >= 0.0),
+        "{status}"
+    );
     let o = floe_command()
         .args(["status", "--target", &url])
         .env_remove("FLOE_TARGET_URL")

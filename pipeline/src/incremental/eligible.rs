@@ -25,15 +25,40 @@ use crate::PipelineError;
 /// incrementally; the error is [`SchemaError::ConfigInvalid`] naming the
 /// table, the key to change and why.
 pub fn check(config: &Config, name: &str, plan: &LogicalPlan) -> Result<(), PipelineError> {
+    check_source(config, name)?;
     let t = &config.tables[name];
-    let refuse = |key: &str, message: String| {
-        Err(PipelineError::from(SchemaError::ConfigInvalid {
-            path: config.path.clone(),
-            table: name.to_string(),
-            key: key.to_string(),
-            message: format!("cannot be loaded incrementally: {message}"),
-        }))
-    };
+    let refuse = |key: &str, message: String| refusal(config, name, key, message);
+    if let Some(node) = not_row_by_row(plan) {
+        return refuse(
+            "transform",
+            format!("the transform is not row by row: it has {node} (each output row must come from one source row)"),
+        );
+    }
+    for key in &t.primary_key {
+        if !passed_through(plan, key) {
+            return refuse(
+                "primary_key",
+                format!("the transform does not pass the key column `{key}` through unchanged from the source column of that name"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn refusal(config: &Config, name: &str, key: &str, message: String) -> Result<(), PipelineError> {
+    Err(PipelineError::from(SchemaError::ConfigInvalid {
+        path: config.path.clone(),
+        table: name.to_string(),
+        key: key.to_string(),
+        message: format!("cannot be loaded incrementally: {message}"),
+    }))
+}
+
+/// The part of [`check`] the config alone decides (source and key), for
+/// refusing a table before anything is read.
+pub fn check_source(config: &Config, name: &str) -> Result<(), PipelineError> {
+    let t = &config.tables[name];
+    let refuse = |key: &str, message: String| refusal(config, name, key, message);
     match t.source() {
         Some(SourceSpec::Snowflake { .. }) => {}
         Some(SourceSpec::Parquet(_)) => {
@@ -61,20 +86,6 @@ pub fn check(config: &Config, name: &str, plan: &LogicalPlan) -> Result<(), Pipe
             "primary_key",
             "it has no primary key (changed rows are found and replaced by key)".into(),
         );
-    }
-    if let Some(node) = not_row_by_row(plan) {
-        return refuse(
-            "transform",
-            format!("the transform is not row by row: it has {node} (each output row must come from one source row)"),
-        );
-    }
-    for key in &t.primary_key {
-        if !passed_through(plan, key) {
-            return refuse(
-                "primary_key",
-                format!("the transform does not pass the key column `{key}` through unchanged from the source column of that name"),
-            );
-        }
     }
     Ok(())
 }

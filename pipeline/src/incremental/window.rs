@@ -34,15 +34,31 @@ pub fn timestamp_literal(ns: i64) -> String {
 
 /// Snowflake's `CURRENT_TIMESTAMP()`, in ns since the epoch.
 pub async fn snowflake_now(session: &SnowflakeSession) -> Result<i64, SnowflakeError> {
-    let result = session.query("SELECT CURRENT_TIMESTAMP() AS NOW").await?;
+    Ok(snowflake_clock(session, None).await?.0)
+}
+
+/// Snowflake's clock and, when `changes_from` is given, that object's
+/// change token (`SYSTEM$LAST_CHANGE_COMMIT_TIME`), read in one statement
+/// so the token is no later than the time.
+pub async fn snowflake_clock(
+    session: &SnowflakeSession,
+    changes_from: Option<&str>,
+) -> Result<(i64, Option<String>), SnowflakeError> {
+    let sql = match changes_from {
+        Some(object) => format!(
+            "SELECT CURRENT_TIMESTAMP() AS NOW, SYSTEM$LAST_CHANGE_COMMIT_TIME('{}') AS TOKEN",
+            object.replace('\'', "''")
+        ),
+        None => "SELECT CURRENT_TIMESTAMP() AS NOW".to_string(),
+    };
+    let result = session.query(&sql).await?;
     let batches: Vec<_> = session.stream(result).try_collect().await?;
-    let column = batches
+    let batch = batches
         .iter()
         .find(|b| b.num_rows() > 0)
-        .map(|b| std::sync::Arc::clone(b.column(0)))
         .ok_or_else(|| SnowflakeError::Decode("CURRENT_TIMESTAMP() returned no row".into()))?;
     let ns = arrow::compute::cast(
-        &column,
+        batch.column(0),
         &DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None),
     )
     .map_err(|e| SnowflakeError::Decode(format!("CURRENT_TIMESTAMP(): {e}")))?;
@@ -50,7 +66,14 @@ pub async fn snowflake_now(session: &SnowflakeSession) -> Result<i64, SnowflakeE
     if ns.is_null(0) {
         return Err(SnowflakeError::Decode("CURRENT_TIMESTAMP() is NULL".into()));
     }
-    Ok(ns.value(0))
+    let token = match batch.num_columns() {
+        2 if !batch.column(1).is_null(0) => Some(
+            arrow::util::display::array_value_to_string(batch.column(1), 0)
+                .map_err(|e| SnowflakeError::Decode(format!("change token: {e}")))?,
+        ),
+        _ => None,
+    };
+    Ok((ns.value(0), token))
 }
 
 /// Snowflake's spelling of a key column: the config's lower-case name,
@@ -78,28 +101,37 @@ pub fn deleted_keys_sql(changes_from: &str, keys: &[String], w: &Window) -> Stri
     )
 }
 
-/// The source's rows at the window's end whose keys were inserted (or
-/// updated) in the window.
+/// The source as of the window's end, as a `FROM` item: the table (or
+/// view) `AT` the end; a custom `query` cannot be read `AT` a point, so it
+/// is read as it is now (a change committed after the end is applied now
+/// and again, harmlessly, by the next window).
+pub fn source_at(snowflake_table: Option<&str>, query: Option<&str>, w: &Window) -> String {
+    match (query, snowflake_table) {
+        (Some(q), _) => format!("({q})"),
+        (None, Some(t)) => format!("{t} AT(TIMESTAMP => {})", timestamp_literal(w.end_ns)),
+        (None, None) => String::new(),
+    }
+}
+
+/// The source's rows (`source`: a [`source_at`] item) whose keys were
+/// inserted (or updated) in the window.
 pub fn upserted_rows_sql(source: &str, changes_from: &str, keys: &[String], w: &Window) -> String {
     let matches: Vec<String> = keys
         .iter()
         .map(|k| format!("c.{0} = s.{0}", column(k)))
         .collect();
     format!(
-        "SELECT s.* FROM {source} AT(TIMESTAMP => {}) s WHERE EXISTS \
+        "SELECT s.* FROM {source} s WHERE EXISTS \
          (SELECT 1 FROM {} c WHERE c.METADATA$ACTION = 'INSERT' AND {})",
-        timestamp_literal(w.end_ns),
         changes(changes_from, w),
         matches.join(" AND ")
     )
 }
 
-/// The source's row count at the window's end (what the applied table must hold).
-pub fn count_at_sql(source: &str, w: &Window) -> String {
-    format!(
-        "SELECT COUNT(*) AS N FROM {source} AT(TIMESTAMP => {})",
-        timestamp_literal(w.end_ns)
-    )
+/// The source's row count (`source`: a [`source_at`] item): what the
+/// applied table must hold.
+pub fn count_sql(source: &str) -> String {
+    format!("SELECT COUNT(*) AS N FROM {source} s")
 }
 
 #[cfg(test)]
@@ -127,7 +159,8 @@ mod tests {
             "{deleted}"
         );
         assert!(deleted.contains("METADATA$ACTION = 'DELETE'"), "{deleted}");
-        let upserted = upserted_rows_sql("TOPO", "TOPO_KEYS", &keys, &w);
+        let upserted =
+            upserted_rows_sql(&source_at(Some("TOPO"), None, &w), "TOPO_KEYS", &keys, &w);
         assert!(
             upserted.starts_with("SELECT s.* FROM TOPO AT(TIMESTAMP => '1970-01-01 00:00:01"),
             "{upserted}"
@@ -143,6 +176,26 @@ mod tests {
         assert!(
             !upserted.contains("c.*"),
             "never every column of the change data: {upserted}"
+        );
+    }
+
+    #[test]
+    fn a_table_is_read_at_the_window_s_end_and_a_custom_query_as_it_is() {
+        let w = Window {
+            start_ns: 0,
+            end_ns: 1_000_000_000,
+        };
+        assert_eq!(
+            source_at(Some("TOPO"), None, &w),
+            "TOPO AT(TIMESTAMP => '1970-01-01 00:00:01.000000000 +0000'::TIMESTAMP_TZ)"
+        );
+        assert_eq!(
+            source_at(Some("TOPO"), Some("SELECT * FROM TOPO WHERE X"), &w),
+            "(SELECT * FROM TOPO WHERE X)"
+        );
+        assert_eq!(
+            count_sql(&source_at(Some("T"), None, &w)),
+            "SELECT COUNT(*) AS N FROM T AT(TIMESTAMP => '1970-01-01 00:00:01.000000000 +0000'::TIMESTAMP_TZ) s"
         );
     }
 }

@@ -1,6 +1,8 @@
 //! The Postgres side: connecting with safe session settings, the binary COPY
-//! encoder ([`encode`]) and the staged full refresh ([`refresh`]).
+//! encoder ([`encode`]), the staged full refresh ([`refresh`]) and the
+//! in-place incremental apply ([`apply`]).
 
+pub mod apply;
 pub mod checksum;
 pub mod copy;
 pub mod doctor;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use schemas::config::{LoadConfig, TargetConfig};
+use schemas::pg::quote_ident;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
@@ -235,6 +238,37 @@ pub(crate) async fn ensure_table(
         }
         other => other,
     }
+}
+
+/// Adds to `table` the `columns` (name, type) an older floe created it
+/// without; DDL only when one is missing.
+pub(crate) async fn ensure_columns(
+    client: &Client,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> Result<(), tokio_postgres::Error> {
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+    let present: Vec<String> = client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
+             AND attname = ANY($2) AND NOT attisdropped",
+            &[&table, &names],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (name, ty) in columns {
+        if !present.iter().any(|p| p == name) {
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {ty}",
+                    quote_ident(name)
+                ))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Connection attempts while the server is (re)starting: about 2 s in all.

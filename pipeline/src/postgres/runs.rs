@@ -9,6 +9,8 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::incremental::{Changes, Fallback};
+
 /// How a run stands or ended, as `sync_runs.status`, reports and JSON spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +55,8 @@ pub enum RunMode {
     Full,
     /// A full refresh from a snapshot instead of the source.
     Replay,
+    /// A window of the source's changes applied in place.
+    Incremental,
 }
 
 impl RunMode {
@@ -60,6 +64,7 @@ impl RunMode {
         match self {
             RunMode::Full => "full",
             RunMode::Replay => "replay",
+            RunMode::Incremental => "incremental",
         }
     }
 }
@@ -82,13 +87,30 @@ CREATE TABLE IF NOT EXISTS floe.sync_runs (
     status       text        NOT NULL
         CHECK (status IN ('running', 'success', 'failed', 'cancelled', 'abandoned')),
     error        text,
+    reason        text,
+    rows_inserted bigint,
+    rows_updated  bigint,
+    rows_deleted  bigint,
+    window_start  timestamptz,
+    window_end    timestamptz,
     PRIMARY KEY (run_id, table_name)
 );
 CREATE INDEX IF NOT EXISTS sync_runs_target_started ON floe.sync_runs (target, started_at DESC);";
 
+/// Columns added with incremental runs (added to an older table).
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("reason", "text"),
+    ("rows_inserted", "bigint"),
+    ("rows_updated", "bigint"),
+    ("rows_deleted", "bigint"),
+    ("window_start", "timestamptz"),
+    ("window_end", "timestamptz"),
+];
+
 /// Creates the bookkeeping table, tolerating a concurrent run doing the same.
 pub async fn ensure(client: &Client) -> Result<(), tokio_postgres::Error> {
-    super::ensure_table(client, "floe.sync_runs", CREATE_SQL).await
+    super::ensure_table(client, "floe.sync_runs", CREATE_SQL).await?;
+    super::ensure_columns(client, "floe.sync_runs", ADDED_COLUMNS).await
 }
 
 /// Records that `run_id` started loading `target` (schema-qualified).
@@ -132,6 +154,12 @@ pub async fn mark_abandoned(
 #[derive(Debug, Clone)]
 pub struct Outcome<'a> {
     pub status: RunStatus,
+    /// How the run loaded in the end (an incremental run that fell back is `full`).
+    pub mode: RunMode,
+    /// Why an incremental run became a full refresh.
+    pub reason: Option<Fallback>,
+    /// What an incremental run applied.
+    pub changes: Option<&'a Changes>,
     pub source: Option<&'a str>,
     pub rows_read: Option<u64>,
     pub rows_written: Option<u64>,
@@ -149,11 +177,18 @@ pub async fn finish(
 ) -> Result<(), tokio_postgres::Error> {
     let n = |v: Option<u64>| v.map(|v| v as i64);
     let status = outcome.status.as_str();
+    let changes = outcome.changes;
+    let count = |f: fn(&Changes) -> u64| changes.map(|c| f(c) as i64);
+    let point = |f: fn(&Changes) -> i64| changes.map(f);
     client
         .execute(
             "UPDATE floe.sync_runs SET status = $3, finished_at = clock_timestamp(), \
              source = coalesce($4, source), rows_read = $5, rows_written = $6, final_count = $7, \
-             checksum = $8, error = $9 WHERE run_id = $1 AND table_name = $2",
+             checksum = $8, error = $9, mode = $10, reason = $11, rows_inserted = $12, \
+             rows_updated = $13, rows_deleted = $14, \
+             window_start = to_timestamp($15::int8::numeric / 1e9), \
+             window_end = to_timestamp($16::int8::numeric / 1e9) \
+             WHERE run_id = $1 AND table_name = $2",
             &[
                 &run_id,
                 &table,
@@ -164,6 +199,13 @@ pub async fn finish(
                 &n(outcome.final_count),
                 &outcome.checksum,
                 &outcome.error,
+                &outcome.mode.as_str(),
+                &outcome.reason.map(Fallback::as_str),
+                &count(|c| c.inserted),
+                &count(|c| c.updated),
+                &count(|c| c.deleted),
+                &point(|c| c.window.start_ns),
+                &point(|c| c.window.end_ns),
             ],
         )
         .await
@@ -187,6 +229,25 @@ pub struct RunRecord {
     pub checksum: Option<String>,
     pub status: String,
     pub error: Option<String>,
+    /// Why an incremental run became a full refresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_inserted: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_updated: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_deleted: Option<i64>,
+    /// The window of changes an incremental run applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<RecordedWindow>,
+}
+
+/// An applied window's bounds (UTC, RFC 3339, to the microsecond).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedWindow {
+    pub start: String,
+    pub end: String,
 }
 
 /// The last `per_table` runs of every table (or of the tables named), newest first.
@@ -208,7 +269,10 @@ pub async fn last_runs(
                     to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                     to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                     extract(epoch FROM finished_at - started_at)::float8, \
-                    rows_read, rows_written, final_count, checksum, status, error \
+                    rows_read, rows_written, final_count, checksum, status, error, \
+                    reason, rows_inserted, rows_updated, rows_deleted, \
+                    to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                    to_char(window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
              FROM (SELECT *, row_number() OVER (PARTITION BY target ORDER BY started_at DESC) AS n \
                    FROM floe.sync_runs \
                    WHERE cardinality($1::text[]) = 0 OR table_name = ANY($1) OR target = ANY($1)) r \
@@ -233,6 +297,14 @@ pub async fn last_runs(
             checksum: r.get(11),
             status: r.get(12),
             error: r.get(13),
+            reason: r.get(14),
+            rows_inserted: r.get(15),
+            rows_updated: r.get(16),
+            rows_deleted: r.get(17),
+            window: match (r.get(18), r.get(19)) {
+                (Some(start), Some(end)) => Some(RecordedWindow { start, end }),
+                _ => None,
+            },
         })
         .collect())
 }

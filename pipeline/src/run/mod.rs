@@ -1,12 +1,17 @@
 //! Running one table end to end: source → transform → encoder → COPY into
 //! staging → verify → swap, recorded in `floe.sync_runs` and reported.
 //!
+//! An incremental run (`--incremental`) applies the source's changes since
+//! the table's watermark in place (`incremental`), or does a full refresh
+//! instead and says why.
+//!
 //! The rooms: [`plan`] (the one planning path), [`stages`] (time by stage),
 //! [`report`] (what the run says, and its id), `record` (its `sync_runs`
 //! row), [`cancel`]. Where rows come from is [`crate::source`]; how they
 //! land is the load seam, [`crate::postgres::refresh::StagedRefresh`].
 
 pub mod cancel;
+mod incremental;
 pub mod plan;
 mod record;
 pub mod report;
@@ -22,13 +27,15 @@ use operators::GeometryOptions;
 use schemas::config::Config;
 
 pub use cancel::{Cancel, Canceller};
-pub use report::{new_run_id, TableReport};
+pub use report::{new_run_id, ChangesReport, TableReport, WindowReport};
 pub use stages::Stages;
 
+use crate::incremental::Changes;
+use crate::postgres::apply::NotApplied;
 use crate::postgres::copy::CopyTimes;
 use crate::postgres::refresh::StagedRefresh;
-use crate::postgres::runs::{self, Outcome, RunStatus};
-use crate::postgres::state::FullRefreshed;
+use crate::postgres::runs::{self, Outcome, RunMode, RunStatus};
+use crate::postgres::state::{FullRefreshed, SourcePoint};
 use crate::postgres::Target;
 use crate::snapshot::{SnapshotStatus, SnapshotWriter};
 use crate::source::{Opened, SourceData, SourceError, TableSource};
@@ -51,6 +58,9 @@ pub struct RunOptions {
     pub snapshots: Option<SnapshotPlan>,
     /// Replay this (verified) snapshot instead of reading the table's source.
     pub replay: Option<crate::snapshot::Verified>,
+    /// Apply the source's changes since each table's watermark instead of
+    /// reloading it (a full refresh where that is impossible, saying why).
+    pub incremental: bool,
 }
 
 /// Where a run snapshots what it reads.
@@ -70,7 +80,24 @@ struct Loaded {
     checksum: Option<String>,
     /// The complete snapshot of what was read, when one was written.
     snapshot: Option<String>,
-    stages: Stages,
+    /// A full refresh's stages.
+    stages: Option<Stages>,
+    /// What an incremental run applied, and its transaction's seconds.
+    changes: Option<(Changes, f64)>,
+}
+
+impl From<incremental::Incremented> for Loaded {
+    fn from(i: incremental::Incremented) -> Loaded {
+        Loaded {
+            rows: i.rows_read,
+            final_count: i.final_count,
+            source: None,
+            checksum: None,
+            snapshot: None,
+            stages: None,
+            changes: Some((i.changes, i.transaction)),
+        }
+    }
 }
 
 /// Loads one table and reports, never panicking on bad input.
@@ -92,16 +119,36 @@ pub async fn run_table(
         options.replay.as_ref(),
         options.parquet_dir.as_deref(),
     );
+    let incremental = options.incremental && options.replay.is_none();
     let record = record::Record::start(
         config,
         target,
         name,
         &options.run_id,
-        source.mode(),
+        match incremental {
+            true => RunMode::Incremental,
+            false => source.mode(),
+        },
         &source.describe(),
     )
     .await;
-    let result = load_table(config, name, target, options, &source, &geometry, progress).await;
+    let (mode, reason, result) = match incremental {
+        true => match incremental::run(config, name, target, options, &geometry, progress).await {
+            Ok(applied) => (RunMode::Incremental, None, Ok(Loaded::from(applied))),
+            Err(NotApplied::FallBack(reason)) => {
+                tracing::info!(table = name, %reason, "a full refresh instead of an incremental run");
+                let full =
+                    load_table(config, name, target, options, &source, &geometry, progress).await;
+                (RunMode::Full, Some(reason), full)
+            }
+            Err(NotApplied::Failed(e)) => (RunMode::Incremental, None, Err(e)),
+        },
+        false => (
+            source.mode(),
+            None,
+            load_table(config, name, target, options, &source, &geometry, progress).await,
+        ),
+    };
     let invalid_geometries = geometry.invalid_count.load(Ordering::Relaxed);
     if invalid_geometries > 0 {
         tracing::warn!(
@@ -116,13 +163,19 @@ pub async fn run_table(
             status: RunStatus::Success,
             table: table_cfg.target.clone(),
             name: name.to_string(),
+            mode,
+            reason,
             rows_synced: loaded.rows,
             final_count: Some(loaded.final_count),
             seconds,
             error: None,
             invalid_geometries,
             snapshot: loaded.snapshot.clone(),
-            stages: Some(loaded.stages.clone()),
+            stages: loaded.stages.clone(),
+            changes: loaded
+                .changes
+                .as_ref()
+                .map(|(c, seconds)| ChangesReport::new(c, *seconds)),
         },
         Err(e) => TableReport {
             status: match e {
@@ -131,6 +184,8 @@ pub async fn run_table(
             },
             table: table_cfg.target.clone(),
             name: name.to_string(),
+            mode,
+            reason,
             rows_synced: 0,
             final_count: record::current_count(config, name, target, &options.run_id).await,
             seconds,
@@ -138,12 +193,16 @@ pub async fn run_table(
             invalid_geometries,
             snapshot: None,
             stages: None,
+            changes: None,
         },
     };
     let loaded = result.as_ref().ok();
     record
         .finish(&Outcome {
             status: report.status,
+            mode,
+            reason,
+            changes: loaded.and_then(|l| l.changes.as_ref().map(|(c, _)| c)),
             source: loaded.and_then(|l| l.source.as_deref()),
             rows_read: loaded.map(|l| l.rows),
             rows_written: loaded.map(|l| l.final_count),
@@ -173,7 +232,7 @@ async fn load_table(
     let Opened {
         data,
         described,
-        watermark_ns,
+        point,
         guard,
     } = source.open(name, config, &ctx, &options.cancel).await?;
     let source_open = opening.elapsed().as_secs_f64();
@@ -217,7 +276,7 @@ async fn load_table(
             let load = Load {
                 ctx: &ctx,
                 provider,
-                watermark_ns,
+                point,
             };
             refresh(config, name, target, options, load, progress).await
         }
@@ -244,7 +303,8 @@ async fn load_table(
                     .map(|s| s.location.snapshot(name, &options.run_id).url())
             })
             .flatten(),
-        stages: clock.stages(source_open, r.copy_times, r.after),
+        stages: Some(clock.stages(source_open, r.copy_times, r.after)),
+        changes: None,
     })
 }
 
@@ -258,11 +318,11 @@ struct Refreshed {
 }
 
 /// What [`refresh`] loads: the source as DataFusion reads it, and the
-/// watermark to record with the rows.
+/// watermark (with the source's fingerprint) to record with the rows.
 struct Load<'a> {
     ctx: &'a datafusion::execution::context::SessionContext,
     provider: Arc<dyn datafusion::catalog::TableProvider>,
-    watermark_ns: Option<i64>,
+    point: Option<SourcePoint>,
 }
 
 /// Plans the transform over the source and loads it through the staged
@@ -279,21 +339,13 @@ async fn refresh(
     let Load {
         ctx,
         provider,
-        watermark_ns,
+        point,
     } = source;
     let planned = plan::plan_table(config, name, &target.schema, ctx, provider).await?;
     let load = StagedRefresh::begin(target, &config.load, planned.plan, &options.run_id).await?;
     // Holding the table's lock: a `running` record of another run is a dead run's.
     let target_name = format!("{}.{}", target.schema, load.plan().target);
-    match runs::mark_abandoned(load.client(), &target_name, &options.run_id).await {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            table = name,
-            runs = n,
-            "marked earlier runs that never finished as abandoned"
-        ),
-        Err(e) => tracing::debug!(table = name, "sync_runs not updated: {e}"),
-    }
+    mark_abandoned(load.client(), name, &target_name, &options.run_id).await;
     // Cancelling drops the copy mid-flight: the COPY is abandoned, and the
     // staging table is dropped before the lock is released.
     let copied = tokio::select! {
@@ -318,7 +370,7 @@ async fn refresh(
         target: target_name,
         table: name.to_string(),
         run_id: options.run_id.clone(),
-        watermark_ns,
+        point,
     };
     let committed = load
         .commit(&copied, options.allow_shrink, &options.cancel, &state)
@@ -335,6 +387,25 @@ async fn refresh(
         copy_times: copied.times,
         after,
     })
+}
+
+/// Marks other runs of `target_name` still `running` as abandoned: call
+/// holding the table's lock, when no live run can be loading it.
+async fn mark_abandoned(
+    client: &tokio_postgres::Client,
+    name: &str,
+    target_name: &str,
+    run_id: &str,
+) {
+    match runs::mark_abandoned(client, target_name, run_id).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            table = name,
+            runs = n,
+            "marked earlier runs that never finished as abandoned"
+        ),
+        Err(e) => tracing::debug!(table = name, "sync_runs not updated: {e}"),
+    }
 }
 
 /// Finishes the snapshot (`complete`, `load_failed` or `incomplete`, by the

@@ -4,7 +4,8 @@
 use serde::Serialize;
 
 use super::stages::Stages;
-use crate::postgres::runs::RunStatus;
+use crate::incremental::{Changes, Fallback, Window};
+use crate::postgres::runs::{RunMode, RunStatus};
 
 /// What happened to one table, in the shape the incumbent procedure returned.
 #[derive(Debug, Clone, Serialize)]
@@ -15,6 +16,12 @@ pub struct TableReport {
     pub table: String,
     /// The config's name for it.
     pub name: String,
+    /// How the table was loaded in the end: `full`, `incremental` or `replay`.
+    pub mode: RunMode,
+    /// Why an incremental run did a full refresh instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Fallback>,
+    /// Source rows read: every row in a full refresh, the changed keys' rows in an incremental run.
     pub rows_synced: u64,
     /// Rows in the target after the run (on failure: what the untouched target holds, if known).
     pub final_count: Option<u64>,
@@ -27,9 +34,55 @@ pub struct TableReport {
     /// Where the complete snapshot of what was read went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
-    /// Where the time went (a successful run).
+    /// Where the time went (a successful full refresh).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<Stages>,
+    /// What a successful incremental run applied.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangesReport>,
+}
+
+/// An incremental run's changes, as reports spell them.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangesReport {
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+    pub rows_deleted: u64,
+    pub window: WindowReport,
+    /// The apply transaction alone, in seconds.
+    pub apply_seconds: f64,
+}
+
+/// A window's bounds in Snowflake's time (UTC, RFC 3339, to the nanosecond).
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowReport {
+    pub start: String,
+    pub end: String,
+}
+
+impl ChangesReport {
+    pub fn new(c: &Changes, apply_seconds: f64) -> ChangesReport {
+        ChangesReport {
+            rows_inserted: c.inserted,
+            rows_updated: c.updated,
+            rows_deleted: c.deleted,
+            window: WindowReport::new(&c.window),
+            apply_seconds,
+        }
+    }
+}
+
+impl WindowReport {
+    pub fn new(w: &Window) -> WindowReport {
+        let at = |ns| {
+            chrono::DateTime::from_timestamp_nanos(ns)
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+        };
+        WindowReport {
+            start: at(w.start_ns),
+            end: at(w.end_ns),
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {

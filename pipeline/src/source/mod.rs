@@ -23,6 +23,7 @@ use schemas::config::{Config, SourceSpec, TableConfig};
 
 use crate::flight::FlightSourceError;
 use crate::postgres::runs::RunMode;
+use crate::postgres::state::SourcePoint;
 use crate::run::Cancel;
 use crate::snapshot::{SnapshotSource, Verified};
 use crate::PipelineError;
@@ -66,6 +67,8 @@ pub enum TableSource<'a> {
     },
     Snowflake {
         query: String,
+        /// Whose change token the load records (see `TableConfig::changes_object`).
+        changes_from: Option<String>,
     },
     NotConfigured,
 }
@@ -95,10 +98,11 @@ pub enum SourceData {
 pub struct Opened {
     pub data: SourceData,
     pub described: Described,
-    /// Snowflake's time taken just before the read started (ns since the
-    /// epoch): the rows are current at least up to it, so an incremental run
-    /// can continue from it. `None` for sources without Snowflake's clock.
-    pub watermark_ns: Option<i64>,
+    /// Snowflake's time taken just before the read started, with the
+    /// source's fingerprint and change token: the rows are current at least
+    /// up to it, so an incremental run can continue from it. `None` for
+    /// sources without Snowflake's clock.
+    pub point: Option<SourcePoint>,
     /// Ends the source's remote work: call [`SourceGuard::close`] when the load ends.
     pub guard: SourceGuard,
 }
@@ -117,9 +121,10 @@ impl<'a> TableSource<'a> {
             },
             (None, None, Some(SourceSpec::Parquet(path))) => TableSource::Parquet { path },
             (None, None, Some(SourceSpec::Flight(url))) => TableSource::Flight { url },
-            (None, None, Some(SourceSpec::Snowflake { query, .. })) => {
-                TableSource::Snowflake { query }
-            }
+            (None, None, Some(SourceSpec::Snowflake { query, .. })) => TableSource::Snowflake {
+                query,
+                changes_from: t.changes_object().map(str::to_string),
+            },
             (None, None, None) => TableSource::NotConfigured,
         }
     }
@@ -139,7 +144,7 @@ impl<'a> TableSource<'a> {
             TableSource::ParquetDir { dir, .. } => format!("parquet {}", dir.display()),
             TableSource::Parquet { path } => format!("parquet {path}"),
             TableSource::Flight { url } => format!("flight {url}"),
-            TableSource::Snowflake { query } => format!("snowflake: {query}"),
+            TableSource::Snowflake { query, .. } => format!("snowflake: {query}"),
             TableSource::NotConfigured => String::new(),
         }
     }
@@ -160,7 +165,7 @@ impl<'a> TableSource<'a> {
         let unguarded = |data, described| Opened {
             data,
             described,
-            watermark_ns: None,
+            point: None,
             guard: SourceGuard(None),
         };
         match self {
@@ -213,7 +218,10 @@ impl<'a> TableSource<'a> {
                     Described::Flight { url: url.clone() },
                 ))
             }
-            TableSource::Snowflake { query } => {
+            TableSource::Snowflake {
+                query,
+                changes_from,
+            } => {
                 let session = SnowflakeSession::login(&config.snowflake)
                     .await
                     .map_err(|e| failed(e.into()))?;
@@ -225,15 +233,19 @@ impl<'a> TableSource<'a> {
                 // committed while it runs are read again by the next
                 // incremental window, which is harmless.
                 let read = async {
-                    let watermark = crate::incremental::window::snowflake_now(&session).await?;
+                    let clock = crate::incremental::window::snowflake_clock(
+                        &session,
+                        changes_from.as_deref(),
+                    )
+                    .await?;
                     let result = session.query_ticket(&ticket).await?;
-                    Ok::<_, SnowflakeError>((watermark, result))
+                    Ok::<_, SnowflakeError>((clock, result))
                 };
                 let result = tokio::select! {
                     r = read => r.map_err(|e| failed(e.into())),
                     _ = cancel.cancelled() => Err(PipelineError::Cancelled { table: name.to_string() }),
                 };
-                let (watermark, result) = match result {
+                let ((watermark_ns, change_token), result) = match result {
                     Ok(r) => r,
                     Err(e) => {
                         guard.close(true).await;
@@ -249,6 +261,11 @@ impl<'a> TableSource<'a> {
                     schema: config.snowflake.schema.clone(),
                 });
                 let schema = Arc::clone(&result.schema);
+                let point = Some(SourcePoint {
+                    watermark_ns,
+                    fingerprint: crate::incremental::fingerprint(&schema),
+                    change_token,
+                });
                 let stream = session
                     .stream(result)
                     .map_err(|e| DataFusionError::External(Box::new(e)))
@@ -256,7 +273,7 @@ impl<'a> TableSource<'a> {
                 Ok(Opened {
                     data: SourceData::Stream(schema, stream),
                     described,
-                    watermark_ns: Some(watermark),
+                    point,
                     guard,
                 })
             }

@@ -42,12 +42,12 @@ use super::{application_name, Session, Target};
 use crate::run::Cancel;
 use crate::PipelineError;
 pub use steps::{
-    build, current_count, discard, prepare, release, staged_columns, swap, verify, BuildTimes,
-    TablePlan, STAGING_MARK,
+    build, current_count, discard, lock, prepare, release, staged_columns, swap, unlock, verify,
+    BuildTimes, TablePlan, STAGING_MARK,
 };
 
-/// The load seam, as a full refresh through a staging table (incremental
-/// apply will be the second way to load a table). What a caller may rely on:
+/// The load seam, as a full refresh through a staging table (the other way
+/// to load a table is [`crate::postgres::apply::InPlaceApply`]). What a caller may rely on:
 ///
 /// - [`StagedRefresh::begin`] takes the table's advisory lock (one floe run
 ///   per table; another run holding it is [`PipelineError::Busy`]), drops

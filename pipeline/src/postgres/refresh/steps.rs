@@ -29,7 +29,7 @@ pub struct TablePlan {
 }
 
 impl TablePlan {
-    fn qualified(&self, name: &str) -> String {
+    pub(crate) fn qualified(&self, name: &str) -> String {
         quote_qualified(&self.schema, name)
     }
 
@@ -51,7 +51,7 @@ impl TablePlan {
     }
 
     /// `CREATE TABLE` for the staging table: columns only, constraints come after the load.
-    fn create_sql(&self, staging: &str) -> String {
+    pub(crate) fn create_sql(&self, staging: &str) -> String {
         let cols: Vec<String> = self
             .columns
             .iter()
@@ -119,21 +119,7 @@ pub async fn prepare(
             .await
             .map_err(pg(plan, "creating the schema"))?;
     }
-    let key = format!("floe:{}.{}", plan.schema, plan.target);
-    let locked: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-            &[&key],
-        )
-        .await
-        .map_err(pg(plan, "taking the table's advisory lock"))?
-        .get(0);
-    if !locked {
-        return Err(PipelineError::Busy {
-            table: plan.table.clone(),
-            target: plan.target.clone(),
-        });
-    }
+    lock(client, &plan.table, &plan.schema, &plan.target).await?;
     // The swap records the watermark in floe.sync_state: have the table before loading.
     crate::postgres::state::ensure(client)
         .await
@@ -580,9 +566,45 @@ pub async fn discard(client: &Client, plan: &TablePlan, staging: &str) {
     }
 }
 
+/// The advisory lock key of a target table: one per table, taken by full
+/// and incremental runs alike, so they never overlap.
+fn lock_key(schema: &str, target: &str) -> String {
+    format!("floe:{schema}.{target}")
+}
+
+/// Takes the table's advisory lock on this session, or answers
+/// [`PipelineError::Busy`] if another run holds it.
+pub async fn lock(
+    client: &Client,
+    table: &str,
+    schema: &str,
+    target: &str,
+) -> Result<(), PipelineError> {
+    let locked: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+            &[&lock_key(schema, target)],
+        )
+        .await
+        .map_err(|e| PipelineError::postgres(table, "taking the table's advisory lock", e))?
+        .get(0);
+    if !locked {
+        return Err(PipelineError::Busy {
+            table: table.to_string(),
+            target: target.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Releases the table's advisory lock (also released when the session ends).
 pub async fn release(client: &Client, plan: &TablePlan) {
-    let key = format!("floe:{}.{}", plan.schema, plan.target);
+    unlock(client, &plan.schema, &plan.target).await
+}
+
+/// Releases the advisory lock of `schema.target` held by this session.
+pub async fn unlock(client: &Client, schema: &str, target: &str) {
+    let key = lock_key(schema, target);
     let _ = client
         .execute(
             "SELECT pg_advisory_unlock(hashtextextended($1, 0))",

@@ -1,0 +1,272 @@
+//! One incremental run of a table: read the window since its watermark
+//! from Snowflake (the changed rows through the table's own transform, the
+//! deleted keys, the count at the window's end), stage them in Postgres,
+//! and apply them in one short transaction. Where the window cannot be
+//! applied in place the run says why ([`NotApplied::FallBack`]) and the
+//! driver does a full refresh instead.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::{StreamExt, TryStreamExt};
+use operators::GeometryOptions;
+use schemas::config::Config;
+
+use super::{plan, RunOptions};
+use crate::incremental::window::{
+    count_sql, deleted_keys_sql, snowflake_clock, source_at, upserted_rows_sql,
+};
+use crate::incremental::{eligible, fingerprint, Changes, Fallback, Window};
+use crate::postgres::apply::{InPlaceApply, NotApplied};
+use crate::postgres::state::{SourcePoint, SyncState};
+use crate::postgres::Target;
+use crate::source::snowflake::{SnowflakeError, SnowflakeSession};
+use crate::source::{one_shot, SourceError};
+use crate::PipelineError;
+
+/// What a committed incremental run did.
+#[derive(Debug, Clone)]
+pub(super) struct Incremented {
+    pub changes: Changes,
+    /// Source rows of the changed keys read through the transform.
+    pub rows_read: u64,
+    pub final_count: u64,
+    /// The apply transaction alone, in seconds.
+    pub transaction: f64,
+}
+
+/// The window as read and staged, ready to apply.
+struct Staged {
+    point: SourcePoint,
+    window: Window,
+    expected: u64,
+    rows_read: u64,
+}
+
+/// Runs table `name` incrementally (see the module doc).
+pub(super) async fn run(
+    config: &Config,
+    name: &str,
+    target: &Target,
+    options: &RunOptions,
+    geometry: &GeometryOptions,
+    progress: &AtomicU64,
+) -> Result<Incremented, NotApplied> {
+    eligible::check_source(config, name)?;
+    let t = &config.tables[name];
+    let (mut apply, state) =
+        InPlaceApply::lock(target, &config.load, name, &t.target, &options.run_id).await?;
+    // Holding the table's lock: a `running` record of another run is a dead run's.
+    super::mark_abandoned(
+        apply.client(),
+        name,
+        &apply.qualified_target(),
+        &options.run_id,
+    )
+    .await;
+    let read = tokio::select! {
+        r = read_window(config, name, target, &mut apply, state, geometry, progress) => r,
+        _ = options.cancel.cancelled() => Err(NotApplied::Failed(PipelineError::Cancelled { table: name.to_string() })),
+    };
+    let staged = match read {
+        Ok(s) => s,
+        Err(e) => {
+            // Released now, not when the session closes: a full refresh
+            // falling back from here takes the same lock at once.
+            apply.release().await;
+            return Err(e);
+        }
+    };
+    let applied = apply
+        .commit(
+            staged.expected,
+            &staged.point,
+            &options.run_id,
+            &config.load,
+            options.allow_shrink,
+        )
+        .await?;
+    Ok(Incremented {
+        changes: Changes {
+            inserted: applied.inserted,
+            updated: applied.updated,
+            deleted: applied.deleted,
+            window: staged.window,
+        },
+        rows_read: staged.rows_read,
+        final_count: applied.final_count,
+        transaction: applied.transaction.as_secs_f64(),
+    })
+}
+
+/// Reads the window from Snowflake into the apply's temporary tables, on
+/// one Snowflake session logged out however it ends.
+async fn read_window(
+    config: &Config,
+    name: &str,
+    target: &Target,
+    apply: &mut InPlaceApply,
+    state: Option<SyncState>,
+    geometry: &GeometryOptions,
+    progress: &AtomicU64,
+) -> Result<Staged, NotApplied> {
+    let Some(state) = state else {
+        return Err(NotApplied::FallBack(Fallback::NoWatermark));
+    };
+    let Some(start_ns) = state.watermark_ns else {
+        return Err(NotApplied::FallBack(Fallback::NoWatermark));
+    };
+    let session = SnowflakeSession::login(&config.snowflake)
+        .await
+        .map_err(|e| failed(name, e))?;
+    let started = Instant::now();
+    let read = Box::pin(read_on(
+        &session, config, name, target, apply, &state, start_ns, geometry, progress,
+    ))
+    .await;
+    session.logout().await;
+    if let Ok(s) = &read {
+        tracing::info!(
+            table = name,
+            rows = s.rows_read,
+            seconds = started.elapsed().as_secs_f64(),
+            "window read and staged"
+        );
+    }
+    read
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_on(
+    session: &SnowflakeSession,
+    config: &Config,
+    name: &str,
+    target: &Target,
+    apply: &mut InPlaceApply,
+    state: &SyncState,
+    start_ns: i64,
+    geometry: &GeometryOptions,
+    progress: &AtomicU64,
+) -> Result<Staged, NotApplied> {
+    let t = &config.tables[name];
+    let changes_from = t.changes_object().ok_or_else(|| {
+        NotApplied::Failed(PipelineError::Source {
+            table: name.to_string(),
+            source: SourceError::NotConfigured,
+        })
+    })?;
+    let (end_ns, change_token) = snowflake_clock(session, Some(changes_from))
+        .await
+        .map_err(|e| window_error(name, e))?;
+    let window = Window { start_ns, end_ns };
+    let source = source_at(t.snowflake_table.as_deref(), t.query.as_deref(), &window);
+
+    // The changed rows, through the table's own transform.
+    let upserts = session
+        .query(&upserted_rows_sql(
+            &source,
+            changes_from,
+            &t.primary_key,
+            &window,
+        ))
+        .await
+        .map_err(|e| window_error(name, e))?;
+    let fingerprint = fingerprint(&upserts.schema);
+    if state.fingerprint.as_deref() != Some(fingerprint.as_str()) {
+        return Err(NotApplied::FallBack(Fallback::SourceChanged));
+    }
+    let ctx = plan::context(config, geometry.clone());
+    let schema = Arc::clone(&upserts.schema);
+    let provider = one_shot(schema, datafusion_stream(session, upserts))
+        .map_err(|e| failed(name, SourceError::DataFusion(e)))?;
+    let planned = plan::plan_table(config, name, &target.schema, &ctx, provider).await?;
+    eligible::check(config, name, planned.df.logical_plan())?;
+    apply.stage(planned.plan.clone()).await?;
+    let stream = planned
+        .df
+        .execute_stream()
+        .await
+        .map_err(|e| PipelineError::transform(name, e))?;
+    let rows_read = apply
+        .copy_upserts(stream, planned.encoder, &config.load, progress)
+        .await?;
+
+    // The deleted keys, straight from the change data into COPY.
+    let deleted = session
+        .query(&deleted_keys_sql(changes_from, &t.primary_key, &window))
+        .await
+        .map_err(|e| window_error(name, e))?;
+    let schema = Arc::clone(&deleted.schema);
+    let keys: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        datafusion_stream(session, deleted),
+    ));
+    apply.copy_deleted(keys, &config.load).await?;
+
+    let expected = count(session, &count_sql(&source))
+        .await
+        .map_err(|e| window_error(name, e))?;
+    apply.check_keys().await?;
+    Ok(Staged {
+        point: SourcePoint {
+            watermark_ns: end_ns,
+            fingerprint,
+            change_token,
+        },
+        window,
+        expected,
+        rows_read,
+    })
+}
+
+/// A result's batches as DataFusion reads a stream.
+fn datafusion_stream(
+    session: &SnowflakeSession,
+    result: crate::source::snowflake::QueryResult,
+) -> futures::stream::BoxStream<'static, Result<arrow::record_batch::RecordBatch, DataFusionError>>
+{
+    session
+        .stream(result)
+        .map_err(|e| DataFusionError::External(Box::new(e)))
+        .boxed()
+}
+
+/// `SELECT COUNT(*)`'s one value.
+async fn count(session: &SnowflakeSession, sql: &str) -> Result<u64, SnowflakeError> {
+    let result = session.query(sql).await?;
+    let batches: Vec<_> = session.stream(result).try_collect().await?;
+    let column = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b| Arc::clone(b.column(0)))
+        .ok_or_else(|| SnowflakeError::Decode("COUNT(*) returned no row".into()))?;
+    let n = arrow::compute::cast(&column, &arrow::datatypes::DataType::Int64)
+        .map_err(|e| SnowflakeError::Decode(format!("COUNT(*): {e}")))?;
+    let n = n.as_primitive::<Int64Type>();
+    u64::try_from(n.value(0)).map_err(|_| SnowflakeError::Decode("negative COUNT(*)".into()))
+}
+
+fn failed(name: &str, e: impl Into<SourceError>) -> NotApplied {
+    NotApplied::Failed(PipelineError::Source {
+        table: name.to_string(),
+        source: e.into(),
+    })
+}
+
+/// Snowflake's two "this window cannot be read" errors are fallbacks;
+/// anything else fails the run.
+fn window_error(name: &str, e: SnowflakeError) -> NotApplied {
+    if let SnowflakeError::Query { code, .. } = &e {
+        if let Some(reason) = Fallback::from_snowflake_code(code) {
+            tracing::info!(table = name, %reason, "{e}");
+            return NotApplied::FallBack(reason);
+        }
+    }
+    failed(name, e)
+}
