@@ -9,6 +9,7 @@ mod doctor;
 mod faults;
 mod grid;
 mod incremental;
+mod incremental_faults;
 mod refresh;
 mod runs;
 mod secrets;
