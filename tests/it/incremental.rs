@@ -33,9 +33,7 @@ async fn setup(db: &str) -> Setup {
 
 /// [`setup`] with the emulator configured as given.
 pub(crate) async fn setup_with(db: &str, emulator: EmulatorConfig) -> Setup {
-    let emulator = Emulator::start(emulator)
-        .await
-        .expect("emulator starts");
+    let emulator = Emulator::start(emulator).await.expect("emulator starts");
     let mut config = shipped_config();
     config.snowflake = emulator_login(emulator.port(), "floe", "pw");
     let s = SnowflakeSession::login(&config.snowflake)

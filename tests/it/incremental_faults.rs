@@ -36,12 +36,7 @@ fn changes() -> Vec<String> {
 
 /// What a failed incremental run must leave: the rows and watermark as
 /// they were, no floe session, the failure recorded with `cause`.
-async fn assert_untouched(
-    t: &Setup,
-    before: &(i64, String),
-    watermark: Option<i64>,
-    cause: &str,
-) {
+async fn assert_untouched(t: &Setup, before: &(i64, String), watermark: Option<i64>, cause: &str) {
     assert_eq!(&fingerprint(&t.client, TARGET).await, before);
     assert_eq!(t.watermark().await, watermark);
     assert_eq!(floe_sessions(&t.client).await, 0, "a floe session was left");
@@ -66,7 +61,10 @@ async fn assert_untouched(
         .unwrap();
     let (status, mode, error): (String, String, String) = (row.get(0), row.get(1), row.get(2));
     assert_eq!((status.as_str(), mode.as_str()), ("failed", "incremental"));
-    assert!(error.contains(cause), "sync_runs error {error:?} lacks {cause:?}");
+    assert!(
+        error.contains(cause),
+        "sync_runs error {error:?} lacks {cause:?}"
+    );
 }
 
 /// Kills floe's sessions of the table once one of them runs `COPY`; true if it did.
@@ -110,7 +108,10 @@ async fn chunk_faults_and_an_expired_session_while_reading_the_window_are_recove
     t.emulator
         .inject(|f| left = (f.chunk_503, f.truncated_chunk));
     assert_eq!(left, (0, 0), "every chunk fault fired");
-    assert!(t.emulator.stats().renewals > renewals, "the session was renewed");
+    assert!(
+        t.emulator.stats().renewals > renewals,
+        "the session was renewed"
+    );
     t.assert_equals_source("incr_fault_chunks_ref").await;
     t.s.logout().await;
 }
@@ -144,7 +145,16 @@ async fn the_apply_s_backend_terminated_mid_copy_leaves_rows_and_watermark() {
 async fn floe_sigkilled_mid_window_leaves_rows_and_watermark_and_the_next_run_catches_up() {
     let (_emulator, port) = emulator_process(
         grid_dir(),
-        &["--port", "0", "--user", "floe", "--password", "pw", "--chunk-rows", "100"],
+        &[
+            "--port",
+            "0",
+            "--user",
+            "floe",
+            "--password",
+            "pw",
+            "--chunk-rows",
+            "100",
+        ],
         &[],
     );
     let mut config = shipped_config();
@@ -163,10 +173,22 @@ async fn floe_sigkilled_mid_window_leaves_rows_and_watermark_and_the_next_run_ca
     for sql in changes() {
         s.execute(&sql).await.unwrap();
     }
-    set_fault(port, serde_json::json!({"slow_chunk_ms": 3000, "slow_chunks": 1})).await;
+    set_fault(
+        port,
+        serde_json::json!({"slow_chunk_ms": 3000, "slow_chunks": 1}),
+    )
+    .await;
 
     let mut child = floe_command()
-        .args(["run", "--incremental", "--table", TABLE, "--no-snapshot", "--target", &url])
+        .args([
+            "run",
+            "--incremental",
+            "--table",
+            TABLE,
+            "--no-snapshot",
+            "--target",
+            &url,
+        ])
         .envs(snowflake_env(port, "floe", "pw"))
         .env_remove("FLOE_TARGET_URL")
         .stdout(std::process::Stdio::null())
@@ -187,7 +209,11 @@ async fn floe_sigkilled_mid_window_leaves_rows_and_watermark_and_the_next_run_ca
 
     assert_eq!(fingerprint(&client, TARGET).await, before);
     assert_eq!(watermark_of(&client).await, watermark);
-    assert_eq!(floe_sessions(&client).await, 0, "the server ends a dead floe's sessions");
+    assert_eq!(
+        floe_sessions(&client).await,
+        0,
+        "the server ends a dead floe's sessions"
+    );
     // The next run: the dead one's record marked abandoned, the window applied.
     let r = crate::incremental::incremental(&config, &url, false).await;
     assert_eq!(assert_incremental(&r), (0, 600, 20), "{r:?}");
