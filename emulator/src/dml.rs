@@ -45,7 +45,13 @@ const DELETE_TYPE: u64 = 0x3300;
 pub(crate) async fn execute(state: &AppState, sql: &str) -> Option<Result<Changed, SqlError>> {
     if let Some(setting) = table_setting(sql) {
         return Some(match setting {
-            Ok((table, setting)) => match history(state, &table).await {
+            Ok((name, setting)) => match history(
+                state,
+                // A view's change tracking is its table's.
+                &crate::views::find(state, &name).map_or(name, |v| v.table),
+            )
+            .await
+            {
                 Ok(h) => {
                     let mut h = lock(&h);
                     match setting {
@@ -90,7 +96,7 @@ fn table_setting(sql: &str) -> Option<Result<(String, TableSetting), SqlError>> 
         .map(str::to_string)
         .collect();
     let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-    if upper.len() < 3 || upper[0] != "ALTER" || upper[1] != "TABLE" {
+    if upper.len() < 3 || upper[0] != "ALTER" || !(upper[1] == "TABLE" || upper[1] == "VIEW") {
         return None;
     }
     let known = ["CHANGE_TRACKING", "DATA_RETENTION_TIME_IN_DAYS"];

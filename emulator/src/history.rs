@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use schemas::snowflake::SnowflakeType;
@@ -322,22 +322,31 @@ impl History {
         self.tracking.iter().any(|&(on, off)| on <= a && b < off)
     }
 
-    fn has_geospatial(&self) -> bool {
-        self.schema.fields().iter().any(|f| {
+    /// Whether the columns at `projection` (all, if `None`) include a
+    /// GEOGRAPHY or GEOMETRY one.
+    fn has_geospatial(&self, projection: Option<&[usize]>) -> bool {
+        let fields = self.schema.fields();
+        let geospatial = |i: &usize| {
             matches!(
-                SnowflakeType::of_field(f),
+                SnowflakeType::of_field(&fields[*i]),
                 Some(SnowflakeType::Geography | SnowflakeType::Geometry)
             )
-        })
+        };
+        match projection {
+            Some(p) => p.iter().any(geospatial),
+            None => (0..fields.len()).any(|i| geospatial(&i)),
+        }
     }
 
     /// `CHANGES(INFORMATION => DEFAULT) AT(a) END(b)`: the net delta from
     /// version `a` to `b`, each row with `METADATA$ACTION`,
-    /// `METADATA$ISUPDATE` and `METADATA$ROW_ID`.
+    /// `METADATA$ISUPDATE` and `METADATA$ROW_ID`; `projection` keeps only
+    /// those columns (a view of the table).
     pub(crate) fn changes(
         &self,
         a: u32,
         b: u32,
+        projection: Option<&[usize]>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
         if !self.tracked(a, b) {
             return Err(SqlError {
@@ -349,7 +358,7 @@ impl History {
                 ),
             });
         }
-        if self.has_geospatial() {
+        if self.has_geospatial(projection) {
             return Err(SqlError::compilation(format!(
                 "Change data with INFORMATION => DEFAULT cannot be read from table '{}': it has geospatial columns (read the changed keys from a view without them)",
                 self.name
@@ -371,11 +380,20 @@ impl History {
                 }
             }
         }
-        let schema = self.schema_plus(vec![
+        let metadata = [
             Field::new("METADATA$ACTION", DataType::Utf8, false),
             Field::new("METADATA$ISUPDATE", DataType::Boolean, false),
             Field::new("METADATA$ROW_ID", DataType::Utf8, false),
-        ]);
+        ];
+        let columns: Vec<usize> = match projection {
+            Some(p) => p.to_vec(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let fields = columns
+            .iter()
+            .map(|&i| self.schema.field(i).clone())
+            .chain(metadata);
+        let schema = Arc::new(Schema::new(fields.collect::<Vec<_>>()));
         let mut out = Vec::new();
         for (batch, meta) in self.batches.iter().zip(&self.versions) {
             let mut keep = Vec::with_capacity(meta.row_id.len());
@@ -403,7 +421,7 @@ impl History {
             }
             let rows = filter_record_batch(batch, &BooleanArray::from(keep))
                 .map_err(|e| SqlError::compilation(e.to_string()))?;
-            let mut columns = rows.columns().to_vec();
+            let mut columns: Vec<ArrayRef> = columns_of(&rows, &columns);
             columns.push(Arc::new(StringArray::from(action)));
             columns.push(Arc::new(BooleanArray::from(is_update)));
             columns.push(Arc::new(StringArray::from(row_id)));
@@ -426,6 +444,14 @@ impl History {
     }
 }
 
+/// The arrays of `batch` at `columns`, in that order.
+fn columns_of(batch: &RecordBatch, columns: &[usize]) -> Vec<ArrayRef> {
+    columns
+        .iter()
+        .map(|&i| Arc::clone(batch.column(i)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,7 +463,7 @@ mod tests {
     }
 
     fn changes(h: &History, a: u32, b: u32) -> Vec<(i64, String, bool)> {
-        let (_, batches) = h.changes(a, b).unwrap();
+        let (_, batches) = h.changes(a, b, None).unwrap();
         let mut out = Vec::new();
         for b in batches {
             let id = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
@@ -518,11 +544,11 @@ mod tests {
         let v1 = h.commit(&[], None, Some(batch(&[2])), 1_000_000);
         h.set_tracking(true);
         let v2 = h.commit(&[], None, Some(batch(&[3])), 2_000_000);
-        assert_eq!(h.changes(0, v2).unwrap_err().code, "091930");
+        assert_eq!(h.changes(0, v2, None).unwrap_err().code, "091930");
         assert_eq!(changes(&h, v1, v2), vec![(3, "INSERT".into(), false)]);
         h.set_tracking(false);
         let v3 = h.commit(&[], None, Some(batch(&[4])), 3_000_000);
-        assert_eq!(h.changes(v1, v3).unwrap_err().code, "091930");
+        assert_eq!(h.changes(v1, v3, None).unwrap_err().code, "091930");
     }
 
     #[test]

@@ -49,6 +49,7 @@ mod mutate;
 mod query;
 mod tables;
 mod travel;
+mod views;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -196,6 +197,7 @@ impl Emulator {
             stats: Mutex::new(Stats::default()),
             counter: AtomicU64::new(1),
             histories: Mutex::new(HashMap::new()),
+            views: Mutex::new(HashMap::new()),
             created_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as i64)
@@ -398,6 +400,8 @@ pub(crate) struct AppState {
     counter: AtomicU64,
     /// Tables that statements have changed (or whose history was asked for).
     histories: Mutex<HashMap<String, Arc<Mutex<history::History>>>>,
+    /// Views by name (`CREATE VIEW`).
+    views: Mutex<HashMap<String, views::View>>,
     /// When the tables were created: the emulator's start, in ns since the epoch.
     created_ns: i64,
     /// Bumped by every commit: persisted results from before it are stale.
@@ -451,6 +455,13 @@ impl AppState {
         f: impl FnOnce(&mut HashMap<String, Arc<Mutex<history::History>>>) -> R,
     ) -> R {
         locked(&self.histories, f)
+    }
+
+    pub(crate) fn with_views<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<String, views::View>) -> R,
+    ) -> R {
+        locked(&self.views, f)
     }
 
     /// Marks every persisted result stale (a table changed).

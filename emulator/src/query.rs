@@ -280,6 +280,12 @@ pub(crate) async fn query(
     ) {
         return statement_done(&query_id, geography);
     }
+    if let Some(created) = crate::views::create(&state, &sql).await {
+        return match created {
+            Ok(_) => statement_done(&query_id, geography),
+            Err(e) => sql_error(&query_id, e.code, e.sql_state, &e.message),
+        };
+    }
     match crate::dml::execute(&state, &sql).await {
         Some(Ok(Changed::Done)) => return statement_done(&query_id, geography),
         Some(Ok(Changed::Rows {
@@ -292,7 +298,7 @@ pub(crate) async fn query(
     if !upper.starts_with("SELECT") && !upper.starts_with("WITH") {
         return compilation_error(
             &query_id,
-            "this emulator answers SELECT, DML (INSERT, UPDATE, DELETE, TRUNCATE), ALTER TABLE … SET CHANGE_TRACKING | DATA_RETENTION_TIME_IN_DAYS and ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT | USE_CACHED_RESULT",
+            "this emulator answers SELECT, DML (INSERT, UPDATE, DELETE, TRUNCATE), CREATE [OR REPLACE] VIEW … AS SELECT <columns> FROM <table>, ALTER TABLE|VIEW … SET CHANGE_TRACKING, ALTER TABLE … SET DATA_RETENTION_TIME_IN_DAYS and ALTER SESSION SET GEOGRAPHY_OUTPUT_FORMAT | USE_CACHED_RESULT",
         );
     }
     // Versioned references (AT, BEFORE, CHANGES) become tables registered

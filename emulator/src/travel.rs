@@ -109,6 +109,7 @@ fn last_change_tokens(state: &AppState, text: &str) -> Result<String, SqlError> 
             Some(quoted) => quoted.to_string(),
             None => arg.rsplit('.').next().unwrap_or(arg).to_uppercase(),
         };
+        let table = table_of(state, table);
         let token = match state.with_histories(|m| m.get(&table).cloned()) {
             Some(h) => lock(&h).last_commit_ns(),
             // Not changed since the emulator started: its creation time (and
@@ -125,6 +126,11 @@ fn last_change_tokens(state: &AppState, text: &str) -> Result<String, SqlError> 
         out.push_str(&format!("CAST({token} AS BIGINT)"));
         rest = &after[close + 1..];
     }
+}
+
+/// The table a name reads: a view's table, else the name itself.
+fn table_of(state: &AppState, name: String) -> String {
+    crate::views::find(state, &name).map_or(name, |v| v.table)
 }
 
 /// Rewrites every versioned table reference of `query`.
@@ -164,7 +170,7 @@ async fn rewrite_versioned(
             ..
         } = factor
         {
-            names.push(resolved(name));
+            names.push(table_of(state, resolved(name)));
         }
         Ok(())
     })?;
@@ -263,16 +269,30 @@ fn replace_versioned(
     let Some(version) = version.take() else {
         return Ok(());
     };
-    let table = resolved(name);
+    let named = resolved(name);
+    let view = crate::views::find(state, &named);
+    let table = table_of(state, named);
     let h = histories
         .get(&table)
         .ok_or_else(|| crate::tables::missing(&table))?;
     let (schema, rows) = {
         let g = lock(h);
+        let projection = view.map(|v| v.projection(&g.schema())).transpose()?;
         match version {
             TableVersion::Function(point) => {
                 let v = point_version(&g, &point, now)?;
-                (g.schema(), g.rows_at(v, false)?)
+                let rows = g.rows_at(v, false)?;
+                match &projection {
+                    None => (g.schema(), rows),
+                    Some(p) => {
+                        let schema = g.schema().project(p).map_err(crate::tables::df_err)?;
+                        let rows = rows
+                            .iter()
+                            .map(|b| b.project(p).map_err(crate::tables::df_err))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        (Arc::new(schema), rows)
+                    }
+                }
             }
             TableVersion::Changes { changes, at, end } => {
                 let info = named_args(&changes)?
@@ -290,7 +310,7 @@ fn replace_versioned(
                     Some(end) => point_version(&g, end, now)?,
                     None => g.live(),
                 };
-                g.changes(a, b)?
+                g.changes(a, b, projection.as_deref())?
             }
             _ => {
                 return Err(SqlError::compilation(

@@ -481,3 +481,104 @@ async fn tables_that_can_never_be_incremental_are_config_errors_naming_table_and
     );
     t.s.logout().await;
 }
+
+#[tokio::test]
+async fn a_table_with_a_geospatial_column_syncs_through_a_view_of_its_keys() {
+    let emulator = Emulator::start(EmulatorConfig::new(grid_dir(), "floe", "pw"))
+        .await
+        .expect("emulator starts");
+    let mut config = shipped_config();
+    config.snowflake = emulator_login(emulator.port(), "floe", "pw");
+    let s = SnowflakeSession::login(&config.snowflake).await.unwrap();
+    for sql in [
+        "CREATE VIEW VEGETATION_KEYS AS SELECT ZONE_ID FROM VEGETATION_RISK_ZONES",
+        "ALTER VIEW VEGETATION_KEYS SET CHANGE_TRACKING = TRUE",
+    ] {
+        s.execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let url = fresh_db("incr_view").await;
+    let client = connect(&url).await;
+    let target = Target::resolve(&config.target.with_url(&url)).unwrap();
+    let vegetation = |config: &Config| {
+        let options = RunOptions {
+            run_id: new_run_id(),
+            incremental: true,
+            ..Default::default()
+        };
+        let (config, target) = (config.clone(), target.clone());
+        async move { run_table(&config, "vegetation", &target, &options, &AtomicU64::new(0)).await }
+    };
+    assert_success(&run(&config, "vegetation", &url, None).await);
+    let zones: Vec<i64> = client
+        .query(
+            "SELECT zone_id FROM vegetation_cache ORDER BY zone_id LIMIT 3",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for sql in [
+        format!(
+            "UPDATE VEGETATION_RISK_ZONES SET RISK_SCORE = 99.5 WHERE ZONE_ID = {}",
+            zones[0]
+        ),
+        format!(
+            "DELETE FROM VEGETATION_RISK_ZONES WHERE ZONE_ID = {}",
+            zones[1]
+        ),
+        format!(
+            "INSERT INTO VEGETATION_RISK_ZONES SELECT ZONE_ID + 900000000, SPECIES, RISK_SCORE, \
+             LAST_TRIMMED, CANOPY FROM VEGETATION_RISK_ZONES WHERE ZONE_ID = {}",
+            zones[2]
+        ),
+    ] {
+        s.execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    // Change data of the table itself is refused (it has a GEOGRAPHY column).
+    let r = vegetation(&config).await;
+    assert_eq!(r.status, "failed", "{r:?}");
+    assert!(r.error.as_deref().unwrap().contains("geospatial"), "{r:?}");
+
+    // Through the view of its keys: the window applies, geometry built by the transform.
+    config.tables.get_mut("vegetation").unwrap().changes_from = Some("VEGETATION_KEYS".into());
+    let r = vegetation(&config).await;
+    assert_eq!(assert_incremental(&r), (1, 1, 1), "{r:?}");
+    let reference = fresh_db("incr_view_ref").await;
+    assert_success(&run(&config, "vegetation", &reference, None).await);
+    assert_eq!(
+        fingerprint(&client, "vegetation_cache").await,
+        fingerprint(&connect(&reference).await, "vegetation_cache").await
+    );
+    let token: Option<String> = client
+        .query_one(
+            "SELECT change_token FROM floe.sync_state WHERE target = 'public.vegetation_cache'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let now: String = {
+        let result = s
+            .query("SELECT SYSTEM$LAST_CHANGE_COMMIT_TIME('VEGETATION_RISK_ZONES')")
+            .await
+            .unwrap();
+        let batches: Vec<arrow::record_batch::RecordBatch> =
+            futures::TryStreamExt::try_collect(s.stream(result))
+                .await
+                .unwrap();
+        arrow::util::display::array_value_to_string(batches[0].column(0), 0).unwrap()
+    };
+    assert_eq!(
+        token.as_deref(),
+        Some(now.as_str()),
+        "the view's token is its table's"
+    );
+    s.logout().await;
+}

@@ -233,11 +233,7 @@ impl<'a> TableSource<'a> {
                 // committed while it runs are read again by the next
                 // incremental window, which is harmless.
                 let read = async {
-                    let clock = crate::incremental::window::snowflake_clock(
-                        &session,
-                        changes_from.as_deref(),
-                    )
-                    .await?;
+                    let clock = clock_and_token(&session, name, changes_from.as_deref()).await?;
                     let result = session.query_ticket(&ticket).await?;
                     Ok::<_, SnowflakeError>((clock, result))
                 };
@@ -279,6 +275,29 @@ impl<'a> TableSource<'a> {
             }
             TableSource::NotConfigured => Err(failed(SourceError::NotConfigured)),
         }
+    }
+}
+
+/// Snowflake's clock and the change token of `changes_from`. A full
+/// refresh does not fail for want of a token (a view not created yet, a
+/// role without access to it): it records none, and the next incremental
+/// run asks again.
+async fn clock_and_token(
+    session: &SnowflakeSession,
+    name: &str,
+    changes_from: Option<&str>,
+) -> Result<(i64, Option<String>), SnowflakeError> {
+    use crate::incremental::window::snowflake_clock;
+    match snowflake_clock(session, changes_from).await {
+        Err(SnowflakeError::Query { message, .. }) if changes_from.is_some() => {
+            tracing::warn!(
+                table = name,
+                changes_from,
+                "no change token recorded: {message}"
+            );
+            snowflake_clock(session, None).await
+        }
+        other => other,
     }
 }
 
