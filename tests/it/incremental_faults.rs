@@ -36,12 +36,16 @@ fn changes() -> Vec<String> {
 
 /// What a failed incremental run must leave: the rows and watermark as
 /// they were, no floe session, the failure recorded with `cause`.
-async fn assert_untouched(t: &Setup, before: &(i64, String), watermark: Option<i64>, cause: &str) {
-    assert_eq!(&fingerprint(&t.client, TARGET).await, before);
-    assert_eq!(t.watermark().await, watermark);
-    assert_eq!(floe_sessions(&t.client).await, 0, "a floe session was left");
-    let temp: i64 = t
-        .client
+async fn assert_untouched(
+    client: &Client,
+    before: &(i64, String),
+    watermark: Option<i64>,
+    cause: &str,
+) {
+    assert_eq!(&fingerprint(client, TARGET).await, before);
+    assert_eq!(watermark_of(client).await, watermark);
+    assert_eq!(floe_sessions(client).await, 0, "a floe session was left");
+    let temp: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_class WHERE relname IN ('floe_upserts', 'floe_deleted')",
             &[],
@@ -50,8 +54,7 @@ async fn assert_untouched(t: &Setup, before: &(i64, String), watermark: Option<i
         .unwrap()
         .get(0);
     assert_eq!(temp, 0, "temporary tables outlive their session");
-    let row = t
-        .client
+    let row = client
         .query_one(
             "SELECT status, mode, coalesce(error, '') FROM floe.sync_runs WHERE target = $1 \
              ORDER BY started_at DESC LIMIT 1",
@@ -132,7 +135,7 @@ async fn the_apply_s_backend_terminated_mid_copy_leaves_rows_and_watermark() {
     assert!(killer.await.unwrap(), "never saw floe's COPY");
     assert_eq!(r.status, "failed", "{r:?}");
     assert!(r.error.as_deref().unwrap().contains("COPY"), "{r:?}");
-    assert_untouched(&t, &before, watermark, "COPY").await;
+    assert_untouched(&t.client, &before, watermark, "COPY").await;
 
     // The next run reads the same window again and applies it.
     let r = incremental(&t.config, &t.url, false).await;
@@ -234,6 +237,72 @@ async fn floe_sigkilled_mid_window_leaves_rows_and_watermark_and_the_next_run_ca
         fingerprint(&client, TARGET).await,
         fingerprint(&connect(&reference).await, TARGET).await
     );
+    s.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarting_mid_window_leaves_rows_and_watermark() {
+    // A cluster of its own: restarting the shared one would hit other tests.
+    let mut cluster = tokio::task::spawn_blocking(pipeline::cluster::EphemeralCluster::start)
+        .await
+        .unwrap()
+        .expect("a second cluster");
+    cluster.stop_when_process_exits().unwrap();
+    let url = cluster.url();
+    let emulator = emulator::Emulator::start(chunked()).await.unwrap();
+    let mut config = shipped_config();
+    config.snowflake = emulator_login(emulator.port(), "floe", "pw");
+    let s = pipeline::source::snowflake::SnowflakeSession::login(&config.snowflake)
+        .await
+        .unwrap();
+    s.execute("ALTER TABLE TRANSFORMERS SET CHANGE_TRACKING = TRUE")
+        .await
+        .unwrap();
+    assert_success(&run(&config, TABLE, &url, None).await);
+    let (before, watermark) = {
+        let client = connect(&url).await;
+        (
+            fingerprint(&client, TARGET).await,
+            watermark_of(&client).await,
+        )
+    };
+    for sql in changes() {
+        s.execute(&sql).await.unwrap();
+    }
+    // A chunk that takes 3 s holds floe inside its COPY; the server restarts then.
+    emulator.inject(|f| {
+        f.slow_chunk_ms = 3_000;
+        f.slow_chunks = 1;
+    });
+    let restart = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let client = connect(&url).await;
+            for _ in 0..200 {
+                if copying(&client).await {
+                    drop(client);
+                    // The cluster comes back out of the task: dropping it would stop it.
+                    return Some(
+                        tokio::task::spawn_blocking(move || {
+                            cluster.restart().expect("restart");
+                            cluster
+                        })
+                        .await
+                        .unwrap(),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            None
+        })
+    };
+    let r = crate::incremental::incremental(&config, &url, false).await;
+    let _cluster = restart.await.unwrap().expect("never saw floe's COPY");
+    assert_eq!(r.status, "failed", "{r:?}");
+    let client = connect(&url).await;
+    assert_untouched(&client, &before, watermark, "COPY").await;
+    let r = crate::incremental::incremental(&config, &url, false).await;
+    assert_eq!(assert_incremental(&r), (0, 600, 20), "{r:?}");
     s.logout().await;
 }
 
