@@ -42,6 +42,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             config.path.display()
         );
     }
+    if args.snapshot.to_ascii_lowercase().ends_with("@latest") {
+        refuse_older_than_loaded(&config, &target, &table, &verified.manifest.run_id).await?;
+    }
     let plan = pipeline::replay::check(&config, &table, &target, &verified)
         .await
         .with_context(|| format!("checking {} against the target", snapshot.name()))?;
@@ -79,6 +82,39 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     };
     let reports = run_tables(&config, &[table], &target, &options, args.output).await;
     Ok(signal.exit_status(&reports))
+}
+
+/// `TABLE@latest` means the latest state floe loaded. Incremental runs keep
+/// no snapshot yet, so when one loaded the table after the latest (full)
+/// snapshot, that snapshot is an older state: refuse rather than restore it
+/// silently, and say how to restore it on purpose.
+async fn refuse_older_than_loaded(
+    config: &schemas::config::Config,
+    target: &pipeline::postgres::Target,
+    table: &str,
+    snapshot_run: &str,
+) -> Result<()> {
+    let Ok(session) = target
+        .connect(
+            &pipeline::postgres::application_name(&["replay"]),
+            &config.load,
+        )
+        .await
+    else {
+        // The replay reports why it cannot connect.
+        return Ok(());
+    };
+    let since = pipeline::postgres::runs::incremental_since(&session.client, table, snapshot_run)
+        .await
+        .unwrap_or_default();
+    if let Some(later) = since {
+        bail!(
+            "{table}@latest is the snapshot of run {snapshot_run}, but incremental run {later} loaded the table since \
+             (incremental runs keep no snapshot yet), so it is not the latest state; to restore the state as of \
+             {snapshot_run} anyway, name it: floe replay {table}@{snapshot_run}"
+        );
+    }
+    Ok(())
 }
 
 fn print_plan(plan: &ReplayPlan, allow_shrink: bool, output: OutputFormat) -> Result<()> {

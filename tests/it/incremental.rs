@@ -582,3 +582,57 @@ async fn a_table_with_a_geospatial_column_syncs_through_a_view_of_its_keys() {
     );
     s.logout().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run() {
+    let t = setup("incr_replay").await;
+    let snapshots = tempfile::tempdir().unwrap();
+    let floe = |args: &[&str]| {
+        floe_command()
+            .args(args)
+            .args(["--target", &t.url])
+            .envs(snowflake_env(t.emulator.port(), "floe", "pw"))
+            .env("FLOE_SNAPSHOT_DIR", snapshots.path())
+            .env_remove("FLOE_TARGET_URL")
+            .output()
+            .unwrap()
+    };
+    let full = floe(&["run", "--table", TABLE, "--output", "json"]);
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
+    let snapshot = report[0]["snapshot"]
+        .as_str()
+        .expect("a snapshot")
+        .to_string();
+    let run_id = snapshot.rsplit('/').next().unwrap().to_string();
+    t.dml(&["DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = (SELECT MIN(TRANSFORMER_ID) FROM TRANSFORMERS)".into()])
+        .await;
+    let inc = floe(&["run", "--incremental", "--table", TABLE]);
+    assert!(
+        inc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inc.stderr)
+    );
+
+    let latest = floe(&["replay", "transformers@latest"]);
+    assert!(!latest.status.success());
+    let e = String::from_utf8_lossy(&latest.stderr);
+    assert!(
+        e.contains("not the latest state") && e.contains(&format!("transformers@{run_id}")),
+        "{e}"
+    );
+    assert_eq!(fingerprint(&t.client, TARGET).await.0, GRID_ROWS as i64 - 1);
+    // Named, the older state is restored on purpose.
+    let named = floe(&["replay", &format!("transformers@{run_id}")]);
+    assert!(
+        named.status.success(),
+        "{}",
+        String::from_utf8_lossy(&named.stderr)
+    );
+    assert_eq!(fingerprint(&t.client, TARGET).await.0, GRID_ROWS as i64);
+    t.s.logout().await;
+}

@@ -212,6 +212,33 @@ pub async fn finish(
         .map(drop)
 }
 
+/// The latest successful incremental run of config table `table` that
+/// started after run `run_id` did (`None`: none, or `run_id` unrecorded).
+pub async fn incremental_since(
+    client: &Client,
+    table: &str,
+    run_id: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('floe.sync_runs') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT i.run_id FROM floe.sync_runs i JOIN floe.sync_runs r \
+               ON r.run_id = $2 AND r.table_name = $1 AND i.target = r.target \
+             WHERE i.table_name = $1 AND i.mode = 'incremental' AND i.status = 'success' \
+               AND i.started_at > r.started_at \
+             ORDER BY i.started_at DESC LIMIT 1",
+            &[&table, &run_id],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// One recorded run, as `floe status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
