@@ -188,19 +188,23 @@ pub async fn run(args: Args) -> Result<ExitCode> {
 /// The topology table in Snowflake (the demo's incremental round changes it).
 const TOPOLOGY: &str = "FLUX_OPS_CENTER_TOPOLOGY";
 
-/// The config's Snowflake tables that can load incrementally in the
-/// emulator (no geospatial column: it refuses their change data).
+/// The config's grid tables that can load incrementally from the emulator
+/// as configured: those without a geospatial column (the emulator, like
+/// Snowflake's streams, refuses their change data; a view of their keys
+/// named by `changes_from` is the way, see README).
 fn tracked_tables(config: &schemas::config::Config) -> Vec<String> {
-    const GEOSPATIAL: [&str; 3] = [
-        "VEGETATION_RISK_ZONES",
-        "GRID_POWER_LINES",
-        "BUILDING_FOOTPRINTS",
-    ];
+    use schemas::snowflake::SnowflakeType;
     config
         .tables
         .values()
-        .filter_map(|t| t.snowflake_table.clone())
-        .filter(|t| !GEOSPATIAL.contains(&t.as_str()))
+        .filter_map(|t| t.snowflake_table.as_deref())
+        .filter_map(schemas::datasets::find)
+        .filter(|d| {
+            !d.columns
+                .iter()
+                .any(|c| matches!(c.ty, SnowflakeType::Geography | SnowflakeType::Geometry))
+        })
+        .map(|d| d.snowflake_table.to_string())
         .collect()
 }
 

@@ -224,7 +224,7 @@ async fn a_window_of_updates_inserts_and_deletes_leaves_the_cache_equal_to_the_s
         .query_one(
             "SELECT mode, status, rows_inserted, rows_updated, rows_deleted, final_count, \
                     (extract(epoch FROM window_start) * 1e6)::int8 * 1000, \
-                    (extract(epoch FROM window_end) * 1e6)::int8 * 1000 \
+                    (extract(epoch FROM window_end) * 1e6)::int8 * 1000, rows_written \
              FROM floe.sync_runs WHERE target = $1 ORDER BY started_at DESC LIMIT 1",
             &[&TARGET],
         )
@@ -237,6 +237,11 @@ async fn a_window_of_updates_inserts_and_deletes_leaves_the_cache_equal_to_the_s
     assert_eq!(row.get::<_, i64>(5), (GRID_ROWS - 1) as i64);
     assert_eq!(row.get::<_, i64>(6), before_watermark);
     assert_eq!(row.get::<_, i64>(7), w);
+    assert_eq!(
+        row.get::<_, i64>(8),
+        4,
+        "rows written: the inserted and the updated"
+    );
 
     // Nothing changed since: an empty window, applied as such.
     let again = incremental(&t.config, &t.url, false).await;

@@ -205,7 +205,12 @@ pub async fn run_table(
             changes: loaded.and_then(|l| l.changes.as_ref().map(|(c, _)| c)),
             source: loaded.and_then(|l| l.source.as_deref()),
             rows_read: loaded.map(|l| l.rows),
-            rows_written: loaded.map(|l| l.final_count),
+            // An incremental run writes only the rows it inserts or updates.
+            rows_written: loaded.map(|l| {
+                l.changes
+                    .as_ref()
+                    .map_or(l.final_count, |(c, _)| c.inserted + c.updated)
+            }),
             final_count: report.final_count,
             checksum: loaded.and_then(|l| l.checksum.as_deref()),
             error: report.error.as_deref(),
