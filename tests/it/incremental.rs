@@ -104,15 +104,20 @@ impl Setup {
     }
 
     pub(crate) async fn watermark(&self) -> Option<i64> {
-        self.client
-            .query_one(
-                "SELECT (extract(epoch FROM watermark) * 1e6)::int8 * 1000 FROM floe.sync_state WHERE target = $1",
-                &[&TARGET],
-            )
-            .await
-            .unwrap()
-            .get(0)
+        watermark_of(&self.client).await
     }
+}
+
+/// The table's watermark in `floe.sync_state`, in ns since the epoch.
+pub(crate) async fn watermark_of(client: &Client) -> Option<i64> {
+    client
+        .query_one(
+            "SELECT (extract(epoch FROM watermark) * 1e6)::int8 * 1000 FROM floe.sync_state WHERE target = $1",
+            &[&TARGET],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// floe's sessions still connected, once the server has seen the last ones go.

@@ -319,17 +319,6 @@ async fn copying(client: &Client) -> bool {
     n > 0
 }
 
-async fn watermark_of(client: &Client) -> Option<i64> {
-    client
-        .query_one(
-            "SELECT (extract(epoch FROM watermark) * 1e6)::int8 * 1000 FROM floe.sync_state WHERE target = $1",
-            &[&TARGET],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// `POST /floe/faults` to an emulator process.
 async fn set_fault(port: u16, faults: serde_json::Value) {
     let answer = reqwest::Client::new()

@@ -212,20 +212,8 @@ impl InPlaceApply {
     ) -> Result<u64, PipelineError> {
         let plan = self.staged();
         let temp = temp_plan(plan, plan.columns.clone());
-        let copied = copy_stream(
-            &[Arc::clone(&self.session.client)],
-            &temp,
-            UPSERTS,
-            stream,
-            Encoding {
-                encoder,
-                checksum: None,
-            },
-            load.max_in_flight_bytes,
-            progress,
-        )
-        .await?;
-        Ok(copied.rows)
+        self.copy_into(&temp, UPSERTS, stream, encoder, load, progress)
+            .await
     }
 
     /// COPYs the deleted keys (the source's key columns, in key order) into
@@ -243,17 +231,34 @@ impl InPlaceApply {
             keys.columns.clone(),
             &plan.primary_key,
         )?;
+        self.copy_into(&keys, DELETED, stream, encoder, load, &AtomicU64::new(0))
+            .await
+    }
+
+    /// One COPY on the locked session into temporary table `name` (no
+    /// checksum: the apply verifies by Snowflake's count).
+    async fn copy_into(
+        &self,
+        temp: &TablePlan,
+        name: &str,
+        stream: SendableRecordBatchStream,
+        encoder: CopyEncoder,
+        load: &LoadConfig,
+        progress: &AtomicU64,
+    ) -> Result<u64, PipelineError> {
+        let encoding = Encoding {
+            encoder,
+            checksum: None,
+        };
+        let client = [Arc::clone(&self.session.client)];
         let copied = copy_stream(
-            &[Arc::clone(&self.session.client)],
-            &keys,
-            DELETED,
+            &client,
+            temp,
+            name,
             stream,
-            Encoding {
-                encoder,
-                checksum: None,
-            },
+            encoding,
             load.max_in_flight_bytes,
-            &AtomicU64::new(0),
+            progress,
         )
         .await?;
         Ok(copied.rows)

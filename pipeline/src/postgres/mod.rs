@@ -211,6 +211,17 @@ async fn open(
     })
 }
 
+/// Whether `table` (a name as SQL would resolve it) exists.
+pub(crate) async fn table_exists(
+    client: &Client,
+    table: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0))
+}
+
 /// Runs `create_sql` unless `table` exists, tolerating a concurrent run
 /// doing the same. Only DDL when needed: it takes locks, and it is what a
 /// troubled database (slow DDL, a full disk) fails first.
@@ -219,11 +230,7 @@ pub(crate) async fn ensure_table(
     table: &str,
     create_sql: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await?
-        .get(0);
-    if exists {
+    if table_exists(client, table).await? {
         return Ok(());
     }
     match client.batch_execute(create_sql).await {

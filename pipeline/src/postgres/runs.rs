@@ -219,11 +219,7 @@ pub async fn incremental_since(
     table: &str,
     run_id: &str,
 ) -> Result<Option<String>, tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('floe.sync_runs') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !exists {
+    if !super::table_exists(client, "floe.sync_runs").await? {
         return Ok(None);
     }
     let row = client
@@ -283,11 +279,7 @@ pub async fn last_runs(
     tables: &[String],
     per_table: i64,
 ) -> Result<Vec<RunRecord>, tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('floe.sync_runs') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !exists {
+    if !super::table_exists(client, "floe.sync_runs").await? {
         return Ok(Vec::new());
     }
     let rows = client

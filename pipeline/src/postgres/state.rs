@@ -98,11 +98,7 @@ pub async fn read(
     client: &Client,
     target: &str,
 ) -> Result<Option<SyncState>, tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('floe.sync_state') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !exists {
+    if !super::table_exists(client, "floe.sync_state").await? {
         return Ok(None);
     }
     let row = client
@@ -164,11 +160,7 @@ pub async fn list(
     client: &Client,
     tables: &[String],
 ) -> Result<Vec<TableState>, tokio_postgres::Error> {
-    let exists: bool = client
-        .query_one("SELECT to_regclass('floe.sync_state') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !exists {
+    if !super::table_exists(client, "floe.sync_state").await? {
         return Ok(Vec::new());
     }
     let rows = client
