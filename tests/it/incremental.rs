@@ -619,6 +619,7 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
         .expect("a snapshot")
         .to_string();
     let run_id = snapshot.rsplit('/').next().unwrap().to_string();
+    let full_watermark = t.watermark().await.expect("a full refresh records one");
     t.dml(&["DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = (SELECT MIN(TRANSFORMER_ID) FROM TRANSFORMERS)".into()])
         .await;
     let inc = floe(&["run", "--incremental", "--table", TABLE]);
@@ -644,5 +645,11 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
         String::from_utf8_lossy(&named.stderr)
     );
     assert_eq!(fingerprint(&t.client, TARGET).await.0, GRID_ROWS as i64);
+    // The replay restored the snapshot's watermark: an incremental run
+    // catches up from there, applying the delete again.
+    assert_eq!(t.watermark().await, Some(full_watermark));
+    let r = incremental(&t.config, &t.url, false).await;
+    assert_eq!(assert_incremental(&r), (0, 0, 1), "{r:?}");
+    t.assert_equals_source("incr_replay_ref").await;
     t.s.logout().await;
 }

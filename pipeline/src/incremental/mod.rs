@@ -22,7 +22,7 @@ pub use window::Window;
 #[serde(rename_all = "snake_case")]
 pub enum Fallback {
     /// The table has no watermark: never loaded from Snowflake, or last
-    /// loaded from parquet, Flight or a replay.
+    /// loaded from parquet or Flight (or replayed from a snapshot of them).
     NoWatermark,
     /// The watermark is older than Snowflake keeps time travel (`000707`).
     TimeTravel,

@@ -3,9 +3,10 @@
 //! continues from — with the source's column fingerprint and change token
 //! at that point. It is written inside the transaction that makes the rows
 //! visible (a full refresh's swap, an incremental apply), so rows and
-//! watermark never disagree. A load from parquet or Flight (or a replay)
-//! knows no Snowflake time and clears it: the next incremental run must
-//! start from a full refresh.
+//! watermark never disagree. A load from parquet or Flight knows no
+//! Snowflake time and clears it (the next incremental run must start from a
+//! full refresh); a replay restores what its snapshot's read recorded (or
+//! clears it, for a snapshot of parquet or Flight).
 
 use tokio_postgres::{Client, GenericClient};
 
@@ -146,7 +147,7 @@ pub struct TableState {
     pub table: String,
     pub target: String,
     /// Up to when the rows are current in Snowflake's time (UTC, RFC 3339);
-    /// `None`: not known (last loaded from parquet, Flight or a replay).
+    /// `None`: not known (last loaded from parquet or Flight, or replayed from a snapshot of them).
     pub watermark: Option<String>,
     /// Now (the target's clock) minus the watermark, in seconds.
     pub lag_seconds: Option<f64>,

@@ -41,6 +41,16 @@ pub enum SnapshotSource {
         database: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         schema: Option<String>,
+        /// Snowflake's time taken just before the query (ns since the
+        /// epoch), the source's fingerprint and change token then: a replay
+        /// restores them as the table's watermark, so an incremental run
+        /// can continue from the replayed state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        watermark_ns: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change_token: Option<String>,
     },
     Parquet {
         path: String,
@@ -48,6 +58,26 @@ pub enum SnapshotSource {
     Flight {
         url: String,
     },
+}
+
+impl SnapshotSource {
+    /// Where the snapshotted rows stand in Snowflake's time, if it was read
+    /// from Snowflake by a floe that recorded it.
+    pub fn point(&self) -> Option<crate::postgres::state::SourcePoint> {
+        match self {
+            SnapshotSource::Snowflake {
+                watermark_ns: Some(watermark_ns),
+                fingerprint: Some(fingerprint),
+                change_token,
+                ..
+            } => Some(crate::postgres::state::SourcePoint {
+                watermark_ns: *watermark_ns,
+                fingerprint: fingerprint.clone(),
+                change_token: change_token.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// One column of the snapshotted batches, with the source's type tags

@@ -173,12 +173,17 @@ impl<'a> TableSource<'a> {
                 let stream = crate::snapshot::read_batches(verified, config.load.batch_size)
                     .map_err(|e| DataFusionError::External(Box::new(e)))
                     .boxed();
-                Ok(unguarded(
-                    SourceData::Stream(Arc::clone(&verified.schema), stream),
-                    Described::Snapshot {
-                        url: verified.snapshot.url(),
-                    },
-                ))
+                Ok(Opened {
+                    // What the snapshot's own read recorded: the replayed
+                    // rows are current up to that point in Snowflake.
+                    point: verified.manifest.source.point(),
+                    ..unguarded(
+                        SourceData::Stream(Arc::clone(&verified.schema), stream),
+                        Described::Snapshot {
+                            url: verified.snapshot.url(),
+                        },
+                    )
+                })
             }
             TableSource::ParquetDir {
                 dir,
@@ -249,19 +254,23 @@ impl<'a> TableSource<'a> {
                     }
                 };
                 tracing::info!(table = name, query_id = %result.query_id, rows = result.total, "Snowflake query done");
+                let schema = Arc::clone(&result.schema);
+                let point = SourcePoint {
+                    watermark_ns,
+                    fingerprint: crate::incremental::fingerprint(&schema),
+                    change_token,
+                };
                 let described = Described::Snowflake(SnapshotSource::Snowflake {
                     query: query.clone(),
                     query_id: Some(result.query_id.clone()),
                     account: config.snowflake.account.clone(),
                     database: config.snowflake.database.clone(),
                     schema: config.snowflake.schema.clone(),
+                    watermark_ns: Some(point.watermark_ns),
+                    fingerprint: Some(point.fingerprint.clone()),
+                    change_token: point.change_token.clone(),
                 });
-                let schema = Arc::clone(&result.schema);
-                let point = Some(SourcePoint {
-                    watermark_ns,
-                    fingerprint: crate::incremental::fingerprint(&schema),
-                    change_token,
-                });
+                let point = Some(point);
                 let stream = session
                     .stream(result)
                     .map_err(|e| DataFusionError::External(Box::new(e)))
@@ -433,6 +442,9 @@ mod tests {
             account: None,
             database: None,
             schema: None,
+            watermark_ns: None,
+            fingerprint: None,
+            change_token: None,
         });
         assert_eq!(sf.record().as_deref(), Some("snowflake query 01b2"));
         assert!(matches!(
