@@ -30,7 +30,7 @@ pub use cancel::{Cancel, Canceller};
 pub use report::{new_run_id, ChangesReport, TableReport, WindowReport};
 pub use stages::Stages;
 
-use crate::incremental::Changes;
+use crate::incremental::{Changes, Fallback};
 use crate::postgres::apply::NotApplied;
 use crate::postgres::copy::CopyTimes;
 use crate::postgres::refresh::StagedRefresh;
@@ -136,7 +136,17 @@ pub async fn run_table(
         true => match incremental::run(config, name, target, options, &geometry, progress).await {
             Ok(applied) => (RunMode::Incremental, None, Ok(Loaded::from(applied))),
             Err(NotApplied::FallBack(reason)) => {
-                tracing::info!(table = name, %reason, "a full refresh instead of an incremental run");
+                match reason {
+                    Fallback::ChangeTracking => tracing::warn!(
+                        table = name,
+                        %reason,
+                        "a full refresh instead of an incremental run: change tracking is off for part of the window; \
+                         until it is on for the source (ALTER TABLE … SET CHANGE_TRACKING = TRUE), every incremental run is a full refresh"
+                    ),
+                    _ => {
+                        tracing::info!(table = name, %reason, "a full refresh instead of an incremental run")
+                    }
+                }
                 let full =
                     load_table(config, name, target, options, &source, &geometry, progress).await;
                 (RunMode::Full, Some(reason), full)
