@@ -80,6 +80,7 @@ async fn official_connector_reads_every_table_as_the_parquet_holds_it() {
     }
     assert_eq!(report["key_pair_login"], true);
     assert_eq!(report["change_tracking"], true);
+    assert_eq!(report["views"], true);
     let stats = emulator.stats();
     // Every table twice (Arrow and rows) at 13 downloaded chunks, plus the fault rounds.
     assert!(stats.chunk_requests >= 6 * 2 * 13, "{stats:?}");
