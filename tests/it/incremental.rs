@@ -653,3 +653,52 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
     t.assert_equals_source("incr_replay_ref").await;
     t.s.logout().await;
 }
+
+#[tokio::test]
+async fn an_apply_takes_only_row_locks_so_an_open_reader_never_waits_for_it_nor_it_for_the_reader()
+{
+    let mut t = setup("incr_readers").await;
+    // A lock_timeout short enough that any table lock a reader holds would fail the run.
+    t.config.load.lock_timeout = std::time::Duration::from_millis(200);
+    let ids = t.ids(2).await;
+    t.dml(&[
+        format!(
+            "UPDATE TRANSFORMERS SET LOAD_PCT = 3.5 WHERE TRANSFORMER_ID = '{}'",
+            ids[0]
+        ),
+        format!(
+            "DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{}'",
+            ids[1]
+        ),
+    ])
+    .await;
+    // A map reader in the middle of a transaction: it holds its table lock
+    // (ACCESS SHARE) and a snapshot of the table as it was.
+    let reader = connect(&t.url).await;
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let seen: i64 = reader
+        .query_one("SELECT count(*) FROM transformers_cache", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let r = incremental(&t.config, &t.url, false).await;
+    assert_eq!(assert_incremental(&r), (0, 1, 1), "{r:?}");
+    // The reader still sees one whole state: the one it started with.
+    let again: i64 = reader
+        .query_one("SELECT count(*) FROM transformers_cache", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, seen);
+    reader.batch_execute("COMMIT").await.unwrap();
+    let after: i64 = reader
+        .query_one("SELECT count(*) FROM transformers_cache", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, seen - 1, "a new statement sees the whole window");
+    t.s.logout().await;
+}
