@@ -169,7 +169,13 @@ impl SnapshotFlights {
             ))
         })?;
         let snapshot = self.location.resolve(table, run).await.map_err(status)?;
-        snapshot::verify(&snapshot).await.map_err(status)
+        let verified = snapshot::verify(&snapshot).await.map_err(status)?;
+        if verified.manifest.kind == snapshot::SnapshotKind::Changes {
+            return Err(Status::failed_precondition(format!(
+                "{ticket} is an incremental run's change set, not a table's rows"
+            )));
+        }
+        Ok(verified)
     }
 
     fn info(

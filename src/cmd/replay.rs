@@ -35,6 +35,15 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // not match its manifest.
     let verified = pipeline::snapshot::verify(&snapshot).await?;
     let table = verified.manifest.table.clone();
+    if verified.manifest.kind == pipeline::snapshot::SnapshotKind::Changes {
+        bail!(
+            "{} is the change set of incremental run {}: it continues the table's last full snapshot \
+             and cannot be replayed on its own (replaying such chains is not built yet); \
+             `floe snapshots list --table {table}` shows the full snapshots",
+            snapshot.name(),
+            verified.manifest.run_id
+        );
+    }
     if !config.tables.contains_key(&table) {
         bail!(
             "{} is a snapshot of table `{table}`, which {} does not configure",

@@ -105,6 +105,8 @@ pub async fn resolve(config: &Config, location: &Location, spec: &str) -> Result
 struct Listed {
     table: String,
     run_id: String,
+    /// `full`, or `changes` (an incremental run's change set).
+    kind: &'static str,
     status: &'static str,
     rows: Option<u64>,
     files: usize,
@@ -122,6 +124,7 @@ fn listed(s: &SnapshotInfo) -> Listed {
     Listed {
         table: s.table.clone(),
         run_id: s.run_id.clone(),
+        kind: s.kind(),
         status: s.status(),
         rows: m.map(|m| m.rows),
         files: s.files,
@@ -171,14 +174,15 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                 }
                 OutputFormat::Text => {
                     println!(
-                        "{:<22} {:<22} {:<12} {:>10} {:>5} {:>10}  started",
-                        "table", "run_id", "status", "rows", "files", "size"
+                        "{:<22} {:<22} {:<8} {:<12} {:>10} {:>5} {:>10}  started",
+                        "table", "run_id", "kind", "status", "rows", "files", "size"
                     );
                     for l in &all {
                         println!(
-                            "{:<22} {:<22} {:<12} {:>10} {:>5} {:>10}  {}",
+                            "{:<22} {:<22} {:<8} {:<12} {:>10} {:>5} {:>10}  {}",
                             l.table,
                             l.run_id,
+                            l.kind,
                             l.status,
                             l.rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
                             l.files,

@@ -622,11 +622,77 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
     let full_watermark = t.watermark().await.expect("a full refresh records one");
     t.dml(&["DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = (SELECT MIN(TRANSFORMER_ID) FROM TRANSFORMERS)".into()])
         .await;
-    let inc = floe(&["run", "--incremental", "--table", TABLE]);
+    let inc = floe(&["run", "--incremental", "--table", TABLE, "--output", "json"]);
     assert!(
         inc.status.success(),
         "{}",
         String::from_utf8_lossy(&inc.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&inc.stdout).unwrap();
+    assert_eq!(report[0]["mode"], "incremental", "{report}");
+    let changes_url = report[0]["snapshot"]
+        .as_str()
+        .expect("a change set")
+        .to_string();
+    let changes_run = changes_url.rsplit('/').next().unwrap().to_string();
+
+    // The run kept its change set: one deleted key, the window and the count.
+    let list = floe_command()
+        .args(["snapshots", "list", "--output", "json"])
+        .env("FLOE_SNAPSHOT_DIR", snapshots.path())
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let kinds: Vec<(String, String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["run_id"].as_str().unwrap().to_string(),
+                s["kind"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&(run_id.clone(), "full".into(), "complete".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(changes_run.clone(), "changes".into(), "complete".into())),
+        "{kinds:?}"
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            snapshots
+                .path()
+                .join("transformers")
+                .join(&changes_run)
+                .join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["kind"], "changes");
+    assert_eq!(manifest["rows"], 1, "{manifest}");
+    assert_eq!(manifest["changes"]["final_count"], GRID_ROWS - 1);
+    assert!(
+        manifest["changes"]["window_end_ns"].as_i64()
+            > manifest["changes"]["window_start_ns"].as_i64()
+    );
+    // Not replayable on its own.
+    let alone = floe(&["replay", &format!("transformers@{changes_run}")]);
+    assert!(!alone.status.success());
+    assert!(
+        String::from_utf8_lossy(&alone.stderr).contains("change set"),
+        "{}",
+        String::from_utf8_lossy(&alone.stderr)
     );
 
     let latest = floe(&["replay", "transformers@latest"]);
@@ -700,5 +766,62 @@ async fn an_apply_takes_only_row_locks_so_an_open_reader_never_waits_for_it_nor_
         .unwrap()
         .get(0);
     assert_eq!(after, seen - 1, "a new statement sees the whole window");
+    t.s.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_falls_back_leaves_the_full_refresh_s_snapshot_not_a_change_set() {
+    let t = setup("incr_fallback_snapshot").await;
+    let snapshots = tempfile::tempdir().unwrap();
+    let floe = |args: &[&str]| {
+        floe_command()
+            .args(args)
+            .args(["--target", &t.url, "--output", "json"])
+            .envs(snowflake_env(t.emulator.port(), "floe", "pw"))
+            .env("FLOE_SNAPSHOT_DIR", snapshots.path())
+            .env_remove("FLOE_TARGET_URL")
+            .output()
+            .unwrap()
+    };
+    // A stray row in the cache: the applied window fails verification.
+    t.client
+        .batch_execute(
+            "INSERT INTO transformers_cache SELECT 'STRAY', kva_rating, phase, load_pct, lat, lon, \
+             feeder_id, last_reading_at, geom FROM transformers_cache LIMIT 1",
+        )
+        .await
+        .unwrap();
+    t.dml(&["UPDATE TRANSFORMERS SET LOAD_PCT = 1 WHERE TRANSFORMER_ID = (SELECT MIN(TRANSFORMER_ID) FROM TRANSFORMERS)".into()])
+        .await;
+    let out = floe(&["run", "--incremental", "--table", TABLE]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["mode"], "full", "{report}");
+    assert_eq!(report[0]["reason"], "verification", "{report}");
+    let url = report[0]["snapshot"]
+        .as_str()
+        .expect("the full refresh's snapshot");
+    let run = url.rsplit('/').next().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            snapshots
+                .path()
+                .join("transformers")
+                .join(run)
+                .join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["kind"], "full", "{manifest}");
+    assert_eq!(manifest["status"], "complete");
+    assert_eq!(
+        manifest["rows"], GRID_ROWS,
+        "every row, no change set mixed in"
+    );
     t.s.logout().await;
 }

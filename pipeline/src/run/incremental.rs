@@ -11,9 +11,12 @@ use std::time::Instant;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use operators::GeometryOptions;
 use schemas::config::Config;
@@ -26,6 +29,9 @@ use crate::incremental::{eligible, fingerprint, Changes, Fallback, Window};
 use crate::postgres::apply::{InPlaceApply, NotApplied};
 use crate::postgres::state::{SourcePoint, SyncState};
 use crate::postgres::Target;
+use crate::snapshot::{
+    changes, ChangeSet, SnapshotFeed, SnapshotKind, SnapshotSource, SnapshotStatus, SnapshotWriter,
+};
 use crate::source::snowflake::{SnowflakeError, SnowflakeSession};
 use crate::source::{one_shot, SourceError};
 use crate::PipelineError;
@@ -39,6 +45,8 @@ pub(super) struct Incremented {
     pub final_count: u64,
     /// The apply transaction alone, in seconds.
     pub transaction: f64,
+    /// The complete change-set snapshot, when one was written.
+    pub snapshot: Option<String>,
 }
 
 /// The window as read and staged, ready to apply.
@@ -70,8 +78,9 @@ pub(super) async fn run(
         &options.run_id,
     )
     .await;
+    let mut writer = None;
     let read = tokio::select! {
-        r = read_window(config, name, target, &mut apply, state, geometry, progress) => r,
+        r = read_window(config, name, target, &mut apply, state, options, &mut writer, geometry, progress) => r,
         _ = options.cancel.cancelled() => Err(NotApplied::Failed(PipelineError::Cancelled { table: name.to_string() })),
     };
     let staged = match read {
@@ -80,10 +89,11 @@ pub(super) async fn run(
             // Released now, not when the session closes: a full refresh
             // falling back from here takes the same lock at once.
             apply.release().await;
+            finish_change_set(writer, options, name, Err(&e)).await;
             return Err(e);
         }
     };
-    let applied = apply
+    let committed = apply
         .commit(
             staged.expected,
             &staged.point,
@@ -91,7 +101,20 @@ pub(super) async fn run(
             &config.load,
             options.allow_shrink,
         )
-        .await?;
+        .await;
+    let applied = match committed {
+        Ok(a) => a,
+        Err(e) => {
+            finish_change_set(writer, options, name, Err(&e)).await;
+            return Err(e);
+        }
+    };
+    let change_set = ChangeSet {
+        window_start_ns: staged.window.start_ns,
+        window_end_ns: staged.window.end_ns,
+        final_count: applied.final_count,
+    };
+    let snapshot = finish_change_set(writer, options, name, Ok(change_set)).await;
     Ok(Incremented {
         changes: Changes {
             inserted: applied.inserted,
@@ -102,17 +125,62 @@ pub(super) async fn run(
         rows_read: staged.rows_read,
         final_count: applied.final_count,
         transaction: applied.transaction.as_secs_f64(),
+        snapshot,
     })
+}
+
+/// Ends the change-set snapshot: complete with what was applied, or
+/// `load_failed` with why not. A window that falls back to a full refresh
+/// leaves none (the full refresh snapshots the run under the same name).
+/// Returns the complete snapshot's URL.
+async fn finish_change_set(
+    writer: Option<SnapshotWriter>,
+    options: &RunOptions,
+    name: &str,
+    outcome: Result<ChangeSet, &NotApplied>,
+) -> Option<String> {
+    let writer = writer?;
+    let plan = options.snapshots.as_ref()?;
+    let snapshot = plan.location.snapshot(name, &options.run_id);
+    let (error, changes) = match outcome {
+        Ok(c) => (None, Some(c)),
+        Err(NotApplied::FallBack(reason)) => (Some(format!("not applied: {reason}")), None),
+        Err(NotApplied::Failed(e)) => (Some(e.to_string()), None),
+    };
+    let fell_back = matches!(outcome, Err(NotApplied::FallBack(_)));
+    match writer.finish_changes(error, changes).await {
+        Ok(m) if fell_back => {
+            if let Err(e) = plan.location.delete(&snapshot).await {
+                tracing::warn!(
+                    table = name,
+                    "the unapplied change set's snapshot stays: {e}"
+                );
+            }
+            let _ = m;
+            None
+        }
+        Ok(m) => {
+            tracing::info!(table = name, status = ?m.status, rows = m.rows, "change-set snapshot written");
+            (m.status == SnapshotStatus::Complete).then(|| snapshot.url())
+        }
+        Err(e) => {
+            tracing::warn!(table = name, "change-set snapshot: {e}");
+            None
+        }
+    }
 }
 
 /// Reads the window from Snowflake into the apply's temporary tables, on
 /// one Snowflake session logged out however it ends.
+#[allow(clippy::too_many_arguments)]
 async fn read_window(
     config: &Config,
     name: &str,
     target: &Target,
     apply: &mut InPlaceApply,
     state: Option<SyncState>,
+    options: &RunOptions,
+    writer: &mut Option<SnapshotWriter>,
     geometry: &GeometryOptions,
     progress: &AtomicU64,
 ) -> Result<Staged, NotApplied> {
@@ -127,7 +195,19 @@ async fn read_window(
         .map_err(|e| failed(name, e))?;
     let started = Instant::now();
     let read = Box::pin(read_on(
-        &session, config, name, target, apply, &state, start_ns, geometry, progress,
+        &session,
+        Reading {
+            start_ns,
+            config,
+            name,
+            target,
+            state: &state,
+            options,
+            geometry,
+            progress,
+        },
+        apply,
+        writer,
     ))
     .await;
     session.logout().await;
@@ -142,18 +222,35 @@ async fn read_window(
     read
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What reading a window needs besides the sessions.
+struct Reading<'a> {
+    /// The watermark: where the window starts.
+    start_ns: i64,
+    config: &'a Config,
+    name: &'a str,
+    target: &'a Target,
+    state: &'a SyncState,
+    options: &'a RunOptions,
+    geometry: &'a GeometryOptions,
+    progress: &'a AtomicU64,
+}
+
 async fn read_on(
     session: &SnowflakeSession,
-    config: &Config,
-    name: &str,
-    target: &Target,
+    reading: Reading<'_>,
     apply: &mut InPlaceApply,
-    state: &SyncState,
-    start_ns: i64,
-    geometry: &GeometryOptions,
-    progress: &AtomicU64,
+    writer: &mut Option<SnapshotWriter>,
 ) -> Result<Staged, NotApplied> {
+    let Reading {
+        start_ns,
+        config,
+        name,
+        target,
+        state,
+        options,
+        geometry,
+        progress,
+    } = reading;
     let t = &config.tables[name];
     let changes_from = t.changes_object().ok_or_else(|| {
         NotApplied::Failed(PipelineError::Source {
@@ -168,13 +265,9 @@ async fn read_on(
     let source = source_at(t.snowflake_table.as_deref(), t.query.as_deref(), &window);
 
     // The changed rows, through the table's own transform.
+    let upserted_sql = upserted_rows_sql(&source, changes_from, &t.primary_key, &window);
     let upserts = session
-        .query(&upserted_rows_sql(
-            &source,
-            changes_from,
-            &t.primary_key,
-            &window,
-        ))
+        .query(&upserted_sql)
         .await
         .map_err(|e| window_error(name, e))?;
     let fingerprint = fingerprint(&upserts.schema);
@@ -183,8 +276,38 @@ async fn read_on(
     }
     let ctx = plan::context(config, geometry.clone());
     let schema = Arc::clone(&upserts.schema);
-    let provider = one_shot(schema, datafusion_stream(session, upserts))
-        .map_err(|e| failed(name, SourceError::DataFusion(e)))?;
+    // The change set is snapshotted as it is read: the upserted rows now,
+    // the deleted keys below, one writer.
+    let feed = options.snapshots.as_ref().map(|plan| {
+        let set_schema = changes::schema(&upserts.schema);
+        let w = SnapshotWriter::start_kind(
+            plan.location.snapshot(name, &options.run_id),
+            name,
+            &options.run_id,
+            SnapshotSource::Snowflake {
+                query: upserted_sql.clone(),
+                query_id: Some(upserts.query_id.clone()),
+                account: config.snowflake.account.clone(),
+                database: config.snowflake.database.clone(),
+                schema: config.snowflake.schema.clone(),
+                watermark_ns: Some(end_ns),
+                fingerprint: Some(fingerprint.clone()),
+                change_token: change_token.clone(),
+            },
+            Arc::clone(&set_schema),
+            plan.options,
+            SnapshotKind::Changes,
+        );
+        let feed = (w.feed(), set_schema);
+        *writer = Some(w);
+        feed
+    });
+    let rows = fed(
+        datafusion_stream(session, upserts),
+        feed.clone(),
+        changes::upserted,
+    );
+    let provider = one_shot(schema, rows).map_err(|e| failed(name, SourceError::DataFusion(e)))?;
     let planned = plan::plan_table(config, name, &target.schema, &ctx, provider).await?;
     eligible::check(config, name, planned.df.logical_plan())?;
     apply.stage(planned.plan.clone()).await?;
@@ -205,9 +328,16 @@ async fn read_on(
     let schema = Arc::clone(&deleted.schema);
     let keys: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
         schema,
-        datafusion_stream(session, deleted),
+        fed(
+            datafusion_stream(session, deleted),
+            feed.clone(),
+            changes::deleted,
+        ),
     ));
     apply.copy_deleted(keys, &config.load).await?;
+    if let Some((feed, _)) = &feed {
+        feed.end().await;
+    }
 
     let expected = count(session, &count_sql(&source))
         .await
@@ -223,6 +353,29 @@ async fn read_on(
         expected,
         rows_read,
     })
+}
+
+/// `stream`, each batch also sent (converted by `convert`) to the change
+/// set's snapshot when there is one.
+fn fed(
+    stream: BoxStream<'static, Result<RecordBatch, DataFusionError>>,
+    feed: Option<(SnapshotFeed, SchemaRef)>,
+    convert: fn(&RecordBatch, &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError>,
+) -> BoxStream<'static, Result<RecordBatch, DataFusionError>> {
+    let Some((feed, schema)) = feed else {
+        return stream;
+    };
+    stream
+        .then(move |item| {
+            let (feed, schema) = (feed.clone(), Arc::clone(&schema));
+            async move {
+                let batch = item?;
+                let row = convert(&batch, &schema)?;
+                feed.batch(row).await;
+                Ok(batch)
+            }
+        })
+        .boxed()
 }
 
 /// A result's batches as DataFusion reads a stream.

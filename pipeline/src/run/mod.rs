@@ -93,7 +93,7 @@ impl From<incremental::Incremented> for Loaded {
             final_count: i.final_count,
             source: None,
             checksum: None,
-            snapshot: None,
+            snapshot: i.snapshot,
             stages: None,
             changes: Some((i.changes, i.transaction)),
         }

@@ -27,6 +27,33 @@ pub enum SnapshotStatus {
     Incomplete,
 }
 
+/// What a snapshot holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// Every row the source returned: replayable on its own.
+    #[default]
+    Full,
+    /// An incremental run's change set: the source's rows of the changed
+    /// keys (as at the window's end) and the deleted keys (rows with
+    /// [`DELETED_COLUMN`] true, only their key columns set). It continues
+    /// the table's last full snapshot; it is never replayed on its own.
+    Changes,
+}
+
+/// The column that marks a change set's deleted keys.
+pub const DELETED_COLUMN: &str = "FLOE$DELETED";
+
+/// The window a change set covers and the count it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSet {
+    /// Snowflake's time, ns since the epoch.
+    pub window_start_ns: i64,
+    pub window_end_ns: i64,
+    /// Rows in the target once the window was applied.
+    pub final_count: u64,
+}
+
 /// Where the snapshotted batches came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -135,6 +162,11 @@ pub struct PartFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
+    #[serde(default)]
+    pub kind: SnapshotKind,
+    /// A change set's window (kind `changes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeSet>,
     /// The config's table name.
     pub table: String,
     pub run_id: String,

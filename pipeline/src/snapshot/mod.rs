@@ -12,6 +12,7 @@
 //! the same code; floe builds with local and in-memory stores (and S3/GCS
 //! with the `cloud` feature).
 
+pub mod changes;
 mod manifest;
 mod read;
 mod write;
@@ -23,9 +24,12 @@ use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-pub use manifest::{FieldSpec, Manifest, PartFile, SnapshotSource, SnapshotStatus};
+pub use manifest::{
+    ChangeSet, FieldSpec, Manifest, PartFile, SnapshotKind, SnapshotSource, SnapshotStatus,
+    DELETED_COLUMN,
+};
 pub use read::{first_part_schema, read_batches, verify, Verified};
-pub use write::{SnapshotOptions, SnapshotTee, SnapshotWriter};
+pub use write::{SnapshotFeed, SnapshotOptions, SnapshotTee, SnapshotWriter};
 
 /// Everything that can go wrong with a snapshot; each names the file or location.
 #[derive(Debug, thiserror::Error)]
@@ -382,10 +386,21 @@ impl SnapshotInfo {
         (when, &self.run_id)
     }
 
+    /// A complete full snapshot: replayable on its own (what `latest`
+    /// means). A change set never is.
     pub fn is_complete(&self) -> bool {
         self.manifest
             .as_ref()
-            .is_some_and(|m| m.status == SnapshotStatus::Complete)
+            .is_some_and(|m| m.status == SnapshotStatus::Complete && m.kind == SnapshotKind::Full)
+    }
+
+    /// `full` or `changes` (`-` without a manifest).
+    pub fn kind(&self) -> &'static str {
+        match self.manifest.as_ref().map(|m| m.kind) {
+            Some(SnapshotKind::Full) => "full",
+            Some(SnapshotKind::Changes) => "changes",
+            None => "-",
+        }
     }
 
     /// `complete`, `load_failed`, `incomplete`, or `no manifest` (running, or killed).
@@ -457,6 +472,9 @@ pub fn plan_prune(
                         (None, _) => true,
                     };
                     match (outside_keep, old_enough) {
+                        (true, true) if s.kind() == "changes" => {
+                            (true, "a change set older than the newest complete snapshot")
+                        }
                         (true, true) if rank.is_none() => {
                             (true, "not complete, older than a complete one")
                         }

@@ -52,6 +52,12 @@ impl Default for SnapshotOptions {
     }
 }
 
+/// How the run's load ended, and what a change set applied.
+struct Verdict {
+    error: Option<String>,
+    changes: Option<manifest::ChangeSet>,
+}
+
 enum Msg {
     Batch(RecordBatch),
     /// The source ended cleanly.
@@ -64,7 +70,7 @@ enum Msg {
 pub struct SnapshotWriter {
     tx: mpsc::Sender<Msg>,
     /// The run's verdict: `None` if its load succeeded, else why not.
-    verdict: tokio::sync::oneshot::Sender<Option<String>>,
+    verdict: tokio::sync::oneshot::Sender<Verdict>,
     task: JoinHandle<Result<Manifest, SnapshotError>>,
     name: String,
 }
@@ -79,11 +85,34 @@ impl SnapshotWriter {
         schema: SchemaRef,
         options: SnapshotOptions,
     ) -> SnapshotWriter {
+        Self::start_kind(
+            snapshot,
+            table,
+            run_id,
+            source,
+            schema,
+            options,
+            manifest::SnapshotKind::Full,
+        )
+    }
+
+    /// As [`SnapshotWriter::start`], for a snapshot of `kind`.
+    pub fn start_kind(
+        snapshot: SnapshotRef,
+        table: &str,
+        run_id: &str,
+        source: SnapshotSource,
+        schema: SchemaRef,
+        options: SnapshotOptions,
+        kind: manifest::SnapshotKind,
+    ) -> SnapshotWriter {
         let (tx, rx) = mpsc::channel(2);
         let (verdict, verdict_rx) = tokio::sync::oneshot::channel();
         let name = snapshot.name().to_string();
         let manifest = Manifest {
             format: manifest::FORMAT,
+            kind,
+            changes: None,
             table: table.to_string(),
             run_id: run_id.to_string(),
             status: SnapshotStatus::Incomplete,
@@ -123,12 +152,33 @@ impl SnapshotWriter {
         }
     }
 
+    /// A handle that sends batches to the writer directly (a snapshot whose
+    /// batches are not the consumer's, e.g. a change set); call
+    /// [`SnapshotFeed::end`] once everything is sent.
+    pub fn feed(&self) -> SnapshotFeed {
+        SnapshotFeed {
+            tx: self.tx.clone(),
+        }
+    }
+
     /// Tells the writer how the run's load ended (`None`: it succeeded) and
     /// waits for the manifest: complete only if the source was read to its
     /// end and the load succeeded.
     pub async fn finish(self, load_error: Option<String>) -> Result<Manifest, SnapshotError> {
+        self.finish_changes(load_error, None).await
+    }
+
+    /// As [`SnapshotWriter::finish`], recording what a change set applied.
+    pub async fn finish_changes(
+        self,
+        load_error: Option<String>,
+        changes: Option<manifest::ChangeSet>,
+    ) -> Result<Manifest, SnapshotError> {
         drop(self.tx);
-        let _ = self.verdict.send(load_error);
+        let _ = self.verdict.send(Verdict {
+            error: load_error,
+            changes,
+        });
         match self.task.await {
             Ok(r) => r,
             Err(e) => Err(SnapshotError::Io {
@@ -137,6 +187,24 @@ impl SnapshotWriter {
                 message: format!("the snapshot writer stopped: {e}"),
             }),
         }
+    }
+}
+
+/// Sends batches to a [`SnapshotWriter`] (waiting while it is busy).
+#[derive(Clone)]
+pub struct SnapshotFeed {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl SnapshotFeed {
+    /// Sends one batch; false if the writer is gone (it logged why).
+    pub async fn batch(&self, batch: RecordBatch) -> bool {
+        self.tx.send(Msg::Batch(batch)).await.is_ok()
+    }
+
+    /// Everything was sent.
+    pub async fn end(&self) {
+        let _ = self.tx.send(Msg::End).await;
     }
 }
 
@@ -186,7 +254,7 @@ async fn write_parts(
     options: SnapshotOptions,
     mut manifest: Manifest,
     mut rx: mpsc::Receiver<Msg>,
-    verdict: tokio::sync::oneshot::Receiver<Option<String>>,
+    verdict: tokio::sync::oneshot::Receiver<Verdict>,
 ) -> Result<Manifest, SnapshotError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
@@ -269,8 +337,14 @@ async fn write_parts(
         Some(e) => (SnapshotStatus::Incomplete, Some(e)),
         // Every row is written; the manifest waits for the load's outcome.
         None => match verdict.await {
-            Ok(None) => (SnapshotStatus::Complete, None),
-            Ok(Some(e)) => (
+            Ok(Verdict {
+                error: None,
+                changes,
+            }) => {
+                manifest.changes = changes;
+                (SnapshotStatus::Complete, None)
+            }
+            Ok(Verdict { error: Some(e), .. }) => (
                 SnapshotStatus::LoadFailed,
                 Some(format!("the load failed: {e}")),
             ),
