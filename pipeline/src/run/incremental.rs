@@ -149,14 +149,13 @@ async fn finish_change_set(
     };
     let fell_back = matches!(outcome, Err(NotApplied::FallBack(_)));
     match writer.finish_changes(error, changes).await {
-        Ok(m) if fell_back => {
+        Ok(_) if fell_back => {
             if let Err(e) = plan.location.delete(&snapshot).await {
                 tracing::warn!(
                     table = name,
                     "the unapplied change set's snapshot stays: {e}"
                 );
             }
-            let _ = m;
             None
         }
         Ok(m) => {
