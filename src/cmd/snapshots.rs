@@ -259,7 +259,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                     .list()
                     .await?
                     .into_iter()
-                    .filter(SnapshotInfo::is_complete)
+                    // Change sets too: their files are checked the same way.
+                    .filter(|s| s.status() == "complete")
                     .map(|s| s.snapshot)
                     .collect()
             } else {

@@ -686,6 +686,22 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
         manifest["changes"]["window_end_ns"].as_i64()
             > manifest["changes"]["window_start_ns"].as_i64()
     );
+    // Its files are verified like any snapshot's.
+    let verify = floe_command()
+        .args(["snapshots", "verify", "--output", "json"])
+        .env("FLOE_SNAPSHOT_DIR", snapshots.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let verified = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verified.contains(&format!("transformers@{changes_run}")),
+        "{verified}"
+    );
     // Not replayable on its own.
     let alone = floe(&["replay", &format!("transformers@{changes_run}")]);
     assert!(!alone.status.success());
