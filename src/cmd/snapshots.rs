@@ -333,6 +333,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             struct Decided {
                 table: String,
                 run_id: String,
+                kind: &'static str,
                 status: &'static str,
                 bytes: u64,
                 action: &'static str,
@@ -351,6 +352,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                 out.push(Decided {
                     table: d.info.table.clone(),
                     run_id: d.info.run_id.clone(),
+                    kind: d.info.kind(),
                     status: d.info.status(),
                     bytes: d.info.bytes,
                     action,

@@ -733,6 +733,50 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
     let r = incremental(&t.config, &t.url, false).await;
     assert_eq!(assert_incremental(&r), (0, 0, 1), "{r:?}");
     t.assert_equals_source("incr_replay_ref").await;
+
+    // Prune keeps the change sets after the newest full snapshot, and lets
+    // go of those before it.
+    let prune = |expect_change_set: &str| {
+        let out = floe_command()
+            .args([
+                "snapshots",
+                "prune",
+                "--keep",
+                "1",
+                "--dry-run",
+                "--output",
+                "json",
+            ])
+            .env("FLOE_SNAPSHOT_DIR", snapshots.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let decided: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let action = decided
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["run_id"] == changes_run.as_str())
+            .map(|d| (d["kind"].clone(), d["action"].clone()))
+            .unwrap();
+        assert_eq!(
+            action,
+            ("changes".into(), expect_change_set.into()),
+            "{decided}"
+        );
+    };
+    prune("keep");
+    let full = floe(&["run", "--table", TABLE]);
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    prune("would delete");
     t.s.logout().await;
 }
 
