@@ -607,6 +607,23 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
             .output()
             .unwrap()
     };
+    // `floe snapshots ...` (no target) on the same directory.
+    let snapshots_cmd = |args: &[&str]| {
+        let out = floe_command()
+            .arg("snapshots")
+            .args(args)
+            .args(["--output", "json"])
+            .env("FLOE_SNAPSHOT_DIR", snapshots.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
     let full = floe(&["run", "--table", TABLE, "--output", "json"]);
     assert!(
         full.status.success(),
@@ -637,17 +654,7 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
     let changes_run = changes_url.rsplit('/').next().unwrap().to_string();
 
     // The run kept its change set: one deleted key, the window and the count.
-    let list = floe_command()
-        .args(["snapshots", "list", "--output", "json"])
-        .env("FLOE_SNAPSHOT_DIR", snapshots.path())
-        .output()
-        .unwrap();
-    assert!(
-        list.status.success(),
-        "{}",
-        String::from_utf8_lossy(&list.stderr)
-    );
-    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let list = snapshots_cmd(&["list"]);
     let kinds: Vec<(String, String, String)> = list
         .as_array()
         .unwrap()
@@ -687,17 +694,7 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
             > manifest["changes"]["window_start_ns"].as_i64()
     );
     // Its files are verified like any snapshot's.
-    let verify = floe_command()
-        .args(["snapshots", "verify", "--output", "json"])
-        .env("FLOE_SNAPSHOT_DIR", snapshots.path())
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
-    let verified = String::from_utf8_lossy(&verify.stdout);
+    let verified = snapshots_cmd(&["verify"]).to_string();
     assert!(
         verified.contains(&format!("transformers@{changes_run}")),
         "{verified}"
@@ -737,25 +734,7 @@ async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run()
     // Prune keeps the change sets after the newest full snapshot, and lets
     // go of those before it.
     let prune = |expect_change_set: &str| {
-        let out = floe_command()
-            .args([
-                "snapshots",
-                "prune",
-                "--keep",
-                "1",
-                "--dry-run",
-                "--output",
-                "json",
-            ])
-            .env("FLOE_SNAPSHOT_DIR", snapshots.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let decided: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let decided = snapshots_cmd(&["prune", "--keep", "1", "--dry-run"]);
         let action = decided
             .as_array()
             .unwrap()

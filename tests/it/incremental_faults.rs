@@ -70,6 +70,25 @@ async fn assert_untouched(
     );
 }
 
+/// The shipped config pointed at an emulator on `port`, and floe's client
+/// logged in to it with change tracking on TRANSFORMERS.
+async fn tracking(
+    port: u16,
+) -> (
+    schemas::config::Config,
+    pipeline::source::snowflake::SnowflakeSession,
+) {
+    let mut config = shipped_config();
+    config.snowflake = emulator_login(port, "floe", "pw");
+    let s = pipeline::source::snowflake::SnowflakeSession::login(&config.snowflake)
+        .await
+        .unwrap();
+    s.execute("ALTER TABLE TRANSFORMERS SET CHANGE_TRACKING = TRUE")
+        .await
+        .unwrap();
+    (config, s)
+}
+
 /// Kills floe's sessions of the table once one of them runs `COPY`; true if it did.
 fn terminate_copy(url: &str) -> tokio::task::JoinHandle<bool> {
     let url = url.to_string();
@@ -160,14 +179,7 @@ async fn floe_sigkilled_mid_window_leaves_rows_and_watermark_and_the_next_run_ca
         ],
         &[],
     );
-    let mut config = shipped_config();
-    config.snowflake = emulator_login(port, "floe", "pw");
-    let s = pipeline::source::snowflake::SnowflakeSession::login(&config.snowflake)
-        .await
-        .unwrap();
-    s.execute("ALTER TABLE TRANSFORMERS SET CHANGE_TRACKING = TRUE")
-        .await
-        .unwrap();
+    let (config, s) = tracking(port).await;
     let url = fresh_db("incr_fault_kill").await;
     let client = connect(&url).await;
     assert_success(&run(&config, TABLE, &url, None).await);
@@ -250,14 +262,7 @@ async fn postgres_restarting_mid_window_leaves_rows_and_watermark() {
     cluster.stop_when_process_exits().unwrap();
     let url = cluster.url();
     let emulator = emulator::Emulator::start(chunked()).await.unwrap();
-    let mut config = shipped_config();
-    config.snowflake = emulator_login(emulator.port(), "floe", "pw");
-    let s = pipeline::source::snowflake::SnowflakeSession::login(&config.snowflake)
-        .await
-        .unwrap();
-    s.execute("ALTER TABLE TRANSFORMERS SET CHANGE_TRACKING = TRUE")
-        .await
-        .unwrap();
+    let (config, s) = tracking(emulator.port()).await;
     assert_success(&run(&config, TABLE, &url, None).await);
     let (before, watermark) = {
         let client = connect(&url).await;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, BooleanArray, RecordBatch};
+use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
@@ -26,10 +27,19 @@ pub fn schema(source: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields.collect::<Vec<_>>()))
 }
 
+/// `n` copies of `value` as a bitmap (no per-row allocation).
+fn flags(n: usize, value: bool) -> BooleanArray {
+    let bits = match value {
+        true => BooleanBuffer::new_set(n),
+        false => BooleanBuffer::new_unset(n),
+    };
+    BooleanArray::new(bits, None)
+}
+
 /// Upserted source rows as change-set rows.
 pub fn upserted(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
     let mut columns = batch.columns().to_vec();
-    columns.push(Arc::new(BooleanArray::from(vec![false; batch.num_rows()])));
+    columns.push(Arc::new(flags(batch.num_rows(), false)));
     RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
@@ -44,7 +54,7 @@ pub fn deleted(keys: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Ar
             None => new_null_array(field.data_type(), n),
         });
     }
-    columns.push(Arc::new(BooleanArray::from(vec![true; n])));
+    columns.push(Arc::new(flags(n, true)));
     RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
