@@ -23,7 +23,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::snapshot::{self, Location, SnapshotError, Verified};
+use crate::snapshot::{self, Chain, Location, SnapshotError};
 
 /// A Flight source or server failure, naming the URL or ticket.
 #[derive(Debug, thiserror::Error)]
@@ -161,8 +161,9 @@ struct SnapshotFlights {
 }
 
 impl SnapshotFlights {
-    /// `table@run-id` or `table@latest`, verified against its manifest.
-    async fn open(&self, ticket: &str) -> Result<Verified, Status> {
+    /// `table@run-id` or `table@latest`, verified against its manifest; a
+    /// change set is served as the state its run left (its chain rebuilt).
+    async fn open(&self, ticket: &str) -> Result<Chain, Status> {
         let (table, run) = ticket.split_once('@').ok_or_else(|| {
             Status::invalid_argument(format!(
                 "ticket {ticket:?}: expected table@run-id or table@latest"
@@ -170,18 +171,15 @@ impl SnapshotFlights {
         })?;
         let snapshot = self.location.resolve(table, run).await.map_err(status)?;
         let verified = snapshot::verify(&snapshot).await.map_err(status)?;
-        if verified.manifest.kind == snapshot::SnapshotKind::Changes {
-            return Err(Status::failed_precondition(format!(
-                "{ticket} is an incremental run's change set, not a table's rows"
-            )));
-        }
-        Ok(verified)
+        Chain::ending_at(&self.location, verified)
+            .await
+            .map_err(status)
     }
 
     fn info(
         ticket: &str,
         schema: &arrow::datatypes::Schema,
-        manifest: &snapshot::Manifest,
+        (rows, bytes): (u64, u64),
     ) -> Result<FlightInfo, Status> {
         FlightInfo::new()
             .try_with_schema(schema)
@@ -191,8 +189,8 @@ impl SnapshotFlights {
                     .with_endpoint(
                         FlightEndpoint::new().with_ticket(Ticket::new(ticket.to_string())),
                     )
-                    .with_total_records(manifest.rows as i64)
-                    .with_total_bytes(manifest.bytes as i64)
+                    .with_total_records(rows as i64)
+                    .with_total_bytes(bytes as i64)
             })
     }
 
@@ -214,7 +212,9 @@ fn status(e: SnapshotError) -> Status {
         SnapshotError::NotFound { .. } | SnapshotError::Incomplete { .. } => {
             Status::not_found(e.to_string())
         }
-        SnapshotError::Integrity { .. } => Status::data_loss(e.to_string()),
+        SnapshotError::Integrity { .. } | SnapshotError::Chain { .. } => {
+            Status::data_loss(e.to_string())
+        }
         e => Status::internal(e.to_string()),
     }
 }
@@ -260,7 +260,7 @@ impl FlightService for SnapshotFlights {
                 let schema = snapshot::first_part_schema(&s.snapshot, m)
                     .await
                     .map_err(status)?;
-                infos.push(Ok(Self::info(&ticket, &schema, m)?));
+                infos.push(Ok(Self::info(&ticket, &schema, (m.rows, m.bytes))?));
             }
         }
         Ok(Response::new(futures::stream::iter(infos).boxed()))
@@ -271,11 +271,11 @@ impl FlightService for SnapshotFlights {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let ticket = Self::ticket_of(request.get_ref())?;
-        let verified = self.open(&ticket).await?;
+        let chain = self.open(&ticket).await?;
         Ok(Response::new(Self::info(
             &ticket,
-            &verified.schema,
-            &verified.manifest,
+            chain.schema(),
+            (chain.rows(), chain.bytes()),
         )?))
     }
 
@@ -284,8 +284,8 @@ impl FlightService for SnapshotFlights {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
         let ticket = Self::ticket_of(request.get_ref())?;
-        let verified = self.open(&ticket).await?;
-        let info = Self::info(&ticket, &verified.schema, &verified.manifest)?;
+        let chain = self.open(&ticket).await?;
+        let info = Self::info(&ticket, chain.schema(), (chain.rows(), chain.bytes()))?;
         Ok(Response::new(PollInfo::new().with_info(info)))
     }
 
@@ -294,9 +294,9 @@ impl FlightService for SnapshotFlights {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
         let ticket = Self::ticket_of(request.get_ref())?;
-        let verified = self.open(&ticket).await?;
+        let chain = self.open(&ticket).await?;
         let options = arrow::ipc::writer::IpcWriteOptions::default();
-        let result: SchemaResult = SchemaAsIpc::new(&verified.schema, &options)
+        let result: SchemaResult = SchemaAsIpc::new(chain.schema(), &options)
             .try_into()
             .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
         Ok(Response::new(result))
@@ -308,18 +308,24 @@ impl FlightService for SnapshotFlights {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = String::from_utf8(request.get_ref().ticket.to_vec())
             .map_err(|_| Status::invalid_argument("the ticket is not UTF-8"))?;
-        let verified = self.open(&ticket).await?;
-        let batches = snapshot::read_batches(&verified, self.batch_size)
+        let chain = self.open(&ticket).await?;
+        let batches = chain
+            .read(self.batch_size)
             .map_err(|e| FlightError::ExternalError(Box::new(e)));
         let stream = FlightDataEncoderBuilder::new()
-            .with_schema(verified.schema.clone())
+            .with_schema(chain.schema().clone())
             .build(batches)
             .map_err(|e| match e {
                 FlightError::Tonic(s) => *s,
                 e => Status::internal(e.to_string()),
             })
             .boxed();
-        tracing::info!(ticket, rows = verified.manifest.rows, "serving a snapshot");
+        tracing::info!(
+            ticket,
+            rows = chain.rows(),
+            change_sets = chain.changes.len(),
+            "serving a snapshot"
+        );
         Ok(Response::new(stream))
     }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::error::TransformError;
 use crate::postgres::{application_name, refresh, Target};
 use crate::run::plan;
-use crate::snapshot::{FieldSpec, Verified};
+use crate::snapshot::{Chain, FieldSpec};
 use crate::PipelineError;
 
 /// How a column the replay writes compares with the target's.
@@ -71,14 +71,17 @@ pub struct ColumnCheck {
     pub status: ColumnStatus,
 }
 
-/// What a replay of one snapshot would do.
+/// What a replay of one snapshot (with its chain) would do.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplayPlan {
     pub table: String,
     pub target_table: String,
     pub snapshot: String,
     pub run_id: String,
+    /// Rows the replay loads (for a change set: the count its run left).
     pub snapshot_rows: u64,
+    /// Change sets applied over the full snapshot (0: a full snapshot alone).
+    pub change_sets: usize,
     pub snapshot_files: usize,
     pub snapshot_bytes: u64,
     /// Rows in the target now (`None`: no such table yet).
@@ -125,7 +128,7 @@ pub async fn check(
     config: &Config,
     name: &str,
     target: &Target,
-    verified: &Verified,
+    chain: &Chain,
 ) -> Result<ReplayPlan, PipelineError> {
     let t = &config.tables[name];
     let drift = |explanation: String| PipelineError::SchemaDrift {
@@ -133,10 +136,11 @@ pub async fn check(
         explanation,
     };
     let ctx = plan::context(config, operators::GeometryOptions::default());
-    let empty = MemTable::try_new(Arc::clone(&verified.schema), vec![vec![]])
+    let empty = MemTable::try_new(Arc::clone(chain.schema()), vec![vec![]])
         .map_err(|e| PipelineError::transform(name, e))?;
     let snapshot_columns = || {
-        verified
+        chain
+            .base
             .manifest
             .schema
             .iter()
@@ -240,17 +244,18 @@ pub async fn check(
         }
     }
     let schema_drift = columns.iter().any(|c| c.status.is_drift());
-    let rows = verified.manifest.rows;
+    let rows = chain.rows();
     let shrink_refused =
         target_rows.is_some_and(|old| refresh::shrink_refused(old, rows, config.load.max_shrink));
     Ok(ReplayPlan {
         table: name.to_string(),
         target_table: format!("{}.{}", target.schema, t.target),
-        snapshot: verified.snapshot.url(),
-        run_id: verified.manifest.run_id.clone(),
+        snapshot: chain.describe(),
+        run_id: chain.tip().manifest.run_id.clone(),
         snapshot_rows: rows,
-        snapshot_files: verified.manifest.files.len(),
-        snapshot_bytes: verified.manifest.bytes,
+        change_sets: chain.changes.len(),
+        snapshot_files: chain.files(),
+        snapshot_bytes: chain.bytes(),
         target_rows,
         columns,
         schema_drift,

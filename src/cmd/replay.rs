@@ -35,15 +35,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     // not match its manifest.
     let verified = pipeline::snapshot::verify(&snapshot).await?;
     let table = verified.manifest.table.clone();
-    if verified.manifest.kind == pipeline::snapshot::SnapshotKind::Changes {
-        bail!(
-            "{} is the change set of incremental run {}: it continues the table's last full snapshot \
-             and cannot be replayed on its own (replaying such chains is not built yet); \
-             `floe snapshots list --table {table}` shows the full snapshots",
-            snapshot.name(),
-            verified.manifest.run_id
-        );
-    }
+    let run_id = verified.manifest.run_id.clone();
     if !config.tables.contains_key(&table) {
         bail!(
             "{} is a snapshot of table `{table}`, which {} does not configure",
@@ -52,9 +44,12 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         );
     }
     if args.snapshot.to_ascii_lowercase().ends_with("@latest") {
-        refuse_older_than_loaded(&config, &target, &table, &verified.manifest.run_id).await?;
+        refuse_older_than_loaded(&config, &target, &table, &run_id).await?;
     }
-    let plan = pipeline::replay::check(&config, &table, &target, &verified)
+    // An incremental run's state: its full snapshot and the change sets
+    // up to it, each verified too.
+    let chain = pipeline::snapshot::Chain::ending_at(&location, verified).await?;
+    let plan = pipeline::replay::check(&config, &table, &target, &chain)
         .await
         .with_context(|| format!("checking {} against the target", snapshot.name()))?;
     if args.dry_run {
@@ -86,17 +81,17 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         cancel,
         allow_shrink: args.allow_shrink,
         snapshots: None,
-        replay: Some(verified),
+        replay: Some(chain),
         incremental: false,
     };
     let reports = run_tables(&config, &[table], &target, &options, args.output).await;
     Ok(signal.exit_status(&reports))
 }
 
-/// `TABLE@latest` means the latest state floe loaded. Incremental runs keep
-/// no snapshot yet, so when one loaded the table after the latest (full)
-/// snapshot, that snapshot is an older state: refuse rather than restore it
-/// silently, and say how to restore it on purpose.
+/// `TABLE@latest` means the latest state floe loaded. An incremental run
+/// without a snapshot location keeps no change set, so when one loaded the
+/// table after the latest snapshot, that snapshot is an older state: refuse
+/// rather than restore it silently, and say how to restore it on purpose.
 async fn refuse_older_than_loaded(
     config: &schemas::config::Config,
     target: &pipeline::postgres::Target,
@@ -119,7 +114,7 @@ async fn refuse_older_than_loaded(
     if let Some(later) = since {
         bail!(
             "{table}@latest is the snapshot of run {snapshot_run}, but incremental run {later} loaded the table since \
-             (incremental runs keep no snapshot yet), so it is not the latest state; to restore the state as of \
+             and kept no change set, so it is not the latest state; to restore the state as of \
              {snapshot_run} anyway, name it: floe replay {table}@{snapshot_run}"
         );
     }
@@ -140,6 +135,12 @@ fn print_plan(plan: &ReplayPlan, allow_shrink: bool, output: OutputFormat) -> Re
         super::snapshots::human_bytes(plan.snapshot_bytes),
     );
     println!("          {}", plan.snapshot);
+    if plan.change_sets > 0 {
+        println!(
+            "chain     a full snapshot and {} change set(s) after it, applied in window order",
+            plan.change_sets
+        );
+    }
     match plan.target_rows {
         Some(n) => println!(
             "target    {}: {n} rows now, {} after the replay",

@@ -594,168 +594,250 @@ async fn a_table_with_a_geospatial_column_syncs_through_a_view_of_its_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replaying_latest_never_restores_a_state_older_than_an_incremental_run() {
+async fn replaying_an_incremental_run_rebuilds_the_cache_it_left_and_prune_keeps_its_chain() {
     let t = setup("incr_replay").await;
     let snapshots = tempfile::tempdir().unwrap();
-    let floe = |args: &[&str]| {
-        floe_command()
-            .args(args)
+    let floe_in = |args: &[&str], snapshot_dir: bool| {
+        let mut c = floe_command();
+        c.args(args)
             .args(["--target", &t.url])
             .envs(snowflake_env(t.emulator.port(), "floe", "pw"))
-            .env("FLOE_SNAPSHOT_DIR", snapshots.path())
-            .env_remove("FLOE_TARGET_URL")
-            .output()
-            .unwrap()
+            .env_remove("FLOE_TARGET_URL");
+        match snapshot_dir {
+            true => c.env("FLOE_SNAPSHOT_DIR", snapshots.path()),
+            false => c.env_remove("FLOE_SNAPSHOT_DIR"),
+        };
+        c.output().unwrap()
     };
-    // `floe snapshots ...` (no target) on the same directory.
-    let snapshots_cmd = |args: &[&str]| {
-        let out = floe_command()
-            .arg("snapshots")
-            .args(args)
-            .args(["--output", "json"])
-            .env("FLOE_SNAPSHOT_DIR", snapshots.path())
-            .output()
-            .unwrap();
+    let floe = |args: &[&str]| floe_in(args, true);
+    let ok = |out: std::process::Output| {
         assert!(
             out.status.success(),
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
     };
-    let full = floe(&["run", "--table", TABLE, "--output", "json"]);
-    assert!(
-        full.status.success(),
-        "{}",
-        String::from_utf8_lossy(&full.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
-    let snapshot = report[0]["snapshot"]
-        .as_str()
-        .expect("a snapshot")
-        .to_string();
-    let run_id = snapshot.rsplit('/').next().unwrap().to_string();
-    let full_watermark = t.watermark().await.expect("a full refresh records one");
-    t.dml(&["DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = (SELECT MIN(TRANSFORMER_ID) FROM TRANSFORMERS)".into()])
-        .await;
-    let inc = floe(&["run", "--incremental", "--table", TABLE, "--output", "json"]);
-    assert!(
-        inc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&inc.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&inc.stdout).unwrap();
-    assert_eq!(report[0]["mode"], "incremental", "{report}");
-    let changes_url = report[0]["snapshot"]
-        .as_str()
-        .expect("a change set")
-        .to_string();
-    let changes_run = changes_url.rsplit('/').next().unwrap().to_string();
+    let snapshots_cmd = |args: &[&str]| {
+        ok(floe_command()
+            .arg("snapshots")
+            .args(args)
+            .args(["--output", "json"])
+            .env("FLOE_SNAPSHOT_DIR", snapshots.path())
+            .output()
+            .unwrap())
+    };
+    let run_of = |report: &serde_json::Value| {
+        let url = report[0]["snapshot"].as_str().expect("a snapshot");
+        url.rsplit('/').next().unwrap().to_string()
+    };
+    let full = |ok_report: serde_json::Value| run_of(&ok_report);
 
-    // The run kept its change set: one deleted key, the window and the count.
-    let list = snapshots_cmd(&["list"]);
-    let kinds: Vec<(String, String, String)> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["run_id"].as_str().unwrap().to_string(),
-                s["kind"].as_str().unwrap().to_string(),
-                s["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    assert!(
-        kinds.contains(&(run_id.clone(), "full".into(), "complete".into())),
-        "{kinds:?}"
-    );
-    assert!(
-        kinds.contains(&(changes_run.clone(), "changes".into(), "complete".into())),
-        "{kinds:?}"
-    );
+    let f1 = full(ok(floe(&["run", "--table", TABLE, "--output", "json"])));
+    let state_f1 = fingerprint(&t.client, TARGET).await;
+    let ids = t.ids(6).await;
+    let copy_of = |new: &str, from: &str| {
+        format!(
+            "INSERT INTO TRANSFORMERS SELECT '{new}', KVA_RATING, PHASE, LOAD_PCT, LAT, LON, FEEDER_ID, \
+             LAST_READING_AT FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{from}'"
+        )
+    };
+    // Window 1: a value and a geometry updated, a delete, an insert.
+    t.dml(&[
+        format!(
+            "UPDATE TRANSFORMERS SET LOAD_PCT = 42.5 WHERE TRANSFORMER_ID = '{}'",
+            ids[0]
+        ),
+        format!(
+            "UPDATE TRANSFORMERS SET LAT = 45.5, LON = -93.25 WHERE TRANSFORMER_ID = '{}'",
+            ids[1]
+        ),
+        format!(
+            "DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{}'",
+            ids[2]
+        ),
+        copy_of("NEW-1", &ids[3]),
+    ])
+    .await;
+    let inc = |snapshot_dir: bool| {
+        let report = ok(floe_in(
+            &["run", "--incremental", "--table", TABLE, "--output", "json"],
+            snapshot_dir,
+        ));
+        assert_eq!(report[0]["mode"], "incremental", "{report}");
+        report
+    };
+    let c1 = run_of(&inc(true));
+    let (state_c1, watermark_c1) = (fingerprint(&t.client, TARGET).await, t.watermark().await);
+    // Window 2: the same key updated again, window 1's insert deleted, the
+    // key itself changed, another insert.
+    t.dml(&[
+        format!(
+            "UPDATE TRANSFORMERS SET LOAD_PCT = 7 WHERE TRANSFORMER_ID = '{}'",
+            ids[0]
+        ),
+        "DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = 'NEW-1'".into(),
+        format!(
+            "UPDATE TRANSFORMERS SET TRANSFORMER_ID = 'RENAMED-4' WHERE TRANSFORMER_ID = '{}'",
+            ids[4]
+        ),
+        copy_of("NEW-2", &ids[5]),
+    ])
+    .await;
+    let c2 = run_of(&inc(true));
+    let (state_c2, watermark_c2) = (fingerprint(&t.client, TARGET).await, t.watermark().await);
+    assert_ne!(state_c1, state_c2);
+
+    // The change set keeps the window, the count and the key.
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
             snapshots
                 .path()
                 .join("transformers")
-                .join(&changes_run)
+                .join(&c1)
                 .join("manifest.json"),
         )
         .unwrap(),
     )
     .unwrap();
     assert_eq!(manifest["kind"], "changes");
-    assert_eq!(manifest["rows"], 1, "{manifest}");
-    assert_eq!(manifest["changes"]["final_count"], GRID_ROWS - 1);
-    assert!(
-        manifest["changes"]["window_end_ns"].as_i64()
-            > manifest["changes"]["window_start_ns"].as_i64()
+    assert_eq!(
+        manifest["changes"]["keys"],
+        serde_json::json!(["TRANSFORMER_ID"])
     );
-    // Its files are verified like any snapshot's.
-    let verified = snapshots_cmd(&["verify"]).to_string();
-    assert!(
-        verified.contains(&format!("transformers@{changes_run}")),
-        "{verified}"
-    );
-    // Not replayable on its own.
-    let alone = floe(&["replay", &format!("transformers@{changes_run}")]);
-    assert!(!alone.status.success());
-    assert!(
-        String::from_utf8_lossy(&alone.stderr).contains("change set"),
-        "{}",
-        String::from_utf8_lossy(&alone.stderr)
-    );
+    assert_eq!(manifest["changes"]["final_count"], GRID_ROWS);
+    // `latest` is the last state loaded: the newest change set.
+    let shown = snapshots_cmd(&["show", "transformers@latest"]);
+    assert_eq!(shown["run_id"], c2.as_str(), "{shown}");
 
+    // Back to the full snapshot by name, then forward again: each replay
+    // equals the cache as that run left it, watermark included.
+    ok(floe(&["replay", &format!("transformers@{f1}")]));
+    assert_eq!(fingerprint(&t.client, TARGET).await, state_f1);
+    let dry = ok(floe(&[
+        "replay",
+        "transformers@latest",
+        "--dry-run",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(
+        (dry["change_sets"].as_u64(), dry["snapshot_rows"].as_u64()),
+        (Some(2), Some(GRID_ROWS)),
+        "{dry}"
+    );
+    let replayed = ok(floe(&["replay", "transformers@latest", "--output", "json"]));
+    assert_eq!(replayed[0]["mode"], "replay", "{replayed}");
+    assert_eq!(fingerprint(&t.client, TARGET).await, state_c2);
+    assert_eq!(t.watermark().await, watermark_c2);
+    ok(floe(&["replay", &format!("transformers@{c1}")]));
+    assert_eq!(fingerprint(&t.client, TARGET).await, state_c1);
+    assert_eq!(t.watermark().await, watermark_c1);
+
+    // A full refresh, then the state after window 1 restored again and
+    // caught up: that incremental run continues the older full snapshot.
+    let f2 = full(ok(floe(&["run", "--table", TABLE, "--output", "json"])));
+    ok(floe(&["replay", &format!("transformers@{c1}")]));
+    let c3 = run_of(&inc(true));
+    t.assert_equals_source("incr_replay_ref").await;
+    let state_c3 = fingerprint(&t.client, TARGET).await;
+    // Prune keeps what the newest change set's chain needs (the older
+    // full snapshot and window 1's change set), not the chain nobody continues.
+    let decided = snapshots_cmd(&["prune", "--keep", "1", "--dry-run"]);
+    let action = |run: &str| {
+        decided
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["run_id"] == run)
+            .map(|d| d["action"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{run} in {decided}"))
+    };
+    assert_eq!(
+        [
+            f1.as_str(),
+            c1.as_str(),
+            c2.as_str(),
+            f2.as_str(),
+            c3.as_str()
+        ]
+        .map(action),
+        ["keep", "keep", "would delete", "keep", "keep"].map(String::from),
+        "{decided}"
+    );
+    snapshots_cmd(&["prune", "--keep", "1"]);
+    ok(floe(&["replay", &format!("transformers@{f2}")]));
+    ok(floe(&["replay", "transformers@latest"]));
+    assert_eq!(fingerprint(&t.client, TARGET).await, state_c3);
+    // Flight serves `latest` as that state too: loaded from it, another
+    // database holds the same rows.
+    let flight_addr = {
+        use std::io::BufRead;
+        let mut child = floe_command()
+            .args(["serve-flight", "--port", "0", "--snapshots"])
+            .arg(snapshots.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut banner = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut banner)
+            .unwrap();
+        (
+            KillOnDrop(child),
+            banner.trim().rsplit("grpc://").next().unwrap().to_string(),
+        )
+    };
+    let mut via_flight = t.config.clone();
+    via_flight.snapshots.enabled = false;
+    via_flight.tables.get_mut(TABLE).unwrap().flight =
+        Some(format!("flight://{}/transformers@latest", flight_addr.1));
+    let flight_db = fresh_db("incr_replay_flight").await;
+    assert_success(&run(&via_flight, TABLE, &flight_db, None).await);
+    assert_eq!(
+        fingerprint(&connect(&flight_db).await, TARGET).await,
+        state_c3
+    );
+    drop(flight_addr);
+
+    // A chain missing a link is refused, naming the gap; the cache stays.
+    std::fs::rename(
+        snapshots.path().join("transformers").join(&c1),
+        snapshots.path().join("c1-moved-away"),
+    )
+    .unwrap();
+    let broken = floe(&["replay", &format!("transformers@{c3}")]);
+    assert!(!broken.status.success());
+    let e = String::from_utf8_lossy(&broken.stderr);
+    assert!(
+        e.contains(&format!("transformers@{c3}")) && e.contains("ends where its window starts"),
+        "{e}"
+    );
+    assert_eq!(fingerprint(&t.client, TARGET).await, state_c3);
+    std::fs::rename(
+        snapshots.path().join("c1-moved-away"),
+        snapshots.path().join("transformers").join(&c1),
+    )
+    .unwrap();
+
+    // An incremental run that keeps no change set: `latest` is then an
+    // older state, refused unless named.
+    t.dml(&[format!(
+        "DELETE FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{}'",
+        ids[5]
+    )])
+    .await;
+    inc(false);
     let latest = floe(&["replay", "transformers@latest"]);
     assert!(!latest.status.success());
     let e = String::from_utf8_lossy(&latest.stderr);
     assert!(
-        e.contains("not the latest state") && e.contains(&format!("transformers@{run_id}")),
+        e.contains("not the latest state") && e.contains(&format!("transformers@{c3}")),
         "{e}"
     );
     assert_eq!(fingerprint(&t.client, TARGET).await.0, GRID_ROWS as i64 - 1);
-    // Named, the older state is restored on purpose.
-    let named = floe(&["replay", &format!("transformers@{run_id}")]);
-    assert!(
-        named.status.success(),
-        "{}",
-        String::from_utf8_lossy(&named.stderr)
-    );
-    assert_eq!(fingerprint(&t.client, TARGET).await.0, GRID_ROWS as i64);
-    // The replay restored the snapshot's watermark: an incremental run
-    // catches up from there, applying the delete again.
-    assert_eq!(t.watermark().await, Some(full_watermark));
-    let r = incremental(&t.config, &t.url, false).await;
-    assert_eq!(assert_incremental(&r), (0, 0, 1), "{r:?}");
-    t.assert_equals_source("incr_replay_ref").await;
-
-    // Prune keeps the change sets after the newest full snapshot, and lets
-    // go of those before it.
-    let prune = |expect_change_set: &str| {
-        let decided = snapshots_cmd(&["prune", "--keep", "1", "--dry-run"]);
-        let action = decided
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["run_id"] == changes_run.as_str())
-            .map(|d| (d["kind"].clone(), d["action"].clone()))
-            .unwrap();
-        assert_eq!(
-            action,
-            ("changes".into(), expect_change_set.into()),
-            "{decided}"
-        );
-    };
-    prune("keep");
-    let full = floe(&["run", "--table", TABLE]);
-    assert!(
-        full.status.success(),
-        "{}",
-        String::from_utf8_lossy(&full.stderr)
-    );
-    prune("would delete");
     t.s.logout().await;
 }
 

@@ -55,6 +55,8 @@ struct Staged {
     window: Window,
     expected: u64,
     rows_read: u64,
+    /// The key columns as the source's rows name them (for the change set).
+    keys: Vec<String>,
 }
 
 /// Runs table `name` incrementally (see the module doc).
@@ -113,6 +115,7 @@ pub(super) async fn run(
         window_start_ns: staged.window.start_ns,
         window_end_ns: staged.window.end_ns,
         final_count: applied.final_count,
+        keys: staged.keys,
     };
     let snapshot = finish_change_set(writer, options, name, Ok(change_set)).await;
     Ok(Incremented {
@@ -142,12 +145,12 @@ async fn finish_change_set(
     let writer = writer?;
     let plan = options.snapshots.as_ref()?;
     let snapshot = plan.location.snapshot(name, &options.run_id);
+    let fell_back = matches!(outcome, Err(NotApplied::FallBack(_)));
     let (error, changes) = match outcome {
         Ok(c) => (None, Some(c)),
         Err(NotApplied::FallBack(reason)) => (Some(format!("not applied: {reason}")), None),
         Err(NotApplied::Failed(e)) => (Some(e.to_string()), None),
     };
-    let fell_back = matches!(outcome, Err(NotApplied::FallBack(_)));
     match writer.finish_changes(error, changes).await {
         Ok(_) if fell_back => {
             if let Err(e) = plan.location.delete(&snapshot).await {
@@ -275,6 +278,17 @@ async fn read_on(
     }
     let ctx = plan::context(config, geometry.clone());
     let schema = Arc::clone(&upserts.schema);
+    let key_names: Vec<String> = t
+        .primary_key
+        .iter()
+        .map(|k| {
+            schema
+                .fields()
+                .iter()
+                .find(|f| f.name().eq_ignore_ascii_case(k))
+                .map_or_else(|| k.to_uppercase(), |f| f.name().clone())
+        })
+        .collect();
     // The change set is snapshotted as it is read: the upserted rows now,
     // the deleted keys below, one writer.
     let feed = options.snapshots.as_ref().map(|plan| {
@@ -351,6 +365,7 @@ async fn read_on(
         window,
         expected,
         rows_read,
+        keys: key_names,
     })
 }
 

@@ -56,8 +56,8 @@ pub struct RunOptions {
     pub allow_shrink: bool,
     /// Where to snapshot what each table's source returns; `None`: no snapshot.
     pub snapshots: Option<SnapshotPlan>,
-    /// Replay this (verified) snapshot instead of reading the table's source.
-    pub replay: Option<crate::snapshot::Verified>,
+    /// Replay this (verified) snapshot chain instead of reading the table's source.
+    pub replay: Option<crate::snapshot::Chain>,
     /// Apply the source's changes since each table's watermark instead of
     /// reloading it (a full refresh where that is impossible, saying why).
     pub incremental: bool,

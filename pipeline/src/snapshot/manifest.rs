@@ -45,13 +45,17 @@ pub enum SnapshotKind {
 pub const DELETED_COLUMN: &str = "FLOE$DELETED";
 
 /// The window a change set covers and the count it left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeSet {
     /// Snowflake's time, ns since the epoch.
     pub window_start_ns: i64,
     pub window_end_ns: i64,
     /// Rows in the target once the window was applied.
     pub final_count: u64,
+    /// The key columns, by their names in the snapshot: what a replay
+    /// matches change sets to the full snapshot's rows by.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// Where the snapshotted batches came from.

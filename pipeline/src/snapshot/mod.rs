@@ -12,6 +12,7 @@
 //! the same code; floe builds with local and in-memory stores (and S3/GCS
 //! with the `cloud` feature).
 
+mod chain;
 pub mod changes;
 mod manifest;
 mod read;
@@ -24,6 +25,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+pub use chain::{predecessor, Chain};
 pub use manifest::{
     ChangeSet, FieldSpec, Manifest, PartFile, SnapshotKind, SnapshotSource, SnapshotStatus,
     DELETED_COLUMN,
@@ -51,6 +53,10 @@ pub enum SnapshotError {
         status: String,
         error: Option<String>,
     },
+    /// A change set's chain back to its full snapshot is broken or does
+    /// not rebuild the state its run left.
+    #[error("snapshot {snapshot}: {message}")]
+    Chain { snapshot: String, message: String },
     #[error("snapshot {snapshot}: {file}: {message}")]
     Io {
         snapshot: String,
@@ -186,7 +192,9 @@ impl Location {
         Ok(out)
     }
 
-    /// `TABLE@RUN_ID` or `TABLE@latest` (the newest complete snapshot).
+    /// `TABLE@RUN_ID` or `TABLE@latest`: the newest complete snapshot, a
+    /// full one or an incremental run's change set (the latest state floe
+    /// loaded; a change set is replayed with its chain, see [`Chain`]).
     pub async fn resolve(&self, table: &str, run: &str) -> Result<SnapshotRef, SnapshotError> {
         if run != "latest" {
             return Ok(self.snapshot(table, run));
@@ -194,7 +202,7 @@ impl Location {
         self.list()
             .await?
             .into_iter()
-            .find(|s| s.table == table && s.is_complete())
+            .find(|s| s.table == table && s.is_loaded_state())
             .map(|s| s.snapshot)
             .ok_or_else(|| SnapshotError::NotFound {
                 snapshot: format!("{table}@latest"),
@@ -394,6 +402,13 @@ impl SnapshotInfo {
             .is_some_and(|m| m.status == SnapshotStatus::Complete && m.kind == SnapshotKind::Full)
     }
 
+    /// A complete snapshot of either kind: a state some run loaded.
+    pub fn is_loaded_state(&self) -> bool {
+        self.manifest
+            .as_ref()
+            .is_some_and(|m| m.status == SnapshotStatus::Complete)
+    }
+
     /// `full` or `changes` (`-` without a manifest).
     pub fn kind(&self) -> &'static str {
         match self.manifest.as_ref().map(|m| m.kind) {
@@ -441,6 +456,7 @@ pub fn plan_prune(
     }
     for (_, mut list) in by_table {
         list.sort_by(|a, b| b.newness().cmp(&a.newness()));
+        let table_start = out.len();
         let newest_good = list.iter().position(|s| s.is_complete());
         let mut complete_seen = 0usize;
         for (i, s) in list.into_iter().enumerate() {
@@ -490,6 +506,32 @@ pub fn plan_prune(
                 reason,
             });
         }
+        keep_chains(&mut out[table_start..]);
     }
     out
+}
+
+/// A kept change set needs its chain: the full snapshot and the change
+/// sets it continues stay too (a replay restores an older point, so that
+/// full snapshot need not be the newest).
+fn keep_chains(decisions: &mut [PruneDecision]) {
+    let infos: Vec<SnapshotInfo> = decisions.iter().map(|d| d.info.clone()).collect();
+    let mut kept: Vec<usize> = (0..decisions.len())
+        .filter(|&i| !decisions[i].delete && decisions[i].info.kind() == "changes")
+        .collect();
+    while let Some(i) = kept.pop() {
+        let start = decisions[i]
+            .info
+            .manifest
+            .as_ref()
+            .and_then(|m| m.changes.as_ref())
+            .map(|c| c.window_start_ns);
+        if let Some(p) = start.and_then(|start| chain::predecessor(&infos, start)) {
+            if decisions[p].delete {
+                decisions[p].delete = false;
+                decisions[p].reason = "part of a kept change set's chain";
+                kept.push(p);
+            }
+        }
+    }
 }

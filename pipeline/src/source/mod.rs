@@ -25,7 +25,7 @@ use crate::flight::FlightSourceError;
 use crate::postgres::runs::RunMode;
 use crate::postgres::state::SourcePoint;
 use crate::run::Cancel;
-use crate::snapshot::{SnapshotSource, Verified};
+use crate::snapshot::{Chain, SnapshotSource};
 use crate::PipelineError;
 pub use parquet::{one_shot, ParquetOpenError};
 use snowflake::{QueryTicket, SnowflakeError, SnowflakeSession};
@@ -52,8 +52,9 @@ pub enum SourceError {
 /// snapshot being replayed, `--parquet DIR`, the table's configured source.
 #[derive(Debug, Clone)]
 pub enum TableSource<'a> {
-    /// A verified snapshot (`floe replay`).
-    Snapshot(&'a Verified),
+    /// A verified snapshot, with the change sets after it when the state
+    /// replayed is an incremental run's (`floe replay`).
+    Snapshot(&'a Chain),
     /// `--parquet DIR`: `<DIR>/<SNOWFLAKE_TABLE>.parquet`.
     ParquetDir {
         dir: PathBuf,
@@ -110,7 +111,7 @@ pub struct Opened {
 impl<'a> TableSource<'a> {
     pub fn resolve(
         t: &TableConfig,
-        replay: Option<&'a Verified>,
+        replay: Option<&'a Chain>,
         parquet_dir: Option<&std::path::Path>,
     ) -> TableSource<'a> {
         match (replay, parquet_dir, t.source()) {
@@ -140,7 +141,7 @@ impl<'a> TableSource<'a> {
     /// `sync_runs.source` when the run starts, before anything is opened.
     pub fn describe(&self) -> String {
         match self {
-            TableSource::Snapshot(v) => format!("snapshot {}", v.snapshot.url()),
+            TableSource::Snapshot(chain) => format!("snapshot {}", chain.describe()),
             TableSource::ParquetDir { dir, .. } => format!("parquet {}", dir.display()),
             TableSource::Parquet { path } => format!("parquet {path}"),
             TableSource::Flight { url } => format!("flight {url}"),
@@ -169,18 +170,19 @@ impl<'a> TableSource<'a> {
             guard: SourceGuard(None),
         };
         match self {
-            TableSource::Snapshot(verified) => {
-                let stream = crate::snapshot::read_batches(verified, config.load.batch_size)
+            TableSource::Snapshot(chain) => {
+                let stream = chain
+                    .read(config.load.batch_size)
                     .map_err(|e| DataFusionError::External(Box::new(e)))
                     .boxed();
                 Ok(Opened {
-                    // What the snapshot's own read recorded: the replayed
+                    // What the snapshots' own reads recorded: the replayed
                     // rows are current up to that point in Snowflake.
-                    point: verified.manifest.source.point(),
+                    point: chain.point(),
                     ..unguarded(
-                        SourceData::Stream(Arc::clone(&verified.schema), stream),
+                        SourceData::Stream(Arc::clone(chain.schema()), stream),
                         Described::Snapshot {
-                            url: verified.snapshot.url(),
+                            url: chain.describe(),
                         },
                     )
                 })
