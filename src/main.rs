@@ -24,6 +24,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Refresh PostGIS cache tables: read, transform, COPY into staging, verify, swap.
     Run(cmd::run::Args),
+    /// Run the schedule as a service: daily full refresh, on-change incremental sync, /metrics.
+    Watch(cmd::watch::Args),
     /// Generate data, serve it from the Snowflake emulator, load every table into a throwaway PostGIS, query it.
     Demo(cmd::demo::Args),
     /// Serve parquet files over the Snowflake connector protocol (for development and tests).
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Generate(args) => cmd::generate::run(args),
             Command::Run(args) => cmd::run::run(args).await,
+            Command::Watch(args) => cmd::watch::run(args).await,
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::EmulateSnowflake(args) => cmd::emulate::run(args).await,
             Command::Status(args) => cmd::status::run(args).await,

@@ -116,6 +116,9 @@ pub struct Stats {
     pub failed_logins: u64,
     pub renewals: u64,
     pub queries: u64,
+    /// Of those, the ones a warehouse would not run: `SELECT`s of change
+    /// tokens and the clock only (what `floe watch` asks of an idle table).
+    pub metadata_queries: u64,
     /// Queries answered from a persisted result (`USE_CACHED_RESULT`).
     pub cached_results: u64,
     pub result_polls: u64,

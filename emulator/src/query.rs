@@ -223,6 +223,15 @@ fn dml_done(
     })))
 }
 
+/// A statement Snowflake answers from its cloud services layer without a
+/// warehouse: a `SELECT` of change tokens and the clock, with no `FROM`.
+fn is_metadata_only(sql: &str) -> bool {
+    let upper = sql.trim().to_ascii_uppercase();
+    upper.starts_with("SELECT")
+        && !upper.contains(" FROM ")
+        && (upper.contains("SYSTEM$LAST_CHANGE_COMMIT_TIME") || upper.contains("CURRENT_TIMESTAMP"))
+}
+
 pub(crate) async fn query(
     State(state): State<Arc<AppState>>,
     UrlQuery(params): UrlQuery,
@@ -233,7 +242,6 @@ pub(crate) async fn query(
         Ok(t) => t,
         Err(e) => return e,
     };
-    state.with_stats(|s| s.queries += 1);
     let query_id = state.new_query_id();
     let request_id = params.request_id.unwrap_or_default();
     let sql = body["sqlText"]
@@ -243,6 +251,13 @@ pub(crate) async fn query(
         .trim_end_matches(';')
         .trim()
         .to_string();
+    let metadata = is_metadata_only(&sql);
+    state.with_stats(|s| {
+        s.queries += 1;
+        if metadata {
+            s.metadata_queries += 1;
+        }
+    });
     if let Some(code) = state.with_faults(|f| f.query_error.take()) {
         return injected_error(&query_id, &code);
     }

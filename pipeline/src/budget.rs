@@ -20,7 +20,20 @@ pub struct ByteBudget {
 
 /// A reservation; the bytes go back to the budget when it is dropped.
 #[derive(Debug)]
-pub struct Reserved(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct Reserved(OwnedSemaphorePermit);
+
+impl Reserved {
+    fn new(permit: OwnedSemaphorePermit) -> Reserved {
+        crate::counters::reserved(permit.num_permits() as u32);
+        Reserved(permit)
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        crate::counters::released(self.0.num_permits() as u32);
+    }
+}
 
 /// The budget was closed: whoever closed it has the error that matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +63,7 @@ impl ByteBudget {
         Arc::clone(&self.permits)
             .acquire_many_owned(self.cost(bytes))
             .await
-            .map(Reserved)
+            .map(Reserved::new)
             .map_err(|_| BudgetClosed)
     }
 

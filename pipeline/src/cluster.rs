@@ -282,6 +282,13 @@ impl EphemeralCluster {
         self.pg_ctl_start()
     }
 
+    /// Starts a server [`EphemeralCluster::stop`]ped before, on the same
+    /// port and data: what an outage that ends looks like to clients.
+    pub fn start_again(&mut self) -> Result<(), PipelineError> {
+        self.stopped = false;
+        self.pg_ctl_start()
+    }
+
     /// Stops the server now.
     pub fn stop(&mut self) -> Result<(), PipelineError> {
         if self.stopped {

@@ -19,6 +19,7 @@
 pub mod bench;
 pub mod budget;
 pub mod cluster;
+pub mod counters;
 pub mod error;
 pub mod flight;
 pub mod incremental;
@@ -28,5 +29,6 @@ pub mod retry;
 pub mod run;
 pub mod snapshot;
 pub mod source;
+pub mod watch;
 
 pub use error::PipelineError;

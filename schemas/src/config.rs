@@ -51,6 +51,9 @@ pub struct Config {
     pub snowflake: SnowflakeConfig,
     #[serde(default)]
     pub load: LoadConfig,
+    /// When `floe watch` loads each table.
+    #[serde(default)]
+    pub watch: crate::watch::WatchConfig,
     /// Tables by floe name, in name order.
     pub tables: BTreeMap<String, TableConfig>,
     /// The file this came from (for messages); not part of the TOML.
@@ -414,6 +417,9 @@ pub struct TableConfig {
     pub indexes: Vec<IndexConfig>,
     #[serde(default)]
     pub on_invalid_geometry: OnInvalidGeometry,
+    /// This table's `floe watch` schedule, over `[watch]`.
+    #[serde(default)]
+    pub watch: crate::watch::TableWatch,
 }
 
 /// A secondary index built after the load.
@@ -447,6 +453,16 @@ pub enum SourceSpec {
 }
 
 impl TableConfig {
+    /// Whether `[tables.<name>.watch]` sets `key` (for messages).
+    fn watch_sets(&self, key: &str) -> bool {
+        match key {
+            "full_refresh" => self.watch.full_refresh.is_some(),
+            "timezone" => self.watch.timezone.is_some(),
+            "incremental_every" => self.watch.incremental_every.is_some(),
+            _ => false,
+        }
+    }
+
     /// The transform SQL (default: pass-through).
     pub fn transform_sql(&self) -> &str {
         self.transform.as_deref().unwrap_or("SELECT * FROM source")
@@ -524,6 +540,17 @@ impl Config {
         }
     }
 
+    /// `floe watch`'s schedule for table `name`: its `[tables.<name>.watch]`
+    /// over `[watch]`. Checked by [`Config::validate`].
+    pub fn schedule(&self, name: &str) -> Result<crate::watch::Schedule, (String, String)> {
+        let table = self
+            .tables
+            .get(name)
+            .map(|t| t.watch.clone())
+            .unwrap_or_default();
+        crate::watch::Schedule::resolve(&self.watch, &table)
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), SchemaError> {
         if self.tables.is_empty() {
@@ -559,8 +586,18 @@ impl Config {
                 "must be between 0 and 1 (0.5 = a refresh may drop at most half the rows)",
             ));
         }
+        if self.watch.max_concurrent_tables == 0 {
+            return Err(self.invalid("-", "watch.max_concurrent_tables", "must be at least 1"));
+        }
         let mut targets = BTreeMap::new();
         for (name, t) in &self.tables {
+            if let Err((key, message)) = self.schedule(name) {
+                let scope = match t.watch_sets(&key) {
+                    true => "watch",
+                    false => "(from [watch])",
+                };
+                return Err(self.invalid(name, &format!("{scope}.{key}"), message));
+            }
             if t.source().is_none() {
                 return Err(self.invalid(
                     name,

@@ -23,5 +23,6 @@ pub mod geometry;
 pub mod pg;
 pub mod snowflake;
 pub mod snowflake_arrow;
+pub mod watch;
 
 pub use error::SchemaError;

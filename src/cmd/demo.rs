@@ -125,6 +125,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         )?),
         replay: None,
         incremental: false,
+        skip_if_busy: false,
     };
     let tables = super::select_tables(&config, &[])?;
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;

@@ -11,6 +11,7 @@ pub mod run;
 pub mod serve_flight;
 pub mod snapshots;
 pub mod status;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 

@@ -83,6 +83,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         snapshots: None,
         replay: Some(chain),
         incremental: false,
+        skip_if_busy: false,
     };
     let reports = run_tables(&config, &[table], &target, &options, args.output).await;
     Ok(signal.exit_status(&reports))

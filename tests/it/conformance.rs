@@ -13,21 +13,6 @@ use emulator::{Emulator, EmulatorConfig, User};
 
 use crate::support::*;
 
-fn python() -> PathBuf {
-    let path = std::env::var_os("FLOE_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/floe-venv/bin/python"))
-        })
-        .expect("HOME or FLOE_PYTHON");
-    assert!(
-        path.exists(),
-        "{} does not exist: run scripts/install-deps --python (or set FLOE_PYTHON)",
-        path.display()
-    );
-    path
-}
-
 fn keys() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys")
 }

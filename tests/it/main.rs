@@ -19,3 +19,4 @@ mod support;
 mod tls;
 mod types;
 mod udf_postgis;
+mod watch;

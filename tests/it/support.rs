@@ -267,3 +267,21 @@ pub async fn run_measuring_memory(cmd: &mut std::process::Command) -> (std::proc
     }
     (child.wait_with_output().expect("output"), peak_kb * 1024)
 }
+
+/// The virtualenv's Python with the official Snowflake connector and the
+/// Prometheus parser (`scripts/install-deps --python`; `FLOE_PYTHON` overrides).
+pub fn python() -> std::path::PathBuf {
+    let path = std::env::var_os("FLOE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::Path::new(&h).join(".cache/floe-venv/bin/python"))
+        })
+        .expect("HOME or FLOE_PYTHON");
+    assert!(
+        path.exists(),
+        "{} does not exist: run scripts/install-deps --python (or set FLOE_PYTHON)",
+        path.display()
+    );
+    path
+}

@@ -76,6 +76,32 @@ pub async fn snowflake_clock(
     Ok((ns.value(0), token))
 }
 
+/// `object`'s change token alone (`SYSTEM$LAST_CHANGE_COMMIT_TIME`): a
+/// metadata lookup no warehouse runs, which is how `floe watch` asks an
+/// idle table whether anything changed.
+pub async fn change_token(
+    session: &SnowflakeSession,
+    object: &str,
+) -> Result<Option<String>, SnowflakeError> {
+    let sql = format!(
+        "SELECT SYSTEM$LAST_CHANGE_COMMIT_TIME('{}') AS TOKEN",
+        object.replace('\'', "''")
+    );
+    let result = session.query(&sql).await?;
+    let batches: Vec<_> = session.stream(result).try_collect().await?;
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Err(SnowflakeError::Decode(
+            "the change token query returned no row".into(),
+        ));
+    };
+    if batch.column(0).is_null(0) {
+        return Ok(None);
+    }
+    arrow::util::display::array_value_to_string(batch.column(0), 0)
+        .map(Some)
+        .map_err(|e| SnowflakeError::Decode(format!("change token: {e}")))
+}
+
 /// Snowflake's spelling of a key column: the config's lower-case name,
 /// upper-cased as Snowflake folds an unquoted identifier.
 fn column(key: &str) -> String {

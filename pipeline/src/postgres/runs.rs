@@ -21,6 +21,9 @@ pub enum RunStatus {
     Cancelled,
     /// A `running` row whose process died (found by the table's next run).
     Abandoned,
+    /// Another floe process held the table, so this one did nothing (only
+    /// `floe watch` skips; never kept in `sync_runs`).
+    Skipped,
 }
 
 impl RunStatus {
@@ -31,6 +34,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
             RunStatus::Abandoned => "abandoned",
+            RunStatus::Skipped => "skipped",
         }
     }
 }
@@ -128,6 +132,22 @@ pub async fn start(
             "INSERT INTO floe.sync_runs (run_id, table_name, target, mode, source, status) \
              VALUES ($1, $2, $3, $4, $5, 'running')",
             &[&run_id, &table, &target, &mode, &source],
+        )
+        .await
+        .map(drop)
+}
+
+/// Removes a run's `running` row: the run found its table held by another
+/// process and did nothing, which is not history.
+pub async fn discard(
+    client: &Client,
+    run_id: &str,
+    table: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM floe.sync_runs WHERE run_id = $1 AND table_name = $2 AND status = 'running'",
+            &[&run_id, &table],
         )
         .await
         .map(drop)

@@ -61,6 +61,10 @@ pub struct RunOptions {
     /// Apply the source's changes since each table's watermark instead of
     /// reloading it (a full refresh where that is impossible, saying why).
     pub incremental: bool,
+    /// A table another floe process is loading is skipped (status
+    /// `skipped`, nothing recorded) instead of failing: `floe watch`
+    /// replicas share tables this way.
+    pub skip_if_busy: bool,
 }
 
 /// Where a run snapshots what it reads.
@@ -159,6 +163,27 @@ pub async fn run_table(
             load_table(config, name, target, options, &source, &geometry, progress).await,
         ),
     };
+    if let Err(PipelineError::Busy { .. }) = &result {
+        if options.skip_if_busy {
+            record.discard().await;
+            tracing::debug!(table = name, "held by another floe process: skipped");
+            return TableReport {
+                status: RunStatus::Skipped,
+                table: table_cfg.target.clone(),
+                name: name.to_string(),
+                mode,
+                reason,
+                rows_synced: 0,
+                final_count: None,
+                seconds: started.elapsed().as_secs_f64(),
+                error: None,
+                invalid_geometries: 0,
+                snapshot: None,
+                stages: None,
+                changes: None,
+            };
+        }
+    }
     let invalid_geometries = geometry.invalid_count.load(Ordering::Relaxed);
     if invalid_geometries > 0 {
         tracing::warn!(

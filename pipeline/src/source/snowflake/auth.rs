@@ -111,6 +111,7 @@ impl SnowflakeSession {
             budget: cfg.max_buffered_bytes.max(1 << 20),
         };
         let data = session.authenticate().await?;
+        crate::counters::login();
         if let Some(tz) = parameter(&data["parameters"], "TIMEZONE") {
             session.time_zone = tz;
         }

@@ -254,7 +254,10 @@ async fn download_chunk(
             )));
         }
         let body = match response.bytes().await {
-            Ok(b) => b,
+            Ok(b) => {
+                crate::counters::downloaded(b.len());
+                b
+            }
             Err(e) => {
                 last = http_err(e).to_string();
                 continue;
