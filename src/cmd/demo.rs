@@ -27,6 +27,10 @@ pub struct Args {
     config: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
+    /// After the demo, keep going as `floe watch` (every 5 s) while the
+    /// emulator changes the topology; Ctrl-C stops it.
+    #[arg(long)]
+    watch: bool,
 }
 
 /// The spatial question a map asks: which connections are within 500 m of a
@@ -167,6 +171,9 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         }
     }
     session_sf.logout().await;
+    if ok && args.watch {
+        watch_round(&config, &tables, &target, &emulator).await?;
+    }
     eprintln!("demo finished in {:.1}s", started.elapsed().as_secs_f64());
     if args.keep {
         let url = cluster.url();
@@ -302,4 +309,49 @@ async fn change_topology(
         near.id,
         close.split(", ").filter(|s| !s.is_empty()).count()
     ))
+}
+
+/// `floe demo --watch`: the emulator changes the topology (its `--mutate`)
+/// while `floe watch` syncs every 5 s, one line per applied window, until
+/// Ctrl-C.
+async fn watch_round(
+    config: &schemas::config::Config,
+    tables: &[String],
+    target: &Target,
+    emulator: &Emulator,
+) -> Result<()> {
+    let mut config = config.clone();
+    config.watch.incremental_every = "5s".into();
+    emulator
+        .mutate(TOPOLOGY, 20)
+        .context("starting change traffic on the topology")?;
+    let watch = pipeline::watch::Watch::new(&config, tables, target.clone(), None)?;
+    let listener = match tokio::net::TcpListener::bind(&config.watch.listen).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let addr = listener.local_addr()?;
+    println!();
+    println!(
+        "floe watch: the emulator now changes {TOPOLOGY} (20 rows/s); syncing every 5 s. \
+         Metrics: http://{addr}/metrics, status: http://{addr}/status. Ctrl-C stops."
+    );
+    let (stopper, stop) = pipeline::run::Cancel::new();
+    tokio::spawn(async move {
+        super::watch::wait_for_signal().await;
+        stopper.cancel();
+    });
+    let mut reports = watch.reports();
+    let printer = tokio::spawn(async move {
+        while let Ok(r) = reports.recv().await {
+            println!("{}", super::watch::line(&r));
+        }
+    });
+    let (_, served) = tokio::join!(
+        watch.run(stop.clone()),
+        pipeline::watch::serve(&watch, listener, stop)
+    );
+    printer.abort();
+    served.context("serving /metrics")?;
+    Ok(())
 }

@@ -45,29 +45,65 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let states = state::list(&session.client, &tables)
         .await
         .context("reading floe.sync_state")?;
+    // The schedule `floe watch` keeps for each table (from the config).
+    let now = chrono::Utc::now();
+    let schedules: Vec<Schedule> = states
+        .iter()
+        .map(|s| match config.schedule(&s.table) {
+            Ok(sch) => Schedule {
+                full_refresh: sch.full_refresh().map(str::to_string),
+                timezone: sch.timezone().name().to_string(),
+                next_full_refresh: sch.next_full_after(now),
+                incremental_every_seconds: sch.incremental_every.map(|d| d.as_secs()),
+            },
+            Err(_) => Schedule::default(),
+        })
+        .collect();
     match args.output {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "tables": states,
-                "runs": records,
-            }))?
-        ),
+        OutputFormat::Json => {
+            let tables: Vec<serde_json::Value> = states
+                .iter()
+                .zip(&schedules)
+                .map(|(s, sch)| {
+                    let mut v = serde_json::to_value(s)?;
+                    v["schedule"] = serde_json::to_value(sch)?;
+                    Ok(v)
+                })
+                .collect::<Result<_, serde_json::Error>>()?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "tables": tables,
+                    "runs": records,
+                }))?
+            )
+        }
         OutputFormat::Text => {
             if !states.is_empty() {
                 println!(
-                    "{:<34} {:<28} {:>10} {:<21}",
-                    "target", "watermark (UTC)", "lag", "last full refresh"
+                    "{:<34} {:<28} {:>10} {:<21}  {:<22} {:>6}",
+                    "target",
+                    "watermark (UTC)",
+                    "lag",
+                    "last full refresh",
+                    "next full (watch)",
+                    "every"
                 );
-                for s in &states {
+                for (s, sch) in states.iter().zip(&schedules) {
                     println!(
-                        "{:<34} {:<28} {:>10} {:<21}",
+                        "{:<34} {:<28} {:>10} {:<21}  {:<22} {:>6}",
                         s.target,
                         s.watermark.as_deref().unwrap_or("- (not from Snowflake)"),
                         s.lag_seconds
                             .map(|l| format!("{l:.1}s"))
                             .unwrap_or_else(|| "-".into()),
-                        s.last_full_refresh
+                        s.last_full_refresh,
+                        sch.next_full_refresh
+                            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                            .unwrap_or_else(|| "off".into()),
+                        sch.incremental_every_seconds
+                            .map(|n| format!("{n}s"))
+                            .unwrap_or_else(|| "off".into()),
                     );
                 }
                 println!();
@@ -115,4 +151,13 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A table's `floe watch` schedule, as `floe status` shows it.
+#[derive(Debug, Default, serde::Serialize)]
+struct Schedule {
+    full_refresh: Option<String>,
+    timezone: String,
+    next_full_refresh: Option<chrono::DateTime<chrono::Utc>>,
+    incremental_every_seconds: Option<u64>,
 }

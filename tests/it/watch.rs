@@ -207,6 +207,12 @@ async fn watch_syncs_a_changed_table_within_three_intervals_and_asks_an_idle_one
     assert!(metadata >= 2, "a check per interval: {metadata} in 3 s");
     assert_eq!(queries, metadata, "an idle table costs no warehouse query");
     assert_eq!(after.logins, before.logins, "one session kept across ticks");
+    let idle = serde_json::to_value(w.watch.status()).unwrap();
+    let lag = idle["tables"][0]["lag_seconds"].as_f64().unwrap();
+    assert!(
+        lag < 2.5,
+        "an idle table that is current does not lag: {lag} s"
+    );
 
     // A change reaches Postgres within three 1 s intervals.
     let id: String = client
@@ -424,5 +430,295 @@ async fn a_failing_table_backs_off_alone_while_the_others_keep_syncing() {
     assert!(failed >= 2);
     w.stop().await;
     assert_eq!(floe_sessions(&client).await, 0);
+    s.logout().await;
+}
+
+/// `floe watch` as a process on `url`, the shipped config plus `[watch]`.
+fn watch_process(
+    dir: &std::path::Path,
+    port: u16,
+    url: &str,
+    watch: &str,
+    tables: &[&str],
+) -> KillOnDrop {
+    let shipped =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("floe.toml"))
+            .unwrap();
+    // The shipped [watch] block gives way to the test's.
+    let shipped = match shipped.find("\n[watch]") {
+        Some(i) => {
+            let end = shipped[i + 1..]
+                .find("\n\n")
+                .map_or(shipped.len(), |j| i + 1 + j);
+            format!("{}{}", &shipped[..i], &shipped[end..])
+        }
+        None => shipped,
+    };
+    let path = dir.join(format!("watch-{}.toml", rand_suffix()));
+    std::fs::write(
+        &path,
+        format!("{shipped}\n[watch]\nfull_refresh = \"off\"\nlisten = \"127.0.0.1:0\"\n{watch}\n"),
+    )
+    .unwrap();
+    let mut cmd = floe_command();
+    cmd.arg("watch")
+        .arg("--config")
+        .arg(&path)
+        .args(["--target", url, "--no-snapshot"])
+        .envs(snowflake_env(port, "floe", "pw"))
+        .env_remove("FLOE_TARGET_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for t in tables {
+        cmd.args(["--table", t]);
+    }
+    KillOnDrop(cmd.spawn().unwrap())
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Waits for the process to exit, at most `within`.
+fn exit_within(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// No two runs of one table overlap in `sync_runs`.
+async fn assert_no_overlap(client: &Client) {
+    let rows = client
+        .query(
+            "SELECT table_name, run_id, started_at::text, finished_at::text, status FROM floe.sync_runs \
+             WHERE started_at IS NOT NULL ORDER BY table_name, started_at",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut last: Option<(String, String, Option<String>)> = None;
+    for r in &rows {
+        let (table, run, started, finished): (String, String, String, Option<String>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        if let Some((t, prev, Some(prev_finished))) = &last {
+            if *t == table {
+                assert!(started >= *prev_finished, "{table}: run {run} started at {started}, before {prev} finished at {prev_finished}");
+            }
+        }
+        last = Some((table, run, finished));
+    }
+}
+
+/// Waits until every table's cache equals a full refresh of the source as it is now.
+async fn in_sync(
+    config: &Config,
+    tables: &[&str],
+    client: &Client,
+    reference: &Client,
+    reference_url: &str,
+) {
+    for t in tables {
+        assert_success(&run(config, t, reference_url, None).await);
+    }
+    let target = |t: &str| format!("public.{}", config.tables[t].target);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut same = true;
+        for t in tables {
+            let exists: bool = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target(t)])
+                .await
+                .unwrap()
+                .get(0);
+            same = same
+                && exists
+                && fingerprint(client, &target(t)).await
+                    == fingerprint(reference, &target(t)).await;
+        }
+        if same {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the caches never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until a session of floe's is loading the transformers' cache.
+async fn loading(client: &Client) {
+    for _ in 0..400 {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name LIKE 'floe/transformers_cache/%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the load never started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_tables_without_overlap_and_one_survives_the_other_killed() {
+    let url = fresh_db("watch_replicas").await;
+    let reference_url = fresh_db("watch_replicas_ref").await;
+    let emulator = Emulator::start(EmulatorConfig::new(grid_dir(), "floe", "pw"))
+        .await
+        .unwrap();
+    let (mut config, s) = watched(&emulator).await;
+    s.execute("ALTER TABLE FLUX_OPS_CENTER_ASSETS SET CHANGE_TRACKING = TRUE")
+        .await
+        .unwrap();
+    config.snapshots.enabled = false;
+    let dir = tempfile::tempdir().unwrap();
+    let tables = [TABLE, "assets"];
+    let mut a = watch_process(
+        dir.path(),
+        emulator.port(),
+        &url,
+        "incremental_every = \"1s\"",
+        &tables,
+    );
+    let mut b = watch_process(
+        dir.path(),
+        emulator.port(),
+        &url,
+        "incremental_every = \"1s\"",
+        &tables,
+    );
+    let client = connect(&url).await;
+    let reference = connect(&reference_url).await;
+    let churn = |round: u32| {
+        let s = &s;
+        async move {
+            for i in 0..6 {
+                s.execute(&format!(
+                    "UPDATE TRANSFORMERS SET LOAD_PCT = {} WHERE TRANSFORMER_ID = (SELECT MIN(TRANSFORMER_ID) FROM TRANSFORMERS)",
+                    round * 10 + i
+                ))
+                .await
+                .unwrap();
+                s.execute(&format!(
+                    "UPDATE FLUX_OPS_CENTER_ASSETS SET STATUS = 'r{round}-{i}' WHERE ASSET_ID = (SELECT MIN(ASSET_ID) FROM FLUX_OPS_CENTER_ASSETS)"
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        }
+    };
+    in_sync(&config, &tables, &client, &reference, &reference_url).await;
+    churn(1).await;
+    in_sync(&config, &tables, &client, &reference, &reference_url).await;
+    assert_no_overlap(&client).await;
+    let failed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM floe.sync_runs WHERE status <> 'success'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        failed, 0,
+        "a table held by the other replica is skipped, not failed"
+    );
+
+    // One replica killed outright: the other keeps every table in sync.
+    signal(&a.0, "-KILL");
+    exit_within(&mut a.0, Duration::from_secs(10));
+    churn(2).await;
+    in_sync(&config, &tables, &client, &reference, &reference_url).await;
+    assert_no_overlap(&client).await;
+
+    // SIGTERM: exit 0, nothing left connected.
+    signal(&b.0, "-TERM");
+    assert!(exit_within(&mut b.0, Duration::from_secs(40)).success());
+    assert_eq!(floe_sessions(&client).await, 0);
+    s.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_load_finishes_it_within_the_drain_timeout_or_rolls_it_back() {
+    let emulator = Emulator::start(EmulatorConfig {
+        chunk_rows: 1000,
+        ..EmulatorConfig::new(grid_dir(), "floe", "pw")
+    })
+    .await
+    .unwrap();
+    let (_, s) = watched(&emulator).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (db, drain, finishes) in [
+        ("watch_drain_ok", "30s", true),
+        ("watch_drain_cut", "1s", false),
+    ] {
+        let url = fresh_db(db).await;
+        let client = connect(&url).await;
+        // The first load (never loaded: a full refresh) is held up by slow chunks.
+        emulator.inject(|f| {
+            f.slow_chunk_ms = 2_500;
+            f.slow_chunks = 2;
+        });
+        let mut w = watch_process(
+            dir.path(),
+            emulator.port(),
+            &url,
+            &format!("incremental_every = \"1s\"\ndrain_timeout = \"{drain}\""),
+            &[TABLE],
+        );
+        loading(&client).await;
+        signal(&w.0, "-TERM");
+        let status = exit_within(&mut w.0, Duration::from_secs(60));
+        assert!(status.success(), "{db}: {status:?}");
+        let recorded: Vec<String> = client
+            .query(
+                "SELECT status FROM floe.sync_runs WHERE table_name = $1",
+                &[&TABLE],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass('public.transformers_cache') IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if finishes {
+            assert_eq!(recorded, ["success"], "{db}");
+            assert_eq!(fingerprint(&client, TARGET).await.0, GRID_ROWS as i64);
+        } else {
+            assert_eq!(recorded, ["cancelled"], "{db}");
+            assert!(!exists, "{db}: a cancelled first load leaves no table");
+        }
+        assert!(staging_tables(&client).await.is_empty(), "{db}");
+        assert_eq!(floe_sessions(&client).await, 0, "{db}");
+    }
     s.logout().await;
 }

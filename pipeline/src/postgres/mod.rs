@@ -233,12 +233,23 @@ pub(crate) async fn ensure_table(
     if table_exists(client, table).await? {
         return Ok(());
     }
+    create_if_missing(client, create_sql).await
+}
+
+/// Runs a `CREATE … IF NOT EXISTS`. Two sessions racing on one (two
+/// tables' first loads, two `floe watch` replicas) can both find it
+/// missing; the loser's unique or duplicate error means the other won.
+pub(crate) async fn create_if_missing(
+    client: &Client,
+    create_sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    use tokio_postgres::error::SqlState;
     match client.batch_execute(create_sql).await {
-        // Two first runs racing on CREATE ... IF NOT EXISTS: the other one won.
         Err(e)
             if e.code().is_some_and(|c| {
-                *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-                    || *c == tokio_postgres::error::SqlState::DUPLICATE_OBJECT
+                *c == SqlState::UNIQUE_VIOLATION
+                    || *c == SqlState::DUPLICATE_OBJECT
+                    || *c == SqlState::DUPLICATE_SCHEMA
             }) =>
         {
             Ok(())

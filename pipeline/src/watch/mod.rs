@@ -86,6 +86,9 @@ pub(crate) struct TableState {
     consecutive_failures: u32,
     last_run: Option<LastRun>,
     last_success: Option<DateTime<Utc>>,
+    /// When a change check last found the stored token current: the cache
+    /// was up to date then, though its watermark did not move (nothing ran).
+    confirmed: Option<DateTime<Utc>>,
     /// From `floe.sync_state` (`None` until read, or never loaded).
     stored: Option<Stored>,
 }
@@ -99,9 +102,13 @@ pub(crate) struct Stored {
 }
 
 impl TableState {
+    /// How far behind Snowflake the cache may be: since its watermark, or
+    /// since a change check last found nothing new, whichever is later (an
+    /// idle table's watermark stands still while it is current).
     pub(crate) fn lag_seconds(&self, now: DateTime<Utc>) -> Option<f64> {
         let w = self.stored.as_ref()?.watermark?;
-        Some((now - w).num_milliseconds().max(0) as f64 / 1e3)
+        let current = self.confirmed.map_or(w, |c| c.max(w));
+        Some((now - current).num_milliseconds().max(0) as f64 / 1e3)
     }
 
     /// A full refresh is due: the cron's latest time has passed since the
@@ -162,6 +169,7 @@ impl Watch {
                     consecutive_failures: 0,
                     last_run: None,
                     last_success: None,
+                    confirmed: None,
                     stored: None,
                 },
             );
@@ -230,8 +238,8 @@ impl Watch {
                     continue;
                 }
                 last_state_read = Some(tokio::time::Instant::now());
-                for (name, mode) in self.decide(now, &plan, &mut snowflake).await {
-                    self.launch(&mut jobs, &slots, &cancellers, &dirty, name, mode);
+                for (name, mode, token) in self.decide(now, &plan, &mut snowflake).await {
+                    self.launch(&mut jobs, &slots, &cancellers, &dirty, name, mode, token);
                 }
             }
             wait(&stop, TICK).await;
@@ -289,7 +297,7 @@ impl Watch {
         now: DateTime<Utc>,
         plan: &Plan,
         snowflake: &mut ChangeTokens,
-    ) -> Vec<(String, RunMode)> {
+    ) -> Vec<(String, RunMode, Option<String>)> {
         let mut launch = Vec::new();
         for name in &plan.supersede {
             // A queued incremental run becomes the due full refresh.
@@ -320,20 +328,23 @@ impl Watch {
                 (full_due, check)
             };
             if full_due {
-                launch.push((name.clone(), RunMode::Full));
+                launch.push((name.clone(), RunMode::Full, None));
                 continue;
             }
             let Some((object, stored_token, loaded)) = check else {
                 continue;
             };
             self.shared.change_checks.fetch_add(1, Ordering::Relaxed);
+            let asked = Utc::now();
             match snowflake.token(&object).await {
                 Ok(token) => {
                     lock(&self.shared.health).snowflake_ok(Utc::now());
                     // Never loaded, or no token recorded: the incremental
                     // run decides (it falls back to a full refresh).
                     if !loaded || stored_token.is_none() || stored_token != token {
-                        launch.push((name.clone(), RunMode::Incremental));
+                        launch.push((name.clone(), RunMode::Incremental, token));
+                    } else if let Some(t) = lock(&self.shared.tables).get_mut(name) {
+                        t.confirmed = Some(asked);
                     }
                 }
                 Err(e) => {
@@ -345,6 +356,11 @@ impl Watch {
         launch
     }
 
+    /// Queues a run of `name`. Once it has a slot it takes the table's
+    /// watch lease (another replica holding it: skipped) and checks the
+    /// table's state again under it (another replica may have just done
+    /// the work: `token` is the change token this run was decided on).
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
         jobs: &mut JoinSet<()>,
@@ -353,6 +369,7 @@ impl Watch {
         dirty: &Arc<AtomicBool>,
         name: String,
         mode: RunMode,
+        token: Option<String>,
     ) {
         let full = Arc::new(AtomicBool::new(mode == RunMode::Full));
         {
@@ -376,9 +393,17 @@ impl Watch {
                 shared.idle(&name);
                 return;
             };
+            let incremental = !full.load(Ordering::Acquire);
+            let Some(_lease) = shared
+                .lease(&name, &config, &target, incremental, token)
+                .await
+            else {
+                shared.idle(&name);
+                dirty.store(true, Ordering::Release);
+                return;
+            };
             let (canceller, cancel) = Cancel::new();
             lock(&cancellers).insert(name.clone(), canceller);
-            let incremental = !full.load(Ordering::Acquire);
             let options = RunOptions {
                 run_id: new_run_id(),
                 cancel,
@@ -460,6 +485,49 @@ impl Shared {
         }
     }
 
+    /// The table's watch lease, if no other replica holds it and the run
+    /// is still wanted by the state as it is now. `None`: skip it.
+    async fn lease(
+        &self,
+        name: &str,
+        config: &Config,
+        target: &Target,
+        incremental: bool,
+        token: Option<String>,
+    ) -> Option<Lease> {
+        let table_target = lock(&self.tables).get(name)?.target.clone();
+        let lease = match Lease::take(target, config, &table_target).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                tracing::debug!(table = name, "another floe watch is on it: skipped");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(table = name, "cannot take the watch lease: {e}");
+                lock(&self.health).postgres_failed(Utc::now(), e.to_string());
+                return None;
+            }
+        };
+        let fresh = match state::read_stored(&lease.session.client).await {
+            Ok(mut rows) => rows.remove(&table_target),
+            Err(e) => {
+                tracing::warn!(table = name, "cannot read floe.sync_state: {e}");
+                return None;
+            }
+        };
+        let mut tables = lock(&self.tables);
+        let t = tables.get_mut(name)?;
+        t.stored = fresh;
+        let wanted = match incremental {
+            false => t.full_due(Utc::now()),
+            true => t
+                .stored
+                .as_ref()
+                .is_none_or(|s| s.change_token.is_none() || s.change_token != token),
+        };
+        wanted.then_some(lease)
+    }
+
     fn idle(&self, name: &str) {
         if let Some(t) = lock(&self.tables).get_mut(name) {
             t.running = None;
@@ -509,6 +577,37 @@ impl Shared {
 
     pub(crate) fn render_metrics(&self) -> String {
         self.metrics.render()
+    }
+}
+
+/// A table's watch lease: a session-level advisory lock on its own key
+/// (not the load's), held for the whole job. Replicas skip a table whose
+/// lease another holds, so their runs of one table never overlap, not even
+/// across an incremental run's fallback to a full refresh (which releases
+/// and retakes the load's lock). Released when the session closes.
+struct Lease {
+    session: crate::postgres::Session,
+}
+
+impl Lease {
+    async fn take(
+        target: &Target,
+        config: &Config,
+        table_target: &str,
+    ) -> Result<Option<Lease>, PipelineError> {
+        let session = target
+            .connect(&application_name(&["watch", "lease"]), &config.load)
+            .await?;
+        let held: bool = session
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&format!("floe watch {table_target}")],
+            )
+            .await
+            .map_err(|e| PipelineError::postgres(table_target, "taking the watch lease", e))?
+            .get(0);
+        Ok(held.then_some(Lease { session }))
     }
 }
 
@@ -565,4 +664,105 @@ async fn wait(stop: &Cancel, d: Duration) {
 /// await; a poisoned one (a panic elsewhere) still holds usable data.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 2, h, m, 0).unwrap()
+    }
+
+    fn watch(every: &str) -> Watch {
+        let text = format!(
+            "[watch]\nfull_refresh = \"0 4 * * *\"\nincremental_every = \"{every}\"\n\
+             [tables.t]\nsnowflake_table = \"T\"\ntarget = \"t_cache\"\nprimary_key = [\"id\"]\n"
+        );
+        let config = Config::parse(&text, std::path::Path::new("floe.toml")).expect("config");
+        let target = Target::resolve(&config.target).expect("target");
+        Watch::new(&config, &["t".to_string()], target, None).expect("watch")
+    }
+
+    fn set(w: &Watch, f: impl FnOnce(&mut TableState)) {
+        f(lock(&w.shared.tables).get_mut("t").expect("table"))
+    }
+
+    fn stored(last_full: DateTime<Utc>) -> Option<Stored> {
+        Some(Stored {
+            watermark: Some(last_full),
+            last_full_refresh: last_full,
+            change_token: Some("1".into()),
+        })
+    }
+
+    #[test]
+    fn a_full_refresh_is_due_once_the_cron_time_passed_since_the_last_one() {
+        let w = watch("1m");
+        // Never loaded: due at once.
+        let plan = w.shared.plan(at(3, 0));
+        assert!(plan.due && plan.candidates == ["t"]);
+        set(&w, |t| t.stored = stored(at(3, 30)));
+        let t = w.shared.tables_now().remove(0).1;
+        assert!(!t.full_due(at(3, 59)), "4 AM has not come yet");
+        assert!(t.full_due(at(4, 0)), "4 AM came");
+        assert!(t.full_due(at(9, 0)), "missed while down: still due");
+        set(&w, |t| t.stored = stored(at(4, 1)));
+        assert!(!w.shared.tables_now()[0].1.full_due(at(9, 0)), "done today");
+    }
+
+    #[test]
+    fn a_due_full_refresh_supersedes_a_queued_incremental_run() {
+        let w = watch("1m");
+        let full = Arc::new(AtomicBool::new(false));
+        set(&w, |t| {
+            t.stored = stored(at(3, 0));
+            t.running = Some((RunMode::Incremental, Arc::clone(&full)));
+        });
+        assert!(w.shared.plan(at(3, 59)).supersede.is_empty());
+        let plan = w.shared.plan(at(4, 0));
+        assert_eq!(plan.supersede, ["t"]);
+        assert!(
+            plan.candidates.is_empty(),
+            "a queued table is not run twice"
+        );
+    }
+
+    #[test]
+    fn a_failing_table_waits_for_its_retry_and_the_backoff_is_capped_at_its_interval() {
+        let w = watch("5s");
+        set(&w, |t| t.stored = stored(at(4, 30)));
+        let failed = |w: &Watch, now| {
+            let report = TableReport {
+                status: crate::postgres::runs::RunStatus::Failed,
+                table: "t_cache".into(),
+                name: "t".into(),
+                mode: RunMode::Incremental,
+                reason: None,
+                rows_synced: 0,
+                final_count: None,
+                seconds: 0.1,
+                error: Some("boom".into()),
+                invalid_geometries: 0,
+                snapshot: None,
+                stages: None,
+                changes: None,
+            };
+            w.shared.finished("t", &report, now);
+            w.shared.tables_now()[0].1.retry_at.expect("a retry time") - now
+        };
+        let delays: Vec<i64> = (0..5).map(|_| failed(&w, at(5, 0)).num_seconds()).collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+        assert!(w.shared.plan(at(5, 0)).candidates.is_empty());
+        assert_eq!(
+            w.shared
+                .plan(at(5, 0) + chrono::Duration::seconds(6))
+                .candidates,
+            ["t"]
+        );
+        let status = w.status();
+        assert_eq!(status.tables[0].state, "failing");
+        assert_eq!(status.tables[0].consecutive_failures, 5);
+    }
 }

@@ -105,19 +105,17 @@ pub async fn prepare(
     run_id: &str,
 ) -> Result<String, PipelineError> {
     if plan.columns.iter().any(|c| c.ty.needs_postgis()) {
-        client
-            .batch_execute("CREATE EXTENSION IF NOT EXISTS postgis")
+        crate::postgres::create_if_missing(client, "CREATE EXTENSION IF NOT EXISTS postgis")
             .await
             .map_err(pg(plan, "creating the PostGIS extension"))?;
     }
     if plan.schema != "public" {
-        client
-            .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {}",
-                quote_ident(&plan.schema)
-            ))
-            .await
-            .map_err(pg(plan, "creating the schema"))?;
+        crate::postgres::create_if_missing(
+            client,
+            &format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&plan.schema)),
+        )
+        .await
+        .map_err(pg(plan, "creating the schema"))?;
     }
     lock(client, &plan.table, &plan.schema, &plan.target).await?;
     // The swap records the watermark in floe.sync_state: have the table before loading.
