@@ -116,7 +116,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             .with_context(|| format!("switching on change tracking for {t}"))?;
     }
     let (canceller, cancel) = pipeline::run::Cancel::new();
-    let _interrupt = super::on_interrupt(canceller);
+    let interrupt = super::on_interrupt(canceller);
     let options = RunOptions {
         run_id: new_run_id(),
         parquet_dir: None,
@@ -172,6 +172,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     }
     session_sf.logout().await;
     if ok && args.watch {
+        interrupt.disarm();
         watch_round(&config, &tables, &target, &emulator).await?;
     }
     eprintln!("demo finished in {:.1}s", started.elapsed().as_secs_f64());

@@ -120,9 +120,18 @@ pub fn select_datasets(names: &[String]) -> Result<Vec<&'static Dataset>> {
 }
 
 /// Which signal stopped the run, if any.
-pub struct Interrupt(std::sync::Arc<std::sync::atomic::AtomicU8>);
+pub struct Interrupt(
+    std::sync::Arc<std::sync::atomic::AtomicU8>,
+    tokio::task::JoinHandle<()>,
+);
 
 impl Interrupt {
+    /// Stops listening: the signals go to whoever listens next (`floe demo
+    /// --watch` after its runs).
+    pub fn disarm(&self) {
+        self.1.abort();
+    }
+
     /// The shell's exit status for it: 130 after SIGINT, 143 after SIGTERM.
     pub fn exit_code(&self) -> Option<u8> {
         match self.0.load(std::sync::atomic::Ordering::SeqCst) {
@@ -153,7 +162,7 @@ pub fn on_interrupt(canceller: pipeline::run::Canceller) -> Interrupt {
     use std::sync::atomic::{AtomicU8, Ordering};
     let code = std::sync::Arc::new(AtomicU8::new(0));
     let seen = std::sync::Arc::clone(&code);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -171,5 +180,5 @@ pub fn on_interrupt(canceller: pipeline::run::Canceller) -> Interrupt {
         eprintln!("floe: interrupted; rolling back (the targets keep their previous content)");
         canceller.cancel();
     });
-    Interrupt(code)
+    Interrupt(code, task)
 }

@@ -722,3 +722,31 @@ async fn sigterm_during_a_load_finishes_it_within_the_drain_timeout_or_rolls_it_
     }
     s.logout().await;
 }
+
+#[tokio::test]
+async fn a_cancel_request_stops_a_statement_the_server_is_busy_with() {
+    // What a drained load's clean-up relies on: an index build (here a
+    // sleep) does not finish first.
+    let url = fresh_db("watch_cancel_request").await;
+    let target = Target::resolve(&shipped_config().target.with_url(&url)).unwrap();
+    let session = target
+        .connect("floe/test/cancel", &shipped_config().load)
+        .await
+        .unwrap();
+    let client = Arc::clone(&session.client);
+    let busy = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(60)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    session.cancel_running().await;
+    let result = tokio::time::timeout(Duration::from_secs(10), busy)
+        .await
+        .expect("stopped well before the minute")
+        .unwrap();
+    let e = result.expect_err("cancelled");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{e}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(10));
+}

@@ -179,6 +179,7 @@ impl Target {
         Ok(Session {
             client: Arc::new(client),
             task,
+            tls: self.tls.clone(),
         })
     }
 }
@@ -324,6 +325,25 @@ fn transient_connect_error(e: &tokio_postgres::Error) -> bool {
 pub struct Session {
     pub client: Arc<Client>,
     task: JoinHandle<()>,
+    /// For the cancel request's own connection.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Session {
+    /// Asks the server to stop the statement this session is running (a
+    /// CancelRequest, on a connection of its own). Dropping a future does
+    /// not stop a statement the server is busy with, such as an index
+    /// build: without this, a cancelled load's clean-up would queue behind it.
+    pub async fn cancel_running(&self) {
+        let token = self.client.cancel_token();
+        let sent = match &self.tls {
+            None => token.cancel_query(NoTls).await,
+            Some(tls) => token.cancel_query(tls::MakeRustls(Arc::clone(tls))).await,
+        };
+        if let Err(e) = sent {
+            tracing::debug!("cancel request: {e}");
+        }
+    }
 }
 
 impl Drop for Session {

@@ -179,6 +179,11 @@ impl<'a> StagedRefresh<'a> {
             r = self.verify_and_swap(copied, allow_shrink, cancel, state) => r,
             _ = cancel.cancelled() => Err(PipelineError::Cancelled { table: self.plan.table.clone() }),
         };
+        if let Err(PipelineError::Cancelled { .. }) = &result {
+            // The index build or verification may still be running on the
+            // server: stop it, so the clean-up does not wait for it.
+            self.session.cancel_running().await;
+        }
         if result.is_err() {
             discard(&self.session.client, &self.plan, &self.staging).await;
         }
