@@ -37,6 +37,23 @@ pub struct Args {
     /// changed rows made in the emulator, against a full refresh.
     #[arg(long)]
     pub(super) incremental: bool,
+    /// Measure `floe watch` instead: lag (commit in the emulator → visible
+    /// in Postgres) under `--rows-per-sec` of changes for `--minutes`, floe's
+    /// CPU and RSS each minute, then warehouse queries over `--idle-minutes`.
+    #[arg(long, conflicts_with = "incremental")]
+    pub(super) watch: bool,
+    /// `floe bench --watch`: the watch interval.
+    #[arg(long, default_value = "10s")]
+    pub(super) interval: String,
+    /// `floe bench --watch`: minutes of change traffic.
+    #[arg(long, default_value_t = 10)]
+    pub(super) minutes: u64,
+    /// `floe bench --watch`: minutes without changes afterwards.
+    #[arg(long, default_value_t = 10)]
+    pub(super) idle_minutes: u64,
+    /// `floe bench --watch`: changed rows a second (10 commits a second).
+    #[arg(long, default_value_t = 100)]
+    pub(super) rows_per_sec: u64,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub(super) output: OutputFormat,
 }
@@ -163,7 +180,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let password = format!("bench-{}", std::process::id());
     let (emulator, port) = start_emulator(data.path(), &password)?;
     let _emulator = KillOnDrop(emulator);
-    if args.incremental {
+    if args.incremental || args.watch {
         let bench = super::bench_incremental::Bench {
             args: &args,
             config: &config,
@@ -173,7 +190,19 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             password: &password,
             port,
         };
-        let code = bench.run().await?;
+        let code = match args.watch {
+            true => {
+                bench
+                    .run_watch(&super::bench_watch::WatchBench {
+                        interval: args.interval.clone(),
+                        minutes: args.minutes,
+                        idle_minutes: args.idle_minutes,
+                        rows_per_sec: args.rows_per_sec,
+                    })
+                    .await?
+            }
+            false => bench.run().await?,
+        };
         drop(cluster);
         return Ok(code);
     }

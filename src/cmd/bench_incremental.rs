@@ -128,7 +128,7 @@ impl Bench<'_> {
         Ok(ExitCode::SUCCESS)
     }
 
-    fn snowflake_config(&self) -> SnowflakeConfig {
+    pub(super) fn snowflake_config(&self) -> SnowflakeConfig {
         SnowflakeConfig {
             account: Some("emulator".into()),
             user: Some("floe".into()),
@@ -140,7 +140,7 @@ impl Bench<'_> {
         }
     }
 
-    async fn count(&self, session: &SnowflakeSession) -> Result<u64> {
+    pub(super) async fn count(&self, session: &SnowflakeSession) -> Result<u64> {
         let result = session
             .query(&format!("SELECT COUNT(*) FROM {}", self.snowflake_table))
             .await?;
@@ -186,7 +186,7 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn floe_run(&self, incremental: bool) -> Command {
+    pub(super) fn floe_run(&self, incremental: bool) -> Command {
         let mut c = Command::new(std::env::current_exe().unwrap_or_else(|_| "floe".into()));
         c.arg("run");
         if let Some(p) = &self.args.config {

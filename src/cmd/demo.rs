@@ -130,6 +130,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         replay: None,
         incremental: false,
         skip_if_busy: false,
+        snowflake: None,
     };
     let tables = super::select_tables(&config, &[])?;
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;

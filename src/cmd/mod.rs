@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_incremental;
+pub mod bench_watch;
 pub mod demo;
 pub mod doctor;
 pub mod emulate;

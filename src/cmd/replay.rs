@@ -84,6 +84,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         replay: Some(chain),
         incremental: false,
         skip_if_busy: false,
+        snowflake: None,
     };
     let reports = run_tables(&config, &[table], &target, &options, args.output).await;
     Ok(signal.exit_status(&reports))

@@ -56,6 +56,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         replay: None,
         incremental: args.incremental,
         skip_if_busy: false,
+        snowflake: None,
     };
     let reports = run_tables(&config, &tables, &target, &options, args.output).await;
     Ok(signal.exit_status(&reports))

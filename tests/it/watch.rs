@@ -229,6 +229,7 @@ async fn watch_syncs_a_changed_table_within_three_intervals_and_asks_an_idle_one
         .await
         .unwrap();
     let changed = Instant::now();
+    let logins = emulator.stats().logins;
     let expected = reference(&config, "watch_ref").await;
     let reached = loop {
         if cache_equals_source(&client, &expected).await {
@@ -243,6 +244,11 @@ async fn watch_syncs_a_changed_table_within_three_intervals_and_asks_an_idle_one
     assert!(
         reached <= Duration::from_secs(3),
         "arrived after {reached:?}"
+    );
+    assert_eq!(
+        emulator.stats().logins,
+        logins + 1,
+        "the window is read on the watcher's kept session (the one login is the reference load's)"
     );
     w.until("the window recorded", Duration::from_secs(5), |s| {
         s["tables"][0]["last_run"]["mode"] == "incremental"

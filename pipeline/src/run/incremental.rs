@@ -192,12 +192,23 @@ async fn read_window(
     let Some(start_ns) = state.watermark_ns else {
         return Err(NotApplied::FallBack(Fallback::NoWatermark));
     };
-    let session = SnowflakeSession::login(&config.snowflake)
-        .await
-        .map_err(|e| failed(name, e))?;
+    // A kept session (floe watch's) is used and left open; otherwise one
+    // for this run, logged out after it.
+    let own = match &options.snowflake {
+        Some(_) => None,
+        None => Some(
+            SnowflakeSession::login(&config.snowflake)
+                .await
+                .map_err(|e| failed(name, e))?,
+        ),
+    };
+    let kept = options.snowflake.as_ref().map(|k| k.0.as_ref());
+    let Some(session) = own.as_ref().or(kept) else {
+        return Err(failed(name, SourceError::NotConfigured));
+    };
     let started = Instant::now();
     let read = Box::pin(read_on(
-        &session,
+        session,
         Reading {
             start_ns,
             config,
@@ -212,7 +223,9 @@ async fn read_window(
         writer,
     ))
     .await;
-    session.logout().await;
+    if let Some(own) = own {
+        own.logout().await;
+    }
     if let Ok(s) = &read {
         tracing::info!(
             table = name,

@@ -61,10 +61,24 @@ pub struct RunOptions {
     /// Apply the source's changes since each table's watermark instead of
     /// reloading it (a full refresh where that is impossible, saying why).
     pub incremental: bool,
+    /// The Snowflake session incremental runs read their windows on
+    /// (`floe watch` keeps one across ticks); `None`: each run logs in and
+    /// out on its own.
+    pub snowflake: Option<KeptSession>,
     /// A table another floe process is loading is skipped (status
     /// `skipped`, nothing recorded) instead of failing: `floe watch`
     /// replicas share tables this way.
     pub skip_if_busy: bool,
+}
+
+/// A Snowflake session shared by runs (its token is renewed by the client).
+#[derive(Clone)]
+pub struct KeptSession(pub Arc<crate::source::snowflake::SnowflakeSession>);
+
+impl std::fmt::Debug for KeptSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeptSession")
+    }
 }
 
 /// Where a run snapshots what it reads.

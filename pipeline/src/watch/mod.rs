@@ -32,7 +32,9 @@ pub use state::{Health, LastRun, TableStatus, WatchStatus};
 
 use crate::postgres::runs::RunMode;
 use crate::postgres::{application_name, Target};
-use crate::run::{new_run_id, run_table, Cancel, Canceller, RunOptions, SnapshotPlan, TableReport};
+use crate::run::{
+    new_run_id, run_table, Cancel, Canceller, KeptSession, RunOptions, SnapshotPlan, TableReport,
+};
 use crate::source::snowflake::{SnowflakeError, SnowflakeSession};
 use crate::PipelineError;
 
@@ -239,7 +241,15 @@ impl Watch {
                 }
                 last_state_read = Some(tokio::time::Instant::now());
                 for (name, mode, token) in self.decide(now, &plan, &mut snowflake).await {
-                    self.launch(&mut jobs, &slots, &cancellers, &dirty, name, mode, token);
+                    let kept = snowflake.kept();
+                    self.launch(
+                        &mut jobs,
+                        &slots,
+                        &cancellers,
+                        &dirty,
+                        (name, mode, token),
+                        kept,
+                    );
                 }
             }
             wait(&stop, TICK).await;
@@ -367,9 +377,8 @@ impl Watch {
         slots: &Arc<Semaphore>,
         cancellers: &Arc<Mutex<HashMap<String, Canceller>>>,
         dirty: &Arc<AtomicBool>,
-        name: String,
-        mode: RunMode,
-        token: Option<String>,
+        (name, mode, token): (String, RunMode, Option<String>),
+        kept: Option<KeptSession>,
     ) {
         let full = Arc::new(AtomicBool::new(mode == RunMode::Full));
         {
@@ -410,6 +419,7 @@ impl Watch {
                 snapshots,
                 incremental,
                 skip_if_busy: true,
+                snowflake: kept,
                 ..Default::default()
             };
             let report = run_table(&config, &name, &target, &options, &AtomicU64::new(0)).await;
@@ -615,7 +625,7 @@ impl Lease {
 /// token is renewed by the client) and logged in again only after an error.
 struct ChangeTokens {
     config: schemas::config::SnowflakeConfig,
-    session: Option<SnowflakeSession>,
+    session: Option<Arc<SnowflakeSession>>,
 }
 
 impl ChangeTokens {
@@ -630,7 +640,7 @@ impl ChangeTokens {
     /// warehouse.
     async fn token(&mut self, object: &str) -> Result<Option<String>, SnowflakeError> {
         if self.session.is_none() {
-            self.session = Some(SnowflakeSession::login(&self.config).await?);
+            self.session = Some(Arc::new(SnowflakeSession::login(&self.config).await?));
         }
         let Some(session) = &self.session else {
             return Err(SnowflakeError::Decode("no session".into()));
@@ -638,17 +648,24 @@ impl ChangeTokens {
         match crate::incremental::window::change_token(session, object).await {
             Ok(t) => Ok(t),
             Err(e) => {
-                if let Some(s) = self.session.take() {
-                    s.logout().await;
-                }
+                self.close().await;
                 Err(e)
             }
         }
     }
 
+    /// The session, for runs to read their windows on.
+    fn kept(&self) -> Option<KeptSession> {
+        self.session.as_ref().map(|s| KeptSession(Arc::clone(s)))
+    }
+
+    /// Logs out (once no run still uses the session; else the last one's
+    /// drop ends it with the process).
     async fn close(&mut self) {
         if let Some(s) = self.session.take() {
-            s.logout().await;
+            if let Ok(s) = Arc::try_unwrap(s) {
+                s.logout().await;
+            }
         }
     }
 }
