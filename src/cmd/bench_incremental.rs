@@ -72,14 +72,7 @@ impl Bench<'_> {
         if self.snowflake_table != "FLUX_OPS_CENTER_TOPOLOGY" {
             bail!("floe bench --incremental makes its changes in the topology table; use --table topology");
         }
-        let session = SnowflakeSession::login(&self.snowflake_config())
-            .await
-            .context("logging in to the emulator")?;
-        let t = self.snowflake_table;
-        session
-            .execute(&format!("ALTER TABLE {t} SET CHANGE_TRACKING = TRUE"))
-            .await?;
-        let rows = self.count(&session).await?;
+        let (session, rows) = self.tracked().await?;
 
         eprintln!("full refreshes through the emulator (the baseline) ...");
         let mut full = Vec::new();
@@ -126,6 +119,21 @@ impl Bench<'_> {
             OutputFormat::Text => print_text(&report),
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// A session on the emulator with change tracking on the table, and its row count.
+    pub(super) async fn tracked(&self) -> Result<(SnowflakeSession, u64)> {
+        let session = SnowflakeSession::login(&self.snowflake_config())
+            .await
+            .context("logging in to the emulator")?;
+        session
+            .execute(&format!(
+                "ALTER TABLE {} SET CHANGE_TRACKING = TRUE",
+                self.snowflake_table
+            ))
+            .await?;
+        let rows = self.count(&session).await?;
+        Ok((session, rows))
     }
 
     pub(super) fn snowflake_config(&self) -> SnowflakeConfig {

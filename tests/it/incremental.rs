@@ -108,6 +108,14 @@ impl Setup {
     }
 }
 
+/// A source row copied under a new key: an insert.
+fn copy_of(new: &str, from: &str) -> String {
+    format!(
+        "INSERT INTO TRANSFORMERS SELECT '{new}', KVA_RATING, PHASE, LOAD_PCT, LAT, LON, FEEDER_ID, \
+         LAST_READING_AT FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{from}'"
+    )
+}
+
 /// The table's watermark in `floe.sync_state`, in ns since the epoch.
 pub(crate) async fn watermark_of(client: &Client) -> Option<i64> {
     client
@@ -163,12 +171,6 @@ async fn a_window_of_updates_inserts_and_deletes_leaves_the_cache_equal_to_the_s
     let t = setup("incr_window").await;
     let ids = t.ids(6).await;
     let before_watermark = t.watermark().await.expect("a full refresh records one");
-    let copy_of = |new: &str, from: &str| {
-        format!(
-            "INSERT INTO TRANSFORMERS SELECT '{new}', KVA_RATING, PHASE, LOAD_PCT, LAT, LON, FEEDER_ID, \
-             LAST_READING_AT FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{from}'"
-        )
-    };
     t.dml(&[
         // Updates: a value, the geometry's coordinates, the key itself.
         format!(
@@ -637,12 +639,6 @@ async fn replaying_an_incremental_run_rebuilds_the_cache_it_left_and_prune_keeps
     let f1 = full(ok(floe(&["run", "--table", TABLE, "--output", "json"])));
     let state_f1 = fingerprint(&t.client, TARGET).await;
     let ids = t.ids(6).await;
-    let copy_of = |new: &str, from: &str| {
-        format!(
-            "INSERT INTO TRANSFORMERS SELECT '{new}', KVA_RATING, PHASE, LOAD_PCT, LAT, LON, FEEDER_ID, \
-             LAST_READING_AT FROM TRANSFORMERS WHERE TRANSFORMER_ID = '{from}'"
-        )
-    };
     // Window 1: a value and a geometry updated, a delete, an insert.
     t.dml(&[
         format!(
