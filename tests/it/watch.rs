@@ -360,9 +360,11 @@ async fn watch_syncs_a_changed_table_within_three_intervals_and_asks_an_idle_one
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     w.stop().await;
-    // Stopped: no session of floe's is left.
+    // Stopped: no session of floe's is left, in Postgres or in Snowflake
+    // (the one left there is this test's own).
     let client = connect(&cluster.url()).await;
     assert_eq!(floe_sessions(&client).await, 0);
+    assert_eq!(emulator.stats().live_sessions, 1);
     s.logout().await;
 }
 

@@ -254,7 +254,6 @@ impl Watch {
             }
             wait(&stop, TICK).await;
         }
-        snowflake.close().await;
         tracing::info!(running = jobs.len(), "stopping: no new runs; draining");
         slots.close();
         let drain = self.config.watch.drain_timeout;
@@ -270,6 +269,8 @@ impl Watch {
             }
             while jobs.join_next().await.is_some() {}
         }
+        // Every run is over: the kept session is ours alone again.
+        snowflake.close().await;
         tracing::info!("floe watch stopped");
     }
 
