@@ -194,7 +194,10 @@ async fn a_failure_midway_leaves_the_old_table_intact() {
     );
     let idle: i64 = client
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+            // This test's database: other tests share the cluster (one holds
+            // a reader's transaction open on purpose).
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
             &[],
         )
         .await
