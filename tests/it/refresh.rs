@@ -8,6 +8,8 @@ use arrow::array::{ArrayRef, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
+use tokio_postgres::Client;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -254,6 +256,87 @@ async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
         .unwrap()
         .get(0);
     assert!(can_read, "the replaced table keeps the old table's grants");
+}
+
+/// The target's row-level security, policies and comments, as the catalog has them.
+async fn security_and_comments(client: &Client) -> Vec<String> {
+    let mut out: Vec<String> = client
+        .query(
+            "SELECT policyname || ' ' || permissive || ' ' || roles::text || ' ' || cmd || ' ' || \
+             coalesce(qual, '-') || ' ' || coalesce(with_check, '-') FROM pg_policies \
+             WHERE tablename = 'points_cache' ORDER BY policyname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let r = client
+        .query_one(
+            "SELECT relrowsecurity::text || ' ' || relforcerowsecurity::text || ' ' || \
+             coalesce(obj_description(oid, 'pg_class'), '-') || ' ' || \
+             coalesce(col_description(oid, (SELECT attnum FROM pg_attribute WHERE attrelid = c.oid AND attname = 'id')), '-') \
+             FROM pg_class c WHERE oid = 'points_cache'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    out.push(r.get(0));
+    out
+}
+
+/// Rows `role` may see (superusers bypass row-level security).
+async fn rows_seen_by(client: &Client, role: &str) -> i64 {
+    client
+        .batch_execute(&format!("SET ROLE {role}"))
+        .await
+        .unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM points_cache", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("RESET ROLE").await.unwrap();
+    n
+}
+
+#[tokio::test]
+async fn row_level_security_policies_and_comments_survive_the_swap() {
+    let url = fresh_db("rls_swap").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("points.parquet");
+    points_parquet(&file, 1_000, None);
+    let config = parquet_config(&file, "points_cache", POINTS);
+    assert_success(&run(&config, "t", &url, None).await);
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE ROLE zone_reader; GRANT SELECT ON points_cache TO zone_reader; \
+             ALTER TABLE points_cache ENABLE ROW LEVEL SECURITY; \
+             ALTER TABLE points_cache FORCE ROW LEVEL SECURITY; \
+             CREATE POLICY near_only ON points_cache FOR SELECT TO zone_reader USING (id < 100); \
+             CREATE POLICY not_the_first ON points_cache AS RESTRICTIVE FOR SELECT TO zone_reader USING (id >= 10); \
+             COMMENT ON TABLE points_cache IS 'the map''s points'; \
+             COMMENT ON COLUMN points_cache.id IS 'the point''s key'",
+        )
+        .await
+        .unwrap();
+    let before = security_and_comments(&client).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    let limited = rows_seen_by(&client, "zone_reader").await;
+    assert!(
+        limited > 0 && limited < 1_000,
+        "the policy limits the reader: {limited}"
+    );
+
+    assert_success(&run(&config, "t", &url, None).await);
+    assert_eq!(security_and_comments(&client).await, before);
+    assert_eq!(
+        rows_seen_by(&client, "zone_reader").await,
+        limited,
+        "a reader limited by a policy sees the same rows after the swap, not every row"
+    );
 }
 
 #[tokio::test]
