@@ -283,6 +283,20 @@ async fn security_and_comments(client: &Client) -> Vec<String> {
         .await
         .unwrap();
     out.push(r.get(0));
+    let r = client
+        .query_one(
+            "SELECT coalesce(array_to_string(reloptions, ','), '-') || ' ' || relreplident::text || ' ' || \
+             coalesce((SELECT string_agg(p.pubname, ',') FROM pg_publication_rel pr \
+                       JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = c.oid), '-') || ' ' || \
+             coalesce((SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a \
+                       ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+                       WHERE d.adrelid = c.oid AND a.attname = 'location'), '-') \
+             FROM pg_class c WHERE oid = 'points_cache'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    out.push(r.get(0));
     out
 }
 
@@ -302,7 +316,7 @@ async fn rows_seen_by(client: &Client, role: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn row_level_security_policies_and_comments_survive_the_swap() {
+async fn row_level_security_comments_defaults_options_and_publications_survive_the_swap() {
     let url = fresh_db("rls_swap").await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("points.parquet");
@@ -318,12 +332,20 @@ async fn row_level_security_policies_and_comments_survive_the_swap() {
              CREATE POLICY near_only ON points_cache FOR SELECT TO zone_reader USING (id < 100); \
              CREATE POLICY not_the_first ON points_cache AS RESTRICTIVE FOR SELECT TO zone_reader USING (id >= 10); \
              COMMENT ON TABLE points_cache IS 'the map''s points'; \
-             COMMENT ON COLUMN points_cache.id IS 'the point''s key'",
+             COMMENT ON COLUMN points_cache.id IS 'the point''s key'; \
+             ALTER TABLE points_cache SET (autovacuum_vacuum_scale_factor = 0.01, fillfactor = 90); \
+             ALTER TABLE points_cache REPLICA IDENTITY FULL; \
+             CREATE PUBLICATION map_changes FOR TABLE points_cache; \
+             ALTER TABLE points_cache ALTER COLUMN location SET DEFAULT '{}'",
         )
         .await
         .unwrap();
     let before = security_and_comments(&client).await;
-    assert_eq!(before.len(), 3, "{before:?}");
+    assert_eq!(before.len(), 4, "{before:?}");
+    assert!(
+        before[3].contains("fillfactor=90") && before[3].contains(" f map_changes "),
+        "{before:?}"
+    );
     let limited = rows_seen_by(&client, "zone_reader").await;
     assert!(
         limited > 0 && limited < 1_000,

@@ -539,7 +539,9 @@ async fn swap_once(
 /// What readers and owners set on the old table that must hold on its
 /// replacement, as statements on `staging` for the swap's transaction:
 /// row-level security (the flags and every policy: losing them would let
-/// limited readers see every row) and the table's and columns' comments.
+/// limited readers see every row), the table's and columns' comments,
+/// column defaults, storage options (autovacuum settings), replica identity
+/// (full or nothing) and publication membership (logical replication).
 async fn carried_security_and_comments(
     client: &Client,
     plan: &TablePlan,
@@ -600,6 +602,48 @@ async fn carried_security_and_comments(
         out.push(format!(
             "COMMENT ON TABLE {staging} IS {}",
             literal(&comment)
+        ));
+    }
+    let table = client
+        .query_one(
+            "SELECT coalesce(array_to_string(reloptions, ', '), ''), relreplident::text, \
+                    ARRAY(SELECT quote_ident(p.pubname) FROM pg_publication_rel r \
+                          JOIN pg_publication p ON p.oid = r.prpubid WHERE r.prrelid = c.oid ORDER BY 1) \
+             FROM pg_class c WHERE oid = to_regclass($1)",
+            &[&target],
+        )
+        .await
+        .map_err(pg(plan, "reading the target's storage options and replication"))?;
+    let (options, identity, publications): (String, String, Vec<String>) =
+        (table.get(0), table.get(1), table.get(2));
+    if !options.is_empty() {
+        out.push(format!("ALTER TABLE {staging} SET ({options})"));
+    }
+    match identity.as_str() {
+        "f" => out.push(format!("ALTER TABLE {staging} REPLICA IDENTITY FULL")),
+        "n" => out.push(format!("ALTER TABLE {staging} REPLICA IDENTITY NOTHING")),
+        _ => {}
+    }
+    for publication in publications {
+        out.push(format!(
+            "ALTER PUBLICATION {publication} ADD TABLE {staging}"
+        ));
+    }
+    let defaults = client
+        .query(
+            "SELECT quote_ident(a.attname), pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d \
+             JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+             WHERE d.adrelid = to_regclass($1) AND NOT a.attisdropped AND a.attgenerated = '' \
+             AND EXISTS (SELECT 1 FROM pg_attribute s WHERE s.attrelid = to_regclass($2) \
+                         AND s.attname = a.attname AND NOT s.attisdropped)",
+            &[&target, &staging],
+        )
+        .await
+        .map_err(pg(plan, "reading the target's column defaults"))?;
+    for d in defaults {
+        let (column, default): (String, String) = (d.get(0), d.get(1));
+        out.push(format!(
+            "ALTER TABLE {staging} ALTER COLUMN {column} SET DEFAULT {default}"
         ));
     }
     let columns = client
