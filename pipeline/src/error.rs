@@ -98,6 +98,14 @@ pub enum PipelineError {
         key: String,
         value: String,
     },
+    /// Objects depend on the target that a full refresh cannot keep yet;
+    /// found before loading, nothing was written.
+    #[error("table {table}: these depend on {target}: {objects}; a full refresh replaces the table and floe does not recreate them yet, so nothing was loaded. Run `floe run --incremental` (it changes rows in place and keeps them), or drop them before a full refresh and recreate them after")]
+    Dependents {
+        table: String,
+        target: String,
+        objects: String,
+    },
     /// Another floe run holds this table.
     #[error("table {table}: another floe run is loading {target} right now")]
     Busy { table: String, target: String },

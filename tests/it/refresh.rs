@@ -362,6 +362,45 @@ async fn row_level_security_comments_defaults_options_and_publications_survive_t
 }
 
 #[tokio::test]
+async fn a_view_depending_on_the_cache_is_refused_before_anything_is_loaded() {
+    let url = fresh_db("dependent_view").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("points.parquet");
+    points_parquet(&file, 1_000, None);
+    let config = parquet_config(&file, "points_cache", POINTS);
+    assert_success(&run(&config, "t", &url, None).await);
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE VIEW near_points AS SELECT id, geom FROM points_cache WHERE id < 10; \
+             CREATE VIEW nearest AS SELECT id FROM near_points",
+        )
+        .await
+        .unwrap();
+    let before = fingerprint(&client, "points_cache").await;
+    let r = run(&config, "t", &url, None).await;
+    let e = r.error.expect("refused");
+    assert!(
+        e.contains("view near_points") && e.contains("--incremental"),
+        "{e}"
+    );
+    assert_eq!(r.rows_synced, 0, "nothing was read into staging");
+    assert!(staging_tables(&client).await.is_empty());
+    assert_eq!(fingerprint(&client, "points_cache").await, before);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM nearest", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let direct: i64 = client
+        .query_one("SELECT count(*) FROM points_cache WHERE id < 10", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n > 0 && n == direct, "the views still answer: {n}");
+}
+
+#[tokio::test]
 async fn a_batch_larger_than_the_whole_in_flight_budget_still_goes_through() {
     // GIVEN the smallest budget (1 MiB) and 8192-row batches of polygons that
     // encode to several MiB each, so every frame exceeds the whole budget

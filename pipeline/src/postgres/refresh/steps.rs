@@ -122,6 +122,7 @@ pub async fn prepare(
     crate::postgres::state::ensure(client)
         .await
         .map_err(pg(plan, "creating floe.sync_state"))?;
+    refuse_dependents(client, plan).await?;
     // Holding the lock, any staging table of this target is an orphan of a crashed run.
     let orphans = client
         .query(
@@ -670,6 +671,39 @@ async fn carried_security_and_comments(
 /// A SQL string literal (the swap runs as one simple-query batch).
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Views, materialized views and other tables' foreign keys that depend on
+/// the target: the swap's `DROP TABLE` would fail on them after the whole
+/// load, so they are refused before anything is loaded, named.
+async fn refuse_dependents(client: &Client, plan: &TablePlan) -> Result<(), PipelineError> {
+    let target = plan.qualified(&plan.target);
+    let rows = client
+        .query(
+            "SELECT DISTINCT CASE c.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END \
+                    || c.oid::regclass::text \
+             FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class c ON c.oid = r.ev_class \
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = to_regclass($1) AND c.oid <> d.refobjid \
+             UNION ALL \
+             SELECT 'foreign key ' || quote_ident(k.conname) || ' of ' || k.conrelid::regclass::text \
+             FROM pg_constraint k WHERE k.contype = 'f' AND k.confrelid = to_regclass($1) \
+             AND k.conrelid <> k.confrelid ORDER BY 1",
+            &[&target],
+        )
+        .await
+        .map_err(pg(plan, "looking for views and foreign keys that depend on the target"))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    Err(PipelineError::Dependents {
+        table: plan.table.clone(),
+        target,
+        objects: rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
 
 /// Rows in the live target table, or `None` if it does not exist yet.
