@@ -258,6 +258,19 @@ async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
     assert!(can_read, "the replaced table keeps the old table's grants");
 }
 
+/// 1,000 points loaded into `points_cache` of a fresh database: the
+/// parquet's directory (kept alive), the config, the URL and a client.
+async fn loaded_points(db: &str) -> (tempfile::TempDir, schemas::config::Config, String, Client) {
+    let url = fresh_db(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("points.parquet");
+    points_parquet(&file, 1_000, None);
+    let config = parquet_config(&file, "points_cache", POINTS);
+    assert_success(&run(&config, "t", &url, None).await);
+    let client = connect(&url).await;
+    (dir, config, url, client)
+}
+
 /// The target's row-level security, policies and comments, as the catalog has them.
 async fn security_and_comments(client: &Client) -> Vec<String> {
     let mut out: Vec<String> = client
@@ -317,13 +330,7 @@ async fn rows_seen_by(client: &Client, role: &str) -> i64 {
 
 #[tokio::test]
 async fn row_level_security_comments_defaults_options_and_publications_survive_the_swap() {
-    let url = fresh_db("rls_swap").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("points.parquet");
-    points_parquet(&file, 1_000, None);
-    let config = parquet_config(&file, "points_cache", POINTS);
-    assert_success(&run(&config, "t", &url, None).await);
-    let client = connect(&url).await;
+    let (_dir, config, url, client) = loaded_points("rls_swap").await;
     client
         .batch_execute(
             "CREATE ROLE zone_reader; GRANT SELECT ON points_cache TO zone_reader; \
@@ -363,13 +370,7 @@ async fn row_level_security_comments_defaults_options_and_publications_survive_t
 
 #[tokio::test]
 async fn a_view_depending_on_the_cache_is_refused_before_anything_is_loaded() {
-    let url = fresh_db("dependent_view").await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("points.parquet");
-    points_parquet(&file, 1_000, None);
-    let config = parquet_config(&file, "points_cache", POINTS);
-    assert_success(&run(&config, "t", &url, None).await);
-    let client = connect(&url).await;
+    let (_dir, config, url, client) = loaded_points("dependent_view").await;
     client
         .batch_execute(
             "CREATE VIEW near_points AS SELECT id, geom FROM points_cache WHERE id < 10; \
