@@ -13,8 +13,10 @@
 //! decides who loads it, the other skips the tick.
 
 mod http;
+mod lease;
 mod metrics;
 mod state;
+mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,12 +32,14 @@ use tokio::task::JoinSet;
 pub use http::serve;
 pub use state::{Health, LastRun, TableStatus, WatchStatus};
 
+use lease::Lease;
+use tokens::ChangeTokens;
+
 use crate::postgres::runs::RunMode;
 use crate::postgres::{application_name, Target};
 use crate::run::{
     new_run_id, run_table, Cancel, Canceller, KeptSession, RunOptions, SnapshotPlan, TableReport,
 };
-use crate::source::snowflake::{SnowflakeError, SnowflakeSession};
 use crate::PipelineError;
 
 /// How often the scheduler looks at its tables (cheap: nothing is asked of
@@ -588,86 +592,6 @@ impl Shared {
 
     pub(crate) fn render_metrics(&self) -> String {
         self.metrics.render()
-    }
-}
-
-/// A table's watch lease: a session-level advisory lock on its own key
-/// (not the load's), held for the whole job. Replicas skip a table whose
-/// lease another holds, so their runs of one table never overlap, not even
-/// across an incremental run's fallback to a full refresh (which releases
-/// and retakes the load's lock). Released when the session closes.
-struct Lease {
-    session: crate::postgres::Session,
-}
-
-impl Lease {
-    async fn take(
-        target: &Target,
-        config: &Config,
-        table_target: &str,
-    ) -> Result<Option<Lease>, PipelineError> {
-        let session = target
-            .connect(&application_name(&["watch", "lease"]), &config.load)
-            .await?;
-        let held: bool = session
-            .client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&format!("floe watch {table_target}")],
-            )
-            .await
-            .map_err(|e| PipelineError::postgres(table_target, "taking the watch lease", e))?
-            .get(0);
-        Ok(held.then_some(Lease { session }))
-    }
-}
-
-/// The Snowflake session the change checks share, kept across ticks (its
-/// token is renewed by the client) and logged in again only after an error.
-struct ChangeTokens {
-    config: schemas::config::SnowflakeConfig,
-    session: Option<Arc<SnowflakeSession>>,
-}
-
-impl ChangeTokens {
-    fn new(config: &Config) -> ChangeTokens {
-        ChangeTokens {
-            config: config.snowflake.clone(),
-            session: None,
-        }
-    }
-
-    /// `SYSTEM$LAST_CHANGE_COMMIT_TIME(object)`: a metadata lookup, no
-    /// warehouse.
-    async fn token(&mut self, object: &str) -> Result<Option<String>, SnowflakeError> {
-        if self.session.is_none() {
-            self.session = Some(Arc::new(SnowflakeSession::login(&self.config).await?));
-        }
-        let Some(session) = &self.session else {
-            return Err(SnowflakeError::Decode("no session".into()));
-        };
-        match crate::incremental::window::change_token(session, object).await {
-            Ok(t) => Ok(t),
-            Err(e) => {
-                self.close().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// The session, for runs to read their windows on.
-    fn kept(&self) -> Option<KeptSession> {
-        self.session.as_ref().map(|s| KeptSession(Arc::clone(s)))
-    }
-
-    /// Logs out (once no run still uses the session; else the last one's
-    /// drop ends it with the process).
-    async fn close(&mut self) {
-        if let Some(s) = self.session.take() {
-            if let Ok(s) = Arc::try_unwrap(s) {
-                s.logout().await;
-            }
-        }
     }
 }
 

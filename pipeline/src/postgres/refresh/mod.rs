@@ -24,6 +24,7 @@
 //! This module is the sequence and its contract ([`StagedRefresh`]); the
 //! statements of each step are in `steps`.
 
+mod carry;
 mod steps;
 
 use std::sync::atomic::AtomicU64;
