@@ -170,10 +170,20 @@ pub async fn ceiling(
                 staged: copied,
             });
         }
-        let ((), built) = refresh::build(client, &helper.client, plan, &staging, async {}).await?;
+        // The same catalog reads and carried work as a refresh.
+        let mut carried = refresh::read_carried(client, plan, &staging).await?;
+        let ((), built) = refresh::build(
+            client,
+            &helper.client,
+            plan,
+            &staging,
+            &mut carried,
+            async {},
+        )
+        .await?;
         let index_build = built.index_build.as_secs_f64();
         let swapped = Instant::now();
-        refresh::swap(client, plan, &staging, &[]).await?;
+        refresh::swap(client, plan, &staging, &carried, &[]).await?;
         Ok(CeilingRun {
             copy,
             index_build,

@@ -54,12 +54,13 @@ pub enum PipelineError {
         staged: u64,
     },
     /// Readers kept the target locked through every swap attempt.
-    #[error("table {table}: the swap could not lock {target}: {attempts} attempts each waited lock_timeout ({lock_timeout_ms} ms); held by {blockers}; the target was left unchanged")]
+    #[error("table {table}: the swap could not lock {target}: {attempts} attempts over {waited_ms} ms (load.lock_timeout), each waiting at most {swap_lock_wait_ms} ms (load.swap_lock_wait); held by {blockers}; the target was left unchanged")]
     SwapBlocked {
         table: String,
         target: String,
         attempts: u32,
-        lock_timeout_ms: u64,
+        waited_ms: u64,
+        swap_lock_wait_ms: u64,
         blockers: String,
     },
     /// The shrink guard refused the swap; the old table is kept.
@@ -100,7 +101,7 @@ pub enum PipelineError {
     },
     /// Objects depend on the target that a full refresh cannot keep yet;
     /// found before loading, nothing was written.
-    #[error("table {table}: these depend on {target}: {objects}; a full refresh replaces the table and floe does not recreate them yet, so nothing was loaded. Run `floe run --incremental` (it changes rows in place and keeps them), or drop them before a full refresh and recreate them after")]
+    #[error("table {table}: a full refresh replaces {target}, and floe cannot carry these over to its replacement: {objects}. Nothing was loaded. `floe run --incremental` changes rows in place and keeps everything")]
     Dependents {
         table: String,
         target: String,

@@ -333,9 +333,18 @@ pub struct LoadConfig {
     /// Upper bound on encoded COPY bytes queued between encoder and Postgres;
     /// with `batch_size` this is what bounds floe's memory, not table size.
     pub max_in_flight_bytes: usize,
-    /// How long the swap waits for readers' locks before giving up.
+    /// How long the swap keeps trying to lock the target (attempts of
+    /// `swap_lock_wait` each, backing off between them) before giving up.
     #[serde(with = "crate::duration::text")]
     pub lock_timeout: Duration,
+    /// How long one swap attempt waits in the lock queue. New readers queue
+    /// behind a waiting swap, so this bounds how long a swap delays them.
+    #[serde(with = "crate::duration::text")]
+    pub swap_lock_wait: Duration,
+    /// Materialized views on a cache table: a full refresh recreates and
+    /// refreshes them inside the swap (holding the lock while they compute),
+    /// or refuses before loading.
+    pub dependent_matviews: DependentMatviews,
     /// Upper bound on any single statement (COPY, index build, swap).
     #[serde(with = "crate::duration::text")]
     pub statement_timeout: Duration,
@@ -366,11 +375,35 @@ impl Default for LoadConfig {
             batch_size: 8192,
             max_in_flight_bytes: 16 << 20,
             lock_timeout: Duration::from_secs(10),
+            swap_lock_wait: Duration::from_millis(200),
+            dependent_matviews: DependentMatviews::Refuse,
             statement_timeout: Duration::from_secs(300),
             idle_in_transaction_timeout: Duration::from_secs(60),
             max_shrink: 0.5,
             verify_checksum: true,
             copy_streams: 1,
+        }
+    }
+}
+
+/// What a full refresh does with materialized views on its table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DependentMatviews {
+    /// Refuse before loading, naming them (the default: recomputing a
+    /// view inside the swap holds the table's lock for as long as it takes).
+    #[default]
+    Refuse,
+    /// Recreate each with its indexes, owner, grants and comments and
+    /// compute it inside the swap's transaction.
+    Refresh,
+}
+
+impl DependentMatviews {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DependentMatviews::Refuse => "refuse",
+            DependentMatviews::Refresh => "refresh",
         }
     }
 }
@@ -579,6 +612,13 @@ impl Config {
                 format!("must be between 1 and {MAX_COPY_STREAMS}"),
             ));
         }
+        if self.load.swap_lock_wait.is_zero() || self.load.swap_lock_wait > self.load.lock_timeout {
+            return Err(self.invalid(
+                "-",
+                "load.swap_lock_wait",
+                "must be more than 0 and at most load.lock_timeout",
+            ));
+        }
         if !(0.0..=1.0).contains(&self.load.max_shrink) {
             return Err(self.invalid(
                 "-",
@@ -754,6 +794,11 @@ target = "t_cache"
         ))
         .unwrap();
         assert_eq!(c.load.lock_timeout, Duration::from_millis(250));
+        assert_eq!(c.load.swap_lock_wait, Duration::from_millis(200));
+        let e = parse(&format!("[load]\nlock_timeout = \"100ms\"\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("load.swap_lock_wait"), "{e}");
         assert_eq!(c.load.statement_timeout, Duration::from_secs(90));
         let e = parse(&format!("[load]\nlock_timeout = \"5 parsecs\"\n{MINIMAL}"))
             .unwrap_err()

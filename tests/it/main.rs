@@ -16,6 +16,7 @@ mod secrets;
 mod snapshots;
 mod snowflake;
 mod support;
+mod swap_keeps;
 mod tls;
 mod types;
 mod udf_postgis;

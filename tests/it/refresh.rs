@@ -4,12 +4,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
-use arrow::record_batch::RecordBatch;
-
-use tokio_postgres::Client;
-
 use crate::support::*;
 
 #[tokio::test]
@@ -68,36 +62,6 @@ async fn readers_only_ever_see_the_old_or_the_new_table() {
     assert_eq!(n as u64, new_rows);
     assert!(staging_tables(&client).await.is_empty());
 }
-
-/// A two-column table of `rows` rows; `bad` replaces one row's GeoJSON.
-fn points_parquet(path: &std::path::Path, rows: i64, bad: Option<(i64, &str)>) {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("ID", DataType::Int64, false),
-        Field::new("LOCATION", DataType::Utf8, false),
-    ]));
-    let ids: Vec<i64> = (1..=rows).collect();
-    let geo: Vec<String> = ids
-        .iter()
-        .map(|i| match bad {
-            Some((row, text)) if *i == row => text.to_string(),
-            _ => format!(r#"{{"type":"Point","coordinates":[-95.{i:05},29.5]}}"#),
-        })
-        .collect();
-    let batch = RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from(ids)) as ArrayRef,
-            Arc::new(StringArray::from(geo)) as ArrayRef,
-        ],
-    )
-    .unwrap();
-    write_parquet(path, &[batch]);
-}
-
-const POINTS: &str = r#"primary_key = ["id"]
-transform = "SELECT id, location, st_geomfromgeojson(location) AS geom FROM source"
-columns = { geom = "geometry(Point,4326)" }
-indexes = [{ columns = ["geom"], method = "gist" }]"#;
 
 #[tokio::test]
 async fn a_failure_midway_leaves_the_old_table_intact() {
@@ -258,149 +222,6 @@ async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
     assert!(can_read, "the replaced table keeps the old table's grants");
 }
 
-/// 1,000 points loaded into `points_cache` of a fresh database: the
-/// parquet's directory (kept alive), the config, the URL and a client.
-async fn loaded_points(db: &str) -> (tempfile::TempDir, schemas::config::Config, String, Client) {
-    let url = fresh_db(db).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("points.parquet");
-    points_parquet(&file, 1_000, None);
-    let config = parquet_config(&file, "points_cache", POINTS);
-    assert_success(&run(&config, "t", &url, None).await);
-    let client = connect(&url).await;
-    (dir, config, url, client)
-}
-
-/// The target's row-level security, policies and comments, as the catalog has them.
-async fn security_and_comments(client: &Client) -> Vec<String> {
-    let mut out: Vec<String> = client
-        .query(
-            "SELECT policyname || ' ' || permissive || ' ' || roles::text || ' ' || cmd || ' ' || \
-             coalesce(qual, '-') || ' ' || coalesce(with_check, '-') FROM pg_policies \
-             WHERE tablename = 'points_cache' ORDER BY policyname",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let r = client
-        .query_one(
-            "SELECT relrowsecurity::text || ' ' || relforcerowsecurity::text || ' ' || \
-             coalesce(obj_description(oid, 'pg_class'), '-') || ' ' || \
-             coalesce(col_description(oid, (SELECT attnum FROM pg_attribute WHERE attrelid = c.oid AND attname = 'id')), '-') \
-             FROM pg_class c WHERE oid = 'points_cache'::regclass",
-            &[],
-        )
-        .await
-        .unwrap();
-    out.push(r.get(0));
-    let r = client
-        .query_one(
-            "SELECT coalesce(array_to_string(reloptions, ','), '-') || ' ' || relreplident::text || ' ' || \
-             coalesce((SELECT string_agg(p.pubname, ',') FROM pg_publication_rel pr \
-                       JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = c.oid), '-') || ' ' || \
-             coalesce((SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a \
-                       ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
-                       WHERE d.adrelid = c.oid AND a.attname = 'location'), '-') \
-             FROM pg_class c WHERE oid = 'points_cache'::regclass",
-            &[],
-        )
-        .await
-        .unwrap();
-    out.push(r.get(0));
-    out
-}
-
-/// Rows `role` may see (superusers bypass row-level security).
-async fn rows_seen_by(client: &Client, role: &str) -> i64 {
-    client
-        .batch_execute(&format!("SET ROLE {role}"))
-        .await
-        .unwrap();
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM points_cache", &[])
-        .await
-        .unwrap()
-        .get(0);
-    client.batch_execute("RESET ROLE").await.unwrap();
-    n
-}
-
-#[tokio::test]
-async fn row_level_security_comments_defaults_options_and_publications_survive_the_swap() {
-    let (_dir, config, url, client) = loaded_points("rls_swap").await;
-    client
-        .batch_execute(
-            "CREATE ROLE zone_reader; GRANT SELECT ON points_cache TO zone_reader; \
-             ALTER TABLE points_cache ENABLE ROW LEVEL SECURITY; \
-             ALTER TABLE points_cache FORCE ROW LEVEL SECURITY; \
-             CREATE POLICY near_only ON points_cache FOR SELECT TO zone_reader USING (id < 100); \
-             CREATE POLICY not_the_first ON points_cache AS RESTRICTIVE FOR SELECT TO zone_reader USING (id >= 10); \
-             COMMENT ON TABLE points_cache IS 'the map''s points'; \
-             COMMENT ON COLUMN points_cache.id IS 'the point''s key'; \
-             ALTER TABLE points_cache SET (autovacuum_vacuum_scale_factor = 0.01, fillfactor = 90); \
-             ALTER TABLE points_cache REPLICA IDENTITY FULL; \
-             CREATE PUBLICATION map_changes FOR TABLE points_cache; \
-             ALTER TABLE points_cache ALTER COLUMN location SET DEFAULT '{}'",
-        )
-        .await
-        .unwrap();
-    let before = security_and_comments(&client).await;
-    assert_eq!(before.len(), 4, "{before:?}");
-    assert!(
-        before[3].contains("fillfactor=90") && before[3].contains(" f map_changes "),
-        "{before:?}"
-    );
-    let limited = rows_seen_by(&client, "zone_reader").await;
-    assert!(
-        limited > 0 && limited < 1_000,
-        "the policy limits the reader: {limited}"
-    );
-
-    assert_success(&run(&config, "t", &url, None).await);
-    assert_eq!(security_and_comments(&client).await, before);
-    assert_eq!(
-        rows_seen_by(&client, "zone_reader").await,
-        limited,
-        "a reader limited by a policy sees the same rows after the swap, not every row"
-    );
-}
-
-#[tokio::test]
-async fn a_view_depending_on_the_cache_is_refused_before_anything_is_loaded() {
-    let (_dir, config, url, client) = loaded_points("dependent_view").await;
-    client
-        .batch_execute(
-            "CREATE VIEW near_points AS SELECT id, geom FROM points_cache WHERE id < 10; \
-             CREATE VIEW nearest AS SELECT id FROM near_points",
-        )
-        .await
-        .unwrap();
-    let before = fingerprint(&client, "points_cache").await;
-    let r = run(&config, "t", &url, None).await;
-    let e = r.error.expect("refused");
-    assert!(
-        e.contains("view near_points") && e.contains("--incremental"),
-        "{e}"
-    );
-    assert_eq!(r.rows_synced, 0, "nothing was read into staging");
-    assert!(staging_tables(&client).await.is_empty());
-    assert_eq!(fingerprint(&client, "points_cache").await, before);
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM nearest", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let direct: i64 = client
-        .query_one("SELECT count(*) FROM points_cache WHERE id < 10", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(n > 0 && n == direct, "the views still answer: {n}");
-}
-
 #[tokio::test]
 async fn a_batch_larger_than_the_whole_in_flight_budget_still_goes_through() {
     // GIVEN the smallest budget (1 MiB) and 8192-row batches of polygons that
@@ -447,7 +268,7 @@ async fn named_reader(url: &str, application_name: &str) -> tokio_postgres::Clie
 async fn a_reader_holding_the_table_through_every_swap_attempt_is_named_and_nothing_changes() {
     let url = fresh_db("swap_blocked").await;
     let mut config = shipped_config();
-    config.load.lock_timeout = std::time::Duration::from_millis(200);
+    config.load.lock_timeout = std::time::Duration::from_secs(1);
     assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
     let client = connect(&url).await;
     let before = fingerprint(&client, "transformers_cache").await;
@@ -462,7 +283,9 @@ async fn a_reader_holding_the_table_through_every_swap_attempt_is_named_and_noth
     assert_eq!(r.status, "failed");
     let e = r.error.unwrap();
     assert!(
-        e.contains("3 attempts") && e.contains("map-report") && e.contains("idle in transaction"),
+        e.contains("attempts over")
+            && e.contains("map-report")
+            && e.contains("idle in transaction"),
         "{e}"
     );
     assert!(e.contains("SELECT count(*) FROM transformers_cache"), "{e}");
@@ -474,40 +297,77 @@ async fn a_reader_holding_the_table_through_every_swap_attempt_is_named_and_noth
 }
 
 #[tokio::test]
-async fn a_reader_that_lets_go_between_attempts_only_delays_the_swap() {
-    let url = fresh_db("swap_retried").await;
-    let mut config = shipped_config();
-    config.load.lock_timeout = std::time::Duration::from_millis(300);
+async fn a_reader_holding_the_table_for_seconds_delays_other_readers_only_by_the_short_wait() {
+    let url = fresh_db("swap_short_waits").await;
+    let config = shipped_config();
+    assert_eq!(
+        config.load.swap_lock_wait,
+        std::time::Duration::from_millis(200)
+    );
     assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
-    let reader = named_reader(&url, "short-report").await;
-    reader
-        .batch_execute("BEGIN; SELECT count(*) FROM transformers_cache")
-        .await
-        .unwrap();
-    // The reader lets go only after floe's first attempt has timed out waiting for it.
+    // A report holds the table for 5 s from just before the swap: the swap
+    // queues behind it, attempt after attempt, within lock_timeout (10 s).
+    let reader = named_reader(&url, "long-report").await;
     let monitor = connect(&url).await;
-    let release = tokio::spawn(async move {
+    let hold = tokio::spawn(async move {
         loop {
-            let waiting: i64 = monitor
+            let staged: i64 = monitor
                 .query_one(
-                    "SELECT count(*) FROM pg_locks WHERE relation = 'transformers_cache'::regclass AND NOT granted",
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'ANALYZE %transformers_cache__floe_%'",
                     &[],
                 )
                 .await
                 .unwrap()
                 .get(0);
-            if waiting > 0 {
+            if staged > 0 {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+        reader
+            .batch_execute("BEGIN; SELECT count(*) FROM transformers_cache")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         reader.batch_execute("COMMIT").await.unwrap();
     });
+    // Meanwhile the map keeps reading; each query is timed.
+    let done = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let (url, done) = (url.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let client = connect(&url).await;
+            let mut slowest = std::time::Duration::ZERO;
+            let mut queries = 0;
+            while !done.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                client
+                    .query_one("SELECT count(*) FROM transformers_cache", &[])
+                    .await
+                    .unwrap();
+                slowest = slowest.max(started.elapsed());
+                queries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            (slowest, queries)
+        })
+    };
+    let started = std::time::Instant::now();
     let r = run(&config, "transformers", &url, Some(grid_dir())).await;
-    release.await.unwrap();
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    hold.await.unwrap();
+    let (slowest, queries) = probe.await.unwrap();
     assert_success(&r);
-    assert_eq!(r.final_count, Some(GRID_ROWS));
+    assert!(
+        took >= std::time::Duration::from_secs(4),
+        "the swap waited for the report: {took:?}"
+    );
+    assert!(queries > 20, "the map kept reading: {queries} queries");
+    assert!(
+        slowest < std::time::Duration::from_secs(1),
+        "a swap waiting 5 s for a report delayed new readers {slowest:?}, not at most swap_lock_wait (200 ms)"
+    );
 }
 
 #[tokio::test]

@@ -285,3 +285,33 @@ pub fn python() -> std::path::PathBuf {
     );
     path
 }
+
+/// A two-column table of `rows` rows; `bad` replaces one row's GeoJSON.
+pub fn points_parquet(path: &std::path::Path, rows: i64, bad: Option<(i64, &str)>) {
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("ID", arrow::datatypes::DataType::Int64, false),
+        arrow::datatypes::Field::new("LOCATION", arrow::datatypes::DataType::Utf8, false),
+    ]));
+    let ids: Vec<i64> = (1..=rows).collect();
+    let geo: Vec<String> = ids
+        .iter()
+        .map(|i| match bad {
+            Some((row, text)) if *i == row => text.to_string(),
+            _ => format!(r#"{{"type":"Point","coordinates":[-95.{i:05},29.5]}}"#),
+        })
+        .collect();
+    let batch = arrow::record_batch::RecordBatch::try_new(
+        schema,
+        vec![
+            std::sync::Arc::new(arrow::array::Int64Array::from(ids)) as arrow::array::ArrayRef,
+            std::sync::Arc::new(arrow::array::StringArray::from(geo)) as arrow::array::ArrayRef,
+        ],
+    )
+    .unwrap();
+    write_parquet(path, &[batch]);
+}
+
+pub const POINTS: &str = r#"primary_key = ["id"]
+transform = "SELECT id, location, st_geomfromgeojson(location) AS geom FROM source"
+columns = { geom = "geometry(Point,4326)" }
+indexes = [{ columns = ["geom"], method = "gist" }]"#;

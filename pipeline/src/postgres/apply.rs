@@ -132,8 +132,8 @@ impl InPlaceApply {
         client
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS pg_temp.{UPSERTS}, pg_temp.{DELETED}; {}; {}",
-                temp.create_sql(UPSERTS),
-                keys.create_sql(DELETED)
+                temp.create_sql(UPSERTS, None),
+                keys.create_sql(DELETED, None)
             ))
             .await
             .map_err(|e| self.pg("creating the temporary tables", e))?;
@@ -477,6 +477,8 @@ mod tests {
             primary_key: vec!["part".into(), "id".into()],
             indexes: Vec::new(),
             lock_timeout: Duration::from_secs(1),
+            swap_lock_wait: Duration::from_millis(200),
+            dependent_matviews: Default::default(),
         }
     }
 

@@ -66,6 +66,8 @@ pub async fn plan_table(
         primary_key: t.primary_key.clone(),
         indexes: t.indexes.clone(),
         lock_timeout: config.load.lock_timeout,
+        swap_lock_wait: config.load.swap_lock_wait,
+        dependent_matviews: config.load.dependent_matviews,
     };
     let encoder = CopyEncoder::new(&t.target, &output, columns, &t.primary_key)?;
     Ok(Planned { df, plan, encoder })

@@ -10,9 +10,12 @@
 //! 3. Build the primary key and indexes after the load (faster than
 //!    maintaining them row by row) on two sessions at once, verify the
 //!    staged rows on the second beside the first's index build, ANALYZE.
-//! 4. Swap in one short transaction: lock the old table (waiting at most
-//!    `lock_timeout` for readers), drop it, rename staging into its place,
-//!    carry over its grants.
+//! 4. Swap in one short transaction of one round trip (`swap.sql`): lock
+//!    the old table and the views on it (each attempt waiting at most
+//!    `swap_lock_wait`, retried until `lock_timeout`), drop them, rename
+//!    staging into place, and replay what the old table had (`carry`):
+//!    owner, grants, policies, comments, triggers, views and the rest.
+//!    Constraints and indexes a DBA added were built on staging in step 3.
 //!
 //! Readers see the old complete table until the swap commits and the new
 //! complete table after it; a statement blocked on the swap's lock re-resolves
@@ -25,7 +28,9 @@
 //! statements of each step are in `steps`.
 
 mod carry;
+mod precheck;
 mod steps;
+mod swap;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -42,10 +47,12 @@ use super::state::FullRefreshed;
 use super::{application_name, Session, Target};
 use crate::run::Cancel;
 use crate::PipelineError;
+pub use carry::{read as read_carried, Carried};
 pub use steps::{
-    build, current_count, discard, lock, prepare, release, staged_columns, swap, unlock, verify,
+    build, current_count, discard, lock, prepare, release, staged_columns, unlock, verify,
     BuildTimes, TablePlan, STAGING_MARK,
 };
+pub use swap::swap;
 
 /// The load seam, as a full refresh through a staging table (the other way
 /// to load a table is [`crate::postgres::apply::InPlaceApply`]). What a caller may rely on:
@@ -231,8 +238,17 @@ impl<'a> StagedRefresh<'a> {
             };
             (verified, live)
         };
-        let ((verified, live), times) =
-            build(&self.session.client, &helper.client, plan, staging, beside).await?;
+        // What the old table has beyond floe's own key and indexes.
+        let mut carried = carry::read(&self.session.client, plan, staging).await?;
+        let ((verified, live), times) = build(
+            &self.session.client,
+            &helper.client,
+            plan,
+            staging,
+            &mut carried,
+            beside,
+        )
+        .await?;
         tracing::info!(
             table = %plan.table,
             index_build = ?times.index_build,
@@ -248,7 +264,14 @@ impl<'a> StagedRefresh<'a> {
         }
         shrink_guard(plan, live?, final_count, self.load.max_shrink)?;
         let swap_started = Instant::now();
-        swap(&self.session.client, plan, staging, &[state.upsert_sql()]).await?;
+        swap(
+            &self.session.client,
+            plan,
+            staging,
+            &carried,
+            &[state.upsert_sql()],
+        )
+        .await?;
         Ok(Committed {
             final_count,
             index_build: times.index_build,
@@ -298,6 +321,8 @@ mod tests {
             primary_key: vec!["id".into()],
             indexes: Vec::new(),
             lock_timeout: Duration::from_secs(1),
+            swap_lock_wait: Duration::from_millis(200),
+            dependent_matviews: Default::default(),
         }
     }
 

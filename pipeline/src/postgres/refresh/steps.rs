@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use schemas::config::IndexConfig;
+use schemas::config::{DependentMatviews, IndexConfig};
 use schemas::pg::{quote_ident, quote_qualified, PgColumn};
 use tokio_postgres::Client;
 
@@ -25,7 +25,11 @@ pub struct TablePlan {
     pub columns: Vec<PgColumn>,
     pub primary_key: Vec<String>,
     pub indexes: Vec<IndexConfig>,
+    /// How long the swap keeps trying to lock the target.
     pub lock_timeout: Duration,
+    /// How long one swap attempt waits in the lock queue.
+    pub swap_lock_wait: Duration,
+    pub dependent_matviews: DependentMatviews,
 }
 
 impl TablePlan {
@@ -50,15 +54,19 @@ impl TablePlan {
         )
     }
 
-    /// `CREATE TABLE` for the staging table: columns only, constraints come after the load.
-    pub(crate) fn create_sql(&self, staging: &str) -> String {
+    /// `CREATE TABLE` for the staging table: columns only, constraints come
+    /// after the load; in `tablespace` when the target is in one.
+    pub(crate) fn create_sql(&self, staging: &str, tablespace: Option<&str>) -> String {
         let cols: Vec<String> = self
             .columns
             .iter()
             .map(|c| format!("{} {}", quote_ident(&c.name), c.ty.sql()))
             .collect();
+        let tablespace = tablespace
+            .map(|t| format!(" TABLESPACE {}", quote_ident(t)))
+            .unwrap_or_default();
         format!(
-            "CREATE TABLE {} ({})",
+            "CREATE TABLE {} ({}){tablespace}",
             self.qualified(staging),
             cols.join(", ")
         )
@@ -75,8 +83,13 @@ impl TablePlan {
     }
 
     /// Final index names, PostgreSQL's own convention: `<table>_<columns>_idx`.
-    fn index_name(&self, ix: &IndexConfig) -> String {
+    pub(super) fn index_name(&self, ix: &IndexConfig) -> String {
         truncate_ident(format!("{}_{}_idx", self.target, ix.columns.join("_")))
+    }
+
+    /// The primary key's final name: `<table>_pkey`.
+    pub(super) fn pkey_name(&self) -> String {
+        truncate_ident(format!("{}_pkey", self.target))
     }
 }
 
@@ -122,7 +135,7 @@ pub async fn prepare(
     crate::postgres::state::ensure(client)
         .await
         .map_err(pg(plan, "creating floe.sync_state"))?;
-    refuse_dependents(client, plan).await?;
+    super::precheck::refuse_what_cannot_be_carried(client, plan).await?;
     // Holding the lock, any staging table of this target is an orphan of a crashed run.
     let orphans = client
         .query(
@@ -141,20 +154,40 @@ pub async fn prepare(
             .map_err(pg(plan, "dropping an orphaned staging table"))?;
     }
     let staging = plan.staging_name(run_id);
+    // The replacement lives where the table lives.
+    let tablespace: Option<String> = client
+        .query_one(
+            "SELECT t.spcname::text FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace \
+             WHERE c.oid = to_regclass($1)",
+            &[&plan.qualified(&plan.target)],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(None);
     client
-        .batch_execute(&plan.create_sql(&staging))
+        .batch_execute(&plan.create_sql(&staging, tablespace.as_deref()))
         .await
         .map_err(pg(plan, "creating the staging table"))?;
     Ok(staging)
 }
 
 /// One index to build after the load.
-struct IndexJob {
-    sql: String,
-    step: &'static str,
-    /// Rough relative cost: a GiST/SP-GiST/GIN build (one core, comparing
-    /// geometries) takes several times a B-tree's over the same rows.
-    weight: u32,
+#[derive(Debug)]
+pub(super) struct IndexJob {
+    pub(super) sql: String,
+    pub(super) step: &'static str,
+    /// Rough relative cost ([`build_weight`]).
+    pub(super) weight: u32,
+}
+
+/// Rough relative cost of an index build by method: a GiST/SP-GiST/GIN
+/// build (one core, comparing geometries) takes several times a B-tree's
+/// over the same rows.
+pub(super) fn build_weight(method: &str) -> u32 {
+    match method {
+        "btree" | "hash" | "brin" => 1,
+        _ => 4,
+    }
 }
 
 fn index_jobs(plan: &TablePlan, staging: &str) -> Vec<IndexJob> {
@@ -182,10 +215,7 @@ fn index_jobs(plan: &TablePlan, staging: &str) -> Vec<IndexJob> {
                 cols.join(", ")
             ),
             step: "building an index",
-            weight: match ix.method.as_str() {
-                "btree" | "hash" | "brin" => 1,
-                _ => 4,
-            },
+            weight: build_weight(&ix.method),
         });
     }
     jobs
@@ -242,8 +272,9 @@ pub struct BuildTimes {
 }
 
 /// Builds the primary key and indexes on the staged table over two
-/// sessions at once, then ANALYZE; `beside` (the verification) runs on the
-/// second session once that session's share of the indexes is built.
+/// sessions at once (floe's and those `carried` from the target), then
+/// the carried constraints, then ANALYZE; `beside` (the verification) runs
+/// on the second session once that session's share of the indexes is built.
 ///
 /// A GiST build uses one core and is most of the time after the load: the
 /// B-tree key and the verification scan fit beside it instead of before or
@@ -256,10 +287,13 @@ pub async fn build<T>(
     second: &Client,
     plan: &TablePlan,
     staging: &str,
+    carried: &mut super::carry::Carried,
     beside: impl std::future::Future<Output = T>,
 ) -> Result<(T, BuildTimes), PipelineError> {
     let started = std::time::Instant::now();
-    let (main_jobs, second_jobs) = split_jobs(index_jobs(plan, staging), 1);
+    let mut jobs = index_jobs(plan, staging);
+    jobs.append(&mut carried.index_jobs);
+    let (main_jobs, second_jobs) = split_jobs(jobs, 1);
     let memory = format!("SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'");
     // Parallel workers for the second session's (shorter) share would take
     // the cores the main session's build needs.
@@ -282,6 +316,12 @@ pub async fn build<T>(
             ))
             .await
             .map_err(pg(plan, "building the primary key"))?;
+    }
+    for constraint in &carried.constraints {
+        client.batch_execute(constraint).await.map_err(pg(
+            plan,
+            "adding a constraint the target has to the new rows (they break it; see the constraint named)",
+        ))?;
     }
     client
         .batch_execute(&format!("ANALYZE {}", plan.qualified(staging)))
@@ -387,189 +427,6 @@ pub async fn verify(
     Ok(staged)
 }
 
-/// Swaps the verified staging table into place in one short transaction.
-/// Swap attempts when readers hold the target past `lock_timeout`.
-const SWAP_ATTEMPTS: u32 = 3;
-
-/// Swaps the staging table into place. Each attempt waits at most
-/// `lock_timeout` for readers; between attempts floe backs off (the lock
-/// is never held while waiting), and after the last it names the sessions
-/// in the way. The old table is untouched until an attempt commits.
-pub async fn swap(
-    client: &Client,
-    plan: &TablePlan,
-    staging: &str,
-    also: &[String],
-) -> Result<(), PipelineError> {
-    let mut attempt = 1;
-    loop {
-        match swap_once(client, plan, staging, also).await {
-            Err(e) if is_lock_timeout(&e) => {
-                if attempt == SWAP_ATTEMPTS {
-                    return Err(PipelineError::SwapBlocked {
-                        table: plan.table.clone(),
-                        target: plan.qualified(&plan.target),
-                        attempts: attempt,
-                        lock_timeout_ms: plan.lock_timeout.as_millis() as u64,
-                        blockers: blockers(client, plan).await,
-                    });
-                }
-                let pause = plan.lock_timeout.min(std::time::Duration::from_secs(2)) * attempt
-                    + crate::retry::jitter(std::time::Duration::from_millis(250));
-                tracing::warn!(table = %plan.table, attempt, "readers held the target past lock_timeout; retrying the swap in {pause:?}");
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn is_lock_timeout(e: &PipelineError) -> bool {
-    matches!(e, PipelineError::Postgres { source, .. }
-        if source.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE))
-}
-
-/// The other sessions holding a lock on the target: who is in the swap's way.
-async fn blockers(client: &Client, plan: &TablePlan) -> String {
-    let rows = client
-        .query(
-            "SELECT DISTINCT a.pid, coalesce(a.application_name, ''), coalesce(a.state, ''),                     left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 120),                     coalesce(extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8, 0)              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid              WHERE l.relation = to_regclass($1) AND l.granted AND l.pid <> pg_backend_pid()",
-            &[&plan.qualified(&plan.target)],
-        )
-        .await;
-    match rows {
-        Ok(rows) if !rows.is_empty() => rows
-            .iter()
-            .map(|r| {
-                let (pid, app, state, query, age): (i32, String, String, String, f64) =
-                    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-                format!("pid {pid} (application_name '{app}', {state} for {age:.0}s): {query}")
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-        Ok(_) => "no session holds it any more".into(),
-        Err(e) => format!("cannot list them: {e}"),
-    }
-}
-
-/// One swap attempt; `also` runs inside its transaction, before COMMIT.
-async fn swap_once(
-    client: &Client,
-    plan: &TablePlan,
-    staging: &str,
-    also: &[String],
-) -> Result<(), PipelineError> {
-    let target = plan.qualified(&plan.target);
-    let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&target])
-        .await
-        .map_err(pg(plan, "checking the target"))?
-        .get(0);
-    let result = async {
-        let mut begin = format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'",
-            plan.lock_timeout.as_millis()
-        );
-        if exists {
-            begin.push_str(&format!("; LOCK TABLE {target} IN ACCESS EXCLUSIVE MODE"));
-        }
-        client
-            .batch_execute(&begin)
-            .await
-            .map_err(pg(plan, "locking the target for the swap (readers held it longer than lock_timeout)"))?;
-        let mut statements = Vec::new();
-        if exists {
-            // Privileges live on the relation: carry them over to its replacement.
-            let grants = client
-                .query(
-                    "SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, a.is_grantable \
-                     FROM pg_class c, LATERAL aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee \
-                     WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner",
-                    &[&target],
-                )
-                .await
-                .map_err(pg(plan, "reading the target's grants"))?;
-            for g in grants {
-                let (privilege, grantee, grantable): (String, String, bool) = (g.get(0), g.get(1), g.get(2));
-                statements.push(format!(
-                    "GRANT {privilege} ON {} TO {grantee}{}",
-                    plan.qualified(staging),
-                    if grantable { " WITH GRANT OPTION" } else { "" }
-                ));
-            }
-            statements.extend(
-                super::carry::carried_over(client, plan, &target, &plan.qualified(staging)).await?,
-            );
-            statements.push(format!("DROP TABLE {target}"));
-        }
-        statements.push(format!(
-            "ALTER TABLE {} RENAME TO {}",
-            plan.qualified(staging),
-            quote_ident(&plan.target)
-        ));
-        if !plan.primary_key.is_empty() {
-            statements.push(format!(
-                "ALTER TABLE {target} RENAME CONSTRAINT {} TO {}",
-                quote_ident(&format!("{staging}_pkey")),
-                quote_ident(&truncate_ident(format!("{}_pkey", plan.target)))
-            ));
-        }
-        for (i, ix) in plan.indexes.iter().enumerate() {
-            statements.push(format!(
-                "ALTER INDEX {} RENAME TO {}",
-                plan.qualified(&format!("{staging}_i{i}")),
-                quote_ident(&plan.index_name(ix))
-            ));
-        }
-        statements.extend(also.iter().cloned());
-        statements.push("COMMIT".into());
-        client
-            .batch_execute(&statements.join("; "))
-            .await
-            .map_err(pg(plan, "swapping the staging table into place"))
-    }
-    .await;
-    if result.is_err() {
-        // Leave no aborted transaction behind; if the connection is gone the server already rolled back.
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    result
-}
-
-/// Views, materialized views and other tables' foreign keys that depend on
-/// the target: the swap's `DROP TABLE` would fail on them after the whole
-/// load, so they are refused before anything is loaded, named.
-async fn refuse_dependents(client: &Client, plan: &TablePlan) -> Result<(), PipelineError> {
-    let target = plan.qualified(&plan.target);
-    let rows = client
-        .query(
-            "SELECT DISTINCT CASE c.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END \
-                    || c.oid::regclass::text \
-             FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class c ON c.oid = r.ev_class \
-             WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = to_regclass($1) AND c.oid <> d.refobjid \
-             UNION ALL \
-             SELECT 'foreign key ' || quote_ident(k.conname) || ' of ' || k.conrelid::regclass::text \
-             FROM pg_constraint k WHERE k.contype = 'f' AND k.confrelid = to_regclass($1) \
-             AND k.conrelid <> k.confrelid ORDER BY 1",
-            &[&target],
-        )
-        .await
-        .map_err(pg(plan, "looking for views and foreign keys that depend on the target"))?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    Err(PipelineError::Dependents {
-        table: plan.table.clone(),
-        target,
-        objects: rows
-            .iter()
-            .map(|r| r.get::<_, String>(0))
-            .collect::<Vec<_>>()
-            .join(", "),
-    })
-}
-
 /// Rows in the live target table, or `None` if it does not exist yet.
 pub async fn current_count(
     client: &Client,
@@ -667,6 +524,8 @@ mod tests {
                 })
                 .collect(),
             lock_timeout: Duration::from_secs(1),
+            swap_lock_wait: Duration::from_millis(200),
+            dependent_matviews: Default::default(),
         }
     }
 
