@@ -148,14 +148,30 @@ pub async fn ceiling(
         let started = Instant::now();
         // As many COPY streams as floe runs, batches dealt out in turn.
         let streams = clients.len();
+        // One stream writes frozen rows, as floe's does.
+        let frozen = streams == 1;
         let copies = clients.iter().enumerate().map(|(k, client)| {
-            let sql = plan.copy_sql(&staging);
+            let sql = plan.copy_sql(&staging, frozen);
+            let begin = plan.frozen_copy_begin(&staging);
             async move {
+                if frozen {
+                    client
+                        .batch_execute(&begin)
+                        .await
+                        .map_err(|e| PipelineError::postgres(&plan.table, "starting COPY", e))?;
+                }
                 let mut copy = CopyIn::start(client, &sql, &plan.table).await?;
                 for chunk in encoded.chunks.iter().skip(k).step_by(streams) {
                     copy.feed(chunk.clone()).await?;
                 }
-                copy.finish().await
+                let n = copy.finish().await?;
+                if frozen {
+                    client
+                        .batch_execute("COMMIT")
+                        .await
+                        .map_err(|e| PipelineError::postgres(&plan.table, "COPY", e))?;
+                }
+                Ok::<_, PipelineError>(n)
             }
         });
         let copied: u64 = futures::future::try_join_all(copies)

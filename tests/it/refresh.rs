@@ -547,3 +547,49 @@ async fn a_bad_row_in_one_of_several_copy_streams_keeps_the_old_table() {
         "every COPY session is closed"
     );
 }
+
+/// What a REPEATABLE READ reader, whose snapshot was taken before a
+/// refresh and who reads the cache only after it, counts there.
+async fn counted_by_an_earlier_snapshot(copy_streams: usize, db: &str) -> (i64, u64) {
+    let url = fresh_db(db).await;
+    let mut config = shipped_config();
+    config.load.copy_streams = copy_streams;
+    assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
+    let bigger = tempfile::tempdir().unwrap();
+    let new_rows = GRID_ROWS + 7;
+    emulator::generate::generate(&emulator::generate::GenerateOptions {
+        out: bigger.path().to_path_buf(),
+        tables: vec![&schemas::datasets::TRANSFORMERS],
+        rows: Some(new_rows),
+        seed: 11,
+    })
+    .unwrap();
+    let reader = connect(&url).await;
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await
+        .unwrap();
+    assert_success(&run(&config, "transformers", &url, Some(bigger.path())).await);
+    let n: i64 = reader
+        .query_one("SELECT count(*) FROM transformers_cache", &[])
+        .await
+        .unwrap()
+        .get(0);
+    reader.batch_execute("COMMIT").await.unwrap();
+    (n, new_rows)
+}
+
+#[tokio::test]
+async fn a_repeatable_read_reader_whose_snapshot_predates_the_load_sees_the_new_rows() {
+    // One COPY stream (the default) writes the rows frozen: visible to every snapshot.
+    let (seen, new_rows) = counted_by_an_earlier_snapshot(1, "repeatable_read").await;
+    assert_eq!(seen as u64, new_rows, "never an empty table");
+}
+
+#[tokio::test]
+async fn with_several_copy_streams_an_older_repeatable_read_snapshot_sees_the_new_table_empty() {
+    // As README says: FREEZE needs the one COPY session that truncated the
+    // table, so rows from parallel streams are not visible to older snapshots.
+    let (seen, _) = counted_by_an_earlier_snapshot(2, "repeatable_read_streams").await;
+    assert_eq!(seen, 0);
+}

@@ -511,7 +511,7 @@ mod tests {
         assert_eq!(names, vec!["part", "id"]);
         let temp = temp_plan(&plan(), key_columns(&plan()));
         assert_eq!(
-            temp.copy_sql(DELETED),
+            temp.copy_sql(DELETED, false),
             "COPY \"pg_temp\".\"floe_deleted\" (\"part\", \"id\") FROM STDIN (FORMAT binary)"
         );
     }

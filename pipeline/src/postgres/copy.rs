@@ -133,12 +133,16 @@ pub async fn copy_stream(
         checksum,
     } = encoding;
     let (started_tx, mut started) = mpsc::channel::<()>(clients.len());
+    // One COPY writes its rows frozen; several sessions cannot (FREEZE
+    // needs the table truncated in the COPY's own transaction).
+    let frozen = (clients.len() == 1).then(|| plan.frozen_copy_begin(staging));
     let writers: Vec<_> = clients
         .iter()
         .map(|client| {
             tokio::spawn(copy_writer(
                 Arc::clone(client),
-                plan.copy_sql(staging),
+                frozen.clone(),
+                plan.copy_sql(staging, frozen.is_some()),
                 plan.table.clone(),
                 Arc::clone(&rx),
                 checksum.clone(),
@@ -238,9 +242,13 @@ pub async fn copy_stream(
 /// (hashed here, beside the encoder), framed by [`CopyIn`]. Says `started`
 /// once its COPY is open. Returns its row count and checksum, or `None` if
 /// the queue closed early (the COPY is aborted by dropping it). A failure
-/// closes the budget, which stops the encoder.
+/// closes the budget, which stops the encoder. With `frozen` (the statements
+/// opening a frozen COPY's transaction) the COPY runs in that transaction,
+/// committed once the COPY completes and rolled back otherwise.
+#[allow(clippy::too_many_arguments)]
 async fn copy_writer(
     client: Arc<Client>,
+    frozen: Option<String>,
     copy_sql: String,
     table: String,
     frames: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>>,
@@ -249,6 +257,12 @@ async fn copy_writer(
     started: mpsc::Sender<()>,
 ) -> Result<Option<(u64, Option<RowChecksum>)>, PipelineError> {
     let written = async {
+        if let Some(begin) = &frozen {
+            client
+                .batch_execute(begin)
+                .await
+                .map_err(|e| PipelineError::postgres(&table, "starting COPY", e))?;
+        }
         let mut copy = CopyIn::start(&client, &copy_sql, &table).await?;
         let _ = started.send(()).await;
         drop(started);
@@ -266,6 +280,12 @@ async fn copy_writer(
                 }
                 Some(Frame::Finish) => {
                     let n = copy.finish().await?;
+                    if frozen.is_some() {
+                        client
+                            .batch_execute("COMMIT")
+                            .await
+                            .map_err(|e| PipelineError::postgres(&table, "COPY", e))?;
+                    }
                     return Ok(Some((n, checksum)));
                 }
                 None => return Ok(None),
@@ -273,6 +293,10 @@ async fn copy_writer(
         }
     }
     .await;
+    if frozen.is_some() && !matches!(written, Ok(Some(_))) {
+        // The COPY was aborted (or failed): end its transaction too.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
     if written.is_err() {
         budget.close();
     }

@@ -72,14 +72,24 @@ impl TablePlan {
         )
     }
 
-    /// The COPY statement for the staging table.
-    pub fn copy_sql(&self, staging: &str) -> String {
+    /// The COPY statement for the staging table; `frozen` writes the rows
+    /// frozen (`FREEZE`: the session must have truncated the table in the
+    /// same transaction, see [`TablePlan::frozen_copy_begin`]).
+    pub fn copy_sql(&self, staging: &str, frozen: bool) -> String {
         let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
         format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            "COPY {} ({}) FROM STDIN (FORMAT binary{})",
             self.qualified(staging),
-            cols.join(", ")
+            cols.join(", "),
+            if frozen { ", FREEZE" } else { "" }
         )
+    }
+
+    /// Opens the transaction a frozen COPY needs: rows written frozen are
+    /// visible to every snapshot, so a REPEATABLE READ reader whose snapshot
+    /// predates the load sees the new rows after the swap, not an empty table.
+    pub fn frozen_copy_begin(&self, staging: &str) -> String {
+        format!("BEGIN; TRUNCATE {}", self.qualified(staging))
     }
 
     /// Final index names, PostgreSQL's own convention: `<table>_<columns>_idx`.
