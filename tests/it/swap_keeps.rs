@@ -333,3 +333,116 @@ async fn what_floe_cannot_carry_is_refused_before_loading_naming_each_object_and
     assert!(staging_tables(&client).await.is_empty());
     assert_eq!(fingerprint(&client, "points_cache").await, before);
 }
+
+#[tokio::test]
+async fn a_floe_role_that_is_no_superuser_hands_the_table_back_to_its_owner_once_a_member() {
+    // GIVEN floe loading as a plain role, and a DBA handing the cache to another owner
+    let url = fresh_db("swap_keeps_owner").await;
+    let admin = connect(&url).await;
+    admin
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS postgis; \
+             DO $$ BEGIN CREATE ROLE floe_loader LOGIN; CREATE ROLE cache_owner; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             GRANT CREATE ON SCHEMA public TO floe_loader",
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute("GRANT CREATE ON DATABASE swap_keeps_owner TO floe_loader")
+        .await
+        .unwrap();
+    let as_floe = url.replacen("postgres@", "floe_loader@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    points_parquet(&dir.path().join("points.parquet"), 1_000, None);
+    let config = parquet_config(&dir.path().join("points.parquet"), "points_cache", POINTS);
+    assert_success(&run(&config, "t", &as_floe, None).await);
+    admin
+        .batch_execute("ALTER TABLE points_cache OWNER TO cache_owner")
+        .await
+        .unwrap();
+    let before = fingerprint(&admin, "points_cache").await;
+
+    // WHEN floe's role is not a member of the owner: refused before loading
+    more_points(dir.path(), 1_200);
+    let r = run(&config, "t", &as_floe, None).await;
+    let e = r.error.expect("refused");
+    assert!(
+        e.contains("owned by cache_owner (floe gives the replacement its owner back: GRANT cache_owner TO floe_loader)"),
+        "{e}"
+    );
+    assert!(
+        e.contains("GRANT CREATE ON SCHEMA public TO cache_owner"),
+        "ALTER TABLE … OWNER TO needs it: {e}"
+    );
+    assert_eq!(fingerprint(&admin, "points_cache").await, before);
+    assert!(staging_tables(&admin).await.is_empty());
+
+    // THEN, once a member, the refresh runs and the owner stays
+    admin
+        .batch_execute(
+            "GRANT cache_owner TO floe_loader; GRANT CREATE ON SCHEMA public TO cache_owner",
+        )
+        .await
+        .unwrap();
+    assert_success(&run(&config, "t", &as_floe, None).await);
+    let owner: String = admin
+        .query_one(
+            "SELECT relowner::regrole::text FROM pg_class WHERE oid = 'points_cache'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "cache_owner");
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM points_cache").await,
+        1_200
+    );
+}
+
+#[tokio::test]
+async fn the_replacement_lives_in_the_tablespace_the_cache_was_moved_to() {
+    let (dir, config, url, client) = loaded_points("swap_keeps_tablespace").await;
+    // A tablespace directory owned by the server's user, as Postgres requires.
+    let location = tempfile::tempdir().unwrap();
+    let data = std::fs::metadata(cluster().data_dir()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(location.path(), Some(data.uid()), Some(data.gid())).unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLESPACE cache_space LOCATION '{}'",
+            location.path().display()
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute("ALTER TABLE points_cache SET TABLESPACE cache_space")
+        .await
+        .unwrap();
+    more_points(dir.path(), 1_200);
+    assert_success(&run(&config, "t", &url, None).await);
+    let space: Option<String> = client
+        .query_one(
+            "SELECT t.spcname::text FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace \
+             WHERE c.oid = 'points_cache'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(space.as_deref(), Some("cache_space"));
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM points_cache").await,
+        1_200
+    );
+    // The tablespace must be empty before the directory goes.
+    client
+        .batch_execute("DROP TABLE points_cache")
+        .await
+        .unwrap();
+    client
+        .batch_execute("DROP TABLESPACE cache_space")
+        .await
+        .unwrap();
+}

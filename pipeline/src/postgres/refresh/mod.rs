@@ -2,30 +2,33 @@
 //!
 //! 1. Take a session advisory lock on the target (two floe runs never load
 //!    one table at once), drop staging tables left by crashed runs.
-//! 2. Create a staging table and COPY into it. COPY is a single statement
-//!    outside any explicit transaction, so a floe that dies mid-load leaves no
-//!    open transaction behind: the server aborts the statement when the
-//!    connection goes, and the half-filled staging table is invisible to
+//! 2. Create a staging table and COPY into it: one COPY in its own
+//!    transaction with the table's TRUNCATE (so it may write the rows
+//!    frozen), or several autocommit COPY sessions. A floe that dies
+//!    mid-load leaves no open transaction behind: the server aborts it when
+//!    the connection goes, and the half-filled staging table is invisible to
 //!    readers and dropped by the next run.
 //! 3. Build the primary key and indexes after the load (faster than
 //!    maintaining them row by row) on two sessions at once, verify the
 //!    staged rows on the second beside the first's index build, ANALYZE.
 //! 4. Swap in one short transaction of one round trip (`swap.sql`): lock
-//!    the old table and the views on it (each attempt waiting at most
-//!    `swap_lock_wait`, retried until `lock_timeout`), drop them, rename
+//!    the old table (each attempt waiting at most `swap_lock_wait`, retried
+//!    until `lock_timeout`), drop it and the views on it, rename
 //!    staging into place, and replay what the old table had (`carry`):
 //!    owner, grants, policies, comments, triggers, views and the rest.
 //!    Constraints and indexes a DBA added were built on staging in step 3.
 //!
 //! Readers see the old complete table until the swap commits and the new
 //! complete table after it; a statement blocked on the swap's lock re-resolves
-//! the name once it gets the lock, so it reads the new table. (A reader in a
-//! REPEATABLE READ transaction whose snapshot predates the load would see the
-//! new table as empty: cache readers should use READ COMMITTED, the default.)
+//! the name once it gets the lock, so it reads the new table. (A REPEATABLE
+//! READ reader whose snapshot predates the load sees the new rows when they
+//! were written frozen, by one COPY stream; with several it sees the new
+//! table empty: README says so.)
 //! Any failure before the swap commits leaves the target as it was.
 //!
 //! This module is the sequence and its contract ([`StagedRefresh`]); the
-//! statements of each step are in `steps`.
+//! statements of each step are in `steps`, what is refused before loading
+//! in `precheck`, what is carried over in `carry`, the swap in `swap`.
 
 mod carry;
 mod precheck;

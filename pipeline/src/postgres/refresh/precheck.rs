@@ -32,6 +32,16 @@ SELECT CASE c.relkind WHEN 'r' THEN 'table ' WHEN 'v' THEN 'view ' ELSE 'materia
 FROM t, pg_class c WHERE (c.oid = t.t OR c.oid IN (SELECT rel FROM deps)) \
   AND NOT pg_has_role(current_user, c.relowner, 'MEMBER') \
 UNION ALL \
+SELECT CASE c.relkind WHEN 'r' THEN 'table ' WHEN 'v' THEN 'view ' ELSE 'materialized view ' END \
+       || c.oid::regclass::text || ' owned by ' || quote_ident(pg_get_userbyid(c.relowner)), \
+       'an owner needs CREATE on the schema to be given the replacement: GRANT CREATE ON SCHEMA ' \
+       || quote_ident(n.nspname) || ' TO ' || quote_ident(pg_get_userbyid(c.relowner)) \
+FROM t, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE (c.oid = t.t OR c.oid IN (SELECT rel FROM deps)) \
+  AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user) \
+  AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+  AND NOT has_schema_privilege(c.relowner, n.oid, 'CREATE') \
+UNION ALL \
 SELECT 'table inheritance (' || i.inhrelid::regclass::text || ' inherits from ' || i.inhparent::regclass::text || ')', \
        'floe replaces plain tables only: load with --incremental' \
 FROM t, pg_inherits i WHERE i.inhrelid = t.t OR i.inhparent = t.t \
@@ -58,7 +68,8 @@ ORDER BY 1";
 /// Refuses the refresh, before anything is loaded, when the target has
 /// what the swap cannot carry over: materialized views on it (unless
 /// `load.dependent_matviews = "refresh"`), other tables' foreign keys to
-/// it, an owner floe's role cannot hand it back to, inheritance or
+/// it, an owner floe's role cannot hand it back to (not a member of it, or
+/// the owner lacks CREATE on the schema), inheritance or
 /// partitions, and anything else that depends on it and that floe does not
 /// recreate (a function's body, another table's column of its row type, a
 /// policy of another table). The error names each object and what to do.

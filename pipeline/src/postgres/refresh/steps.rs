@@ -167,13 +167,13 @@ pub async fn prepare(
     // The replacement lives where the table lives.
     let tablespace: Option<String> = client
         .query_one(
-            "SELECT t.spcname::text FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace \
-             WHERE c.oid = to_regclass($1)",
+            "SELECT (SELECT t.spcname::text FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace \
+                     WHERE c.oid = to_regclass($1))",
             &[&plan.qualified(&plan.target)],
         )
         .await
-        .map(|r| r.get(0))
-        .unwrap_or(None);
+        .map_err(pg(plan, "reading the target's tablespace"))?
+        .get(0);
     client
         .batch_execute(&plan.create_sql(&staging, tablespace.as_deref()))
         .await
