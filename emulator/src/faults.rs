@@ -17,6 +17,12 @@ pub struct Faults {
     pub slow_chunks: u32,
     /// The next N chunk downloads send only the first half of the gzip body (HTTP 200).
     pub truncated_chunk: u32,
+    /// The next N chunk downloads answer with a small gzip body that
+    /// inflates to 1000 times the chunk's announced size.
+    pub chunk_bomb: u32,
+    /// The next N query answers with chunks leave their last chunk out of
+    /// the chunk list (their `total` still counts its rows).
+    pub dropped_chunk: u32,
     /// Every live session token expires now (the master token stays valid).
     pub expire_session: bool,
     /// The next renewal is refused as if the master token had expired
@@ -53,6 +59,8 @@ impl Faults {
             }
             "slow_chunks" => self.slow_chunks = count(value)?,
             "truncated_chunk" => self.truncated_chunk = count(value)?,
+            "dropped_chunk" => self.dropped_chunk = count(value)?,
+            "chunk_bomb" => self.chunk_bomb = count(value)?,
             "expire_session" => self.expire_session = value.is_none_or(|v| v != "false"),
             "expire_master" => self.expire_master = value.is_none_or(|v| v != "false"),
             "long_query_secs" | "long_query" => self.long_query_secs = number(value)?,
@@ -66,7 +74,7 @@ impl Faults {
             }
             other => {
                 return Err(format!(
-                    "unknown fault `{other}` (chunk-503, slow-chunk-ms, slow-chunks, truncated-chunk, expire-session, expire-master, long-query-secs, login-failure, query-error)"
+                    "unknown fault `{other}` (chunk-503, slow-chunk-ms, slow-chunks, truncated-chunk, dropped-chunk, chunk-bomb, expire-session, expire-master, long-query-secs, login-failure, query-error)"
                 ))
             }
         }

@@ -326,6 +326,8 @@ async fn register_tables(ctx: &SessionContext, dir: &Path) -> Result<Vec<String>
 
 pub(crate) struct StoredChunk {
     pub(crate) gzip: Bytes,
+    /// The inflated size announced for it.
+    pub(crate) uncompressed: usize,
 }
 
 /// A query's result as the session can fetch it.

@@ -354,7 +354,7 @@ pub(crate) async fn query(
         }
     };
     let key = base64::engine::general_purpose::STANDARD.encode(query_id.as_bytes());
-    let chunk_meta: Vec<Value> = built
+    let mut chunk_meta: Vec<Value> = built
         .chunks
         .iter()
         .enumerate()
@@ -367,6 +367,9 @@ pub(crate) async fn query(
             })
         })
         .collect();
+    if !chunk_meta.is_empty() && state.with_faults(|f| Faults::take(&mut f.dropped_chunk)) {
+        chunk_meta.pop();
+    }
     let answer = with_session_fields(json!({
         "parameters": parameters(geography),
         "rowtype": built.rowtype,
@@ -396,6 +399,7 @@ pub(crate) async fn query(
             .iter()
             .map(|c| StoredChunk {
                 gzip: c.gzip.clone(),
+                uncompressed: c.uncompressed,
             })
             .collect(),
         key,
@@ -748,10 +752,13 @@ pub(crate) async fn chunk(
 ) -> Response {
     state.with_stats(|s| s.chunk_requests += 1);
     let found = state.with_results(|r| {
-        r.get(&query_id)
-            .and_then(|q| q.chunks.get(index).map(|c| (c.gzip.clone(), q.key.clone())))
+        r.get(&query_id).and_then(|q| {
+            q.chunks
+                .get(index)
+                .map(|c| (c.gzip.clone(), c.uncompressed, q.key.clone()))
+        })
     });
-    let Some((gzip, key)) = found else {
+    let Some((gzip, uncompressed, key)) = found else {
         return (StatusCode::NOT_FOUND, "NoSuchKey").into_response();
     };
     let given = headers.get(SSE_KEY_HEADER).and_then(|v| v.to_str().ok());
@@ -772,11 +779,12 @@ pub(crate) async fn chunk(
         )
             .into_response();
     }
-    let (fail, delay, truncate) = state.with_faults(|f| {
+    let (fail, delay, truncate, bomb) = state.with_faults(|f| {
         let fail = Faults::take(&mut f.chunk_503);
         let slow = Faults::take(&mut f.slow_chunks);
         let truncate = Faults::take(&mut f.truncated_chunk);
-        (fail, slow.then_some(f.slow_chunk_ms), truncate)
+        let bomb = Faults::take(&mut f.chunk_bomb);
+        (fail, slow.then_some(f.slow_chunk_ms), truncate, bomb)
     });
     if fail {
         return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
@@ -785,7 +793,9 @@ pub(crate) async fn chunk(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let body = if truncate {
+    let body = if bomb {
+        inflating_to(uncompressed * 1000)
+    } else if truncate {
         gzip.slice(..gzip.len() / 2)
     } else {
         gzip
@@ -796,6 +806,25 @@ pub(crate) async fn chunk(
         body,
     )
         .into_response()
+}
+
+/// A gzip body of zeros that inflates to `size` bytes (about a thousandth
+/// of that on the wire): the `chunk-bomb` fault.
+fn inflating_to(size: usize) -> Bytes {
+    use std::io::Write;
+    // Best compression: deflate's ratio on zeros (about 1000:1) keeps the
+    // body within the chunk's announced size, so only inflating shows it.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        if gz.write_all(&zeros[..n]).is_err() {
+            break;
+        }
+        left -= n;
+    }
+    Bytes::from(gz.finish().unwrap_or_default())
 }
 
 #[cfg(test)]

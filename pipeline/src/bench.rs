@@ -199,7 +199,15 @@ pub async fn ceiling(
         .await?;
         let index_build = built.index_build.as_secs_f64();
         let swapped = Instant::now();
-        refresh::swap(client, plan, &staging, &carried, &[]).await?;
+        refresh::swap(
+            client,
+            plan,
+            &staging,
+            &carried,
+            &[],
+            &crate::run::Cancel::default(),
+        )
+        .await?;
         Ok(CeilingRun {
             copy,
             index_build,
@@ -211,6 +219,5 @@ pub async fn ceiling(
     if result.is_err() {
         refresh::discard(client, plan, &staging).await;
     }
-    refresh::release(client, plan).await;
     result
 }

@@ -53,6 +53,10 @@ pub enum PipelineError {
         read: u64,
         staged: u64,
     },
+    /// The connection went while the swap's commit was under way, and the
+    /// target could not be asked whether it committed.
+    #[error("table {table}: the connection was lost during the swap's commit and the target cannot be reached to tell whether it committed ({cause}); `floe status` shows the table's last run id once it can")]
+    SwapUnknown { table: String, cause: String },
     /// Readers kept the target locked through every swap attempt.
     #[error("table {table}: the swap could not lock {target}: {attempts} attempts over {waited_ms} ms (load.lock_timeout), each waiting at most {swap_lock_wait_ms} ms (load.swap_lock_wait); held by {blockers}; the target was left unchanged")]
     SwapBlocked {
@@ -137,6 +141,9 @@ pub enum TransformError {
     Checksum(String),
     #[error("COPY ended before all rows were sent")]
     CopyEndedEarly,
+    /// The configured transform is not a query.
+    #[error("the table's `transform` must be one query (SELECT … FROM source), not DDL, DML or a statement such as SET: {0}")]
+    NotAQuery(String),
 }
 
 impl From<schemas::SchemaError> for PipelineError {

@@ -90,6 +90,21 @@ pub async fn read(
         }
     };
     let mut client = FlightClient::new(channel);
+    // The rows the server says the stream has, when it says (a server
+    // without GetFlightInfo, or with total_records -1, is taken as it comes).
+    let announced = match client
+        .get_flight_info(FlightDescriptor::new_path(vec![ticket.clone()]))
+        .await
+    {
+        Ok(info) => u64::try_from(info.total_records).ok(),
+        Err(e) => {
+            tracing::debug!(
+                url,
+                "no FlightInfo, so no row count to hold the stream to: {e}"
+            );
+            None
+        }
+    };
     let mut stream = client
         .do_get(Ticket::new(ticket))
         .await
@@ -110,6 +125,20 @@ pub async fn read(
         message: flight_message(e),
     });
     let batches = futures::stream::iter(first.map(Ok)).chain(rest).boxed();
+    let batches = match announced {
+        Some(total) => {
+            let owned = url.to_string();
+            crate::source::complete::held_to(batches, total, move |read| {
+                FlightSourceError::Flight {
+                    url: owned,
+                    message: format!(
+                        "the stream ended after {read} rows, but its FlightInfo announces {total}"
+                    ),
+                }
+            })
+        }
+        None => batches,
+    };
     Ok((schema, batches))
 }
 

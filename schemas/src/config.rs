@@ -34,6 +34,84 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// A Postgres URL given on the command line (`--target`): its `Debug`
+/// hides the password, so printing the parsed arguments cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TargetUrl(String);
+
+impl TargetUrl {
+    /// The URL itself; call only where it is handed to the driver.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for TargetUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(TargetUrl(s.to_string()))
+    }
+}
+
+impl fmt::Debug for TargetUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TargetUrl({})", redacted_url(&self.0))
+    }
+}
+
+/// `url` with any password in it replaced by `***`, for messages and logs:
+/// `postgres://u:pw@h/db` and `password=pw` in a key=value string alike.
+pub fn redacted_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, tail) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => authority.to_string(),
+            },
+            None => authority.to_string(),
+        };
+        // A password may also come as a query parameter.
+        let tail = tail
+            .split('&')
+            .map(|kv| match kv.split_once("password=") {
+                Some((before, _)) => format!("{before}password=***"),
+                None => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        return format!("{scheme}://{authority}{tail}");
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,8 +172,9 @@ impl Default for SnapshotConfig {
     }
 }
 
-/// The Postgres database floe writes to.
-#[derive(Debug, Clone, Deserialize)]
+/// The Postgres database floe writes to. Its `Debug` hides a password in
+/// the URL.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// A libpq-style URL (`postgres://user@host:port/db`) or key=value string.
@@ -140,6 +219,22 @@ impl Default for TargetConfig {
     }
 }
 
+impl fmt::Debug for TargetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TargetConfig")
+            .field("url", &self.url.as_deref().map(redacted_url))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("dbname", &self.dbname)
+            .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
+            .field("schema", &self.schema)
+            .field("sslmode", &self.sslmode)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TargetConfig {
     /// A target given only by URL (`--target`, `FLOE_TARGET_URL`), keeping the schema.
     pub fn with_url(&self, url: impl Into<String>) -> TargetConfig {
@@ -181,13 +276,13 @@ impl TargetConfig {
 pub struct SnowflakeConfig {
     pub account: Option<String>,
     pub user: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// `snowflake` (password; the default), `snowflake_jwt` (key pair:
     /// `private_key_file` + optional `private_key_passphrase`) or `oauth` (`token`).
     pub authenticator: Option<String>,
     pub private_key_file: Option<PathBuf>,
-    pub private_key_passphrase: Option<String>,
-    pub token: Option<String>,
+    pub private_key_passphrase: Option<Secret>,
+    pub token: Option<Secret>,
     pub role: Option<String>,
     pub warehouse: Option<String>,
     pub database: Option<String>,
@@ -279,10 +374,16 @@ impl SnowflakeConfig {
         };
         set(&mut c.account, "ACCOUNT");
         set(&mut c.user, "USER");
-        set(&mut c.password, "PASSWORD");
         set(&mut c.authenticator, "AUTHENTICATOR");
-        set(&mut c.private_key_passphrase, "PRIVATE_KEY_PASSPHRASE");
-        set(&mut c.token, "TOKEN");
+        for (slot, key) in [
+            (&mut c.password, "PASSWORD"),
+            (&mut c.private_key_passphrase, "PRIVATE_KEY_PASSPHRASE"),
+            (&mut c.token, "TOKEN"),
+        ] {
+            if let Some(v) = get(key) {
+                *slot = Some(Secret::new(v));
+            }
+        }
         set(&mut c.role, "ROLE");
         set(&mut c.warehouse, "WAREHOUSE");
         set(&mut c.database, "DATABASE");
@@ -386,6 +487,66 @@ impl Default for LoadConfig {
     }
 }
 
+/// Checks a Snowflake object name floe pastes into its queries
+/// (`SELECT * FROM <snowflake_table>`): up to three dot-separated parts
+/// (database, schema, object), each an unquoted identifier (a letter or
+/// `_`, then letters, digits, `_` or `$`; Snowflake folds it to upper case)
+/// or a double-quoted one (`""` for a quote inside). Anything else, such as
+/// `T; DROP TABLE X` or `T --`, is refused rather than sent.
+pub fn snowflake_object_name(name: &str) -> Result<(), String> {
+    let refused = |why: &str| {
+        Err(format!(
+            "`{name}` is not a Snowflake object name ({why}): use NAME, SCHEMA.NAME or DB.SCHEMA.NAME, each part unquoted (letters, digits, _ and $, not starting with a digit or $) or in double quotes"
+        ))
+    };
+    let mut parts = 0;
+    let mut rest = name;
+    loop {
+        parts += 1;
+        if let Some(quoted) = rest.strip_prefix('"') {
+            // A quoted part ends at a quote not followed by another.
+            let mut end = None;
+            let mut chars = quoted.char_indices().peekable();
+            while let Some((i, c)) = chars.next() {
+                if c == '"' {
+                    if chars.peek().map(|(_, n)| *n) == Some('"') {
+                        chars.next();
+                    } else {
+                        end = Some(i);
+                        break;
+                    }
+                }
+            }
+            let Some(end) = end else {
+                return refused("an unclosed quote");
+            };
+            if end == 0 {
+                return refused("an empty quoted part");
+            }
+            rest = &quoted[end + 1..];
+        } else {
+            let len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(rest.len());
+            let part = &rest[..len];
+            match part.chars().next() {
+                None => return refused("an empty part"),
+                Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+                    return refused("a part starting with a digit or $")
+                }
+                _ => {}
+            }
+            rest = &rest[len..];
+        }
+        match rest.strip_prefix('.') {
+            Some(next) if parts < 3 => rest = next,
+            Some(_) => return refused("more than three parts"),
+            None if rest.is_empty() => return Ok(()),
+            None => return refused("characters an identifier cannot hold"),
+        }
+    }
+}
+
 /// What a full refresh does with materialized views on its table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -406,6 +567,36 @@ impl DependentMatviews {
             DependentMatviews::Refresh => "refresh",
         }
     }
+}
+
+impl TableConfig {
+    /// The primary key's name on the target: `<target>_pkey`.
+    pub fn pkey_name(&self) -> String {
+        crate::pg::fitted_name(&self.target, "_pkey")
+    }
+
+    /// Each configured index's name on the target, Postgres's convention
+    /// `<target>_<columns>_idx`, with the method added where two indexes
+    /// share columns, and a hash where the name would exceed 63 bytes (so
+    /// no two names truncate to one).
+    pub fn index_names(&self) -> Vec<String> {
+        index_names(&self.target, &self.indexes)
+    }
+}
+
+/// See [`TableConfig::index_names`].
+pub fn index_names(target: &str, indexes: &[IndexConfig]) -> Vec<String> {
+    indexes
+        .iter()
+        .map(|ix| {
+            let shared = indexes.iter().filter(|o| o.columns == ix.columns).count() > 1;
+            let stem = match shared {
+                true => format!("{target}_{}_{}", ix.columns.join("_"), ix.method),
+                false => format!("{target}_{}", ix.columns.join("_")),
+            };
+            crate::pg::fitted_name(&stem, "_idx")
+        })
+        .collect()
 }
 
 /// What to do with a geometry that does not parse.
@@ -645,11 +836,30 @@ impl Config {
                     "no source: set snowflake_table (or query), or parquet",
                 ));
             }
+            for (key, object) in [
+                ("snowflake_table", &t.snowflake_table),
+                ("changes_from", &t.changes_from),
+            ] {
+                if let Some(Err(message)) = object.as_deref().map(snowflake_object_name) {
+                    return Err(self.invalid(name, key, message));
+                }
+            }
             if t.target.is_empty() || t.target.len() > 48 {
                 return Err(self.invalid(
                     name,
                     "target",
                     "must be 1 to 48 bytes (floe adds suffixes for staging)",
+                ));
+            }
+            if t.target.contains(crate::pg::STAGING_MARK) {
+                return Err(self.invalid(
+                    name,
+                    "target",
+                    format!(
+                        "must not contain `{}`: floe names its staging tables `<target>{}<run>` and drops those crashed runs left",
+                        crate::pg::STAGING_MARK,
+                        crate::pg::STAGING_MARK
+                    ),
                 ));
             }
             if let Some(other) = targets.insert(t.target.as_str(), name.as_str()) {
@@ -674,6 +884,19 @@ impl Config {
                         name,
                         &format!("indexes[{i}].method"),
                         format!("`{}` is not one of {}", ix.method, INDEX_METHODS.join(", ")),
+                    ));
+                }
+            }
+            let mut names = BTreeMap::new();
+            names.insert(t.pkey_name(), "the primary key".to_string());
+            for (i, index_name) in t.index_names().into_iter().enumerate() {
+                if let Some(other) = names.insert(index_name.clone(), format!("indexes[{i}]")) {
+                    return Err(self.invalid(
+                        name,
+                        &format!("indexes[{i}]"),
+                        format!(
+                            "its name `{index_name}` is also {other}'s: an index is listed twice"
+                        ),
                     ));
                 }
             }
@@ -785,6 +1008,108 @@ target = "t_cache"
         let no_source = "[tables.t]\ntarget = \"t\"\n";
         let e = parse(no_source).unwrap_err().to_string();
         assert!(e.contains("no source"), "{e}");
+    }
+
+    #[test]
+    fn index_names_fit_postgres_stay_distinct_and_a_repeated_index_is_refused() {
+        let long = "a".repeat(48);
+        let c = parse(&format!(
+            "[tables.t]\nparquet = \"x\"\ntarget = \"{long}\"\n\
+             indexes = [{{ columns = [\"geom\"], method = \"gist\" }}, {{ columns = [\"geom\"] }}, \
+             {{ columns = [\"a_rather_long_column_name_one\"] }}, {{ columns = [\"a_rather_long_column_name_two\"] }}]\n"
+        ))
+        .unwrap();
+        let names = c.tables["t"].index_names();
+        assert!(names.iter().all(|n| n.len() <= 63), "{names:?}");
+        let distinct: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), 4, "{names:?}");
+        assert!(names[0].ends_with("_geom_gist_idx") && names[1].ends_with("_geom_btree_idx"));
+        // Two long names differing only past byte 63 stay apart.
+        assert_ne!(names[2], names[3]);
+        assert_eq!(
+            index_names("t", &c.tables["t"].indexes[2..3])[0],
+            "t_a_rather_long_column_name_one_idx"
+        );
+        let e = parse(
+            "[tables.t]\nparquet = \"x\"\ntarget = \"t\"\n\
+             indexes = [{ columns = [\"geom\"] }, { columns = [\"geom\"] }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("indexes[1]") && e.contains("listed twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn snowflake_object_names_are_identifiers_or_refused() {
+        for ok in [
+            "FLUX_OPS_CENTER_TOPOLOGY",
+            "grid.public.topo$2",
+            "\"My Table\"",
+            "DB.\"odd \"\"name\"\"\".T",
+            "_T",
+        ] {
+            assert_eq!(snowflake_object_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "T; DROP TABLE X",
+            "T --",
+            "T WHERE 1=1",
+            "1T",
+            "A.B.C.D",
+            "A..B",
+            "\"unclosed",
+            "\"\"",
+            "../etc/passwd",
+            "",
+        ] {
+            assert!(snowflake_object_name(bad).is_err(), "{bad}");
+        }
+        let e = parse("[tables.t]\nsnowflake_table = \"T; DROP TABLE X\"\ntarget = \"t\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("snowflake_table") && e.contains("not a Snowflake object name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn urls_and_configs_print_without_their_passwords() {
+        for (url, shown) in [
+            (
+                "postgres://floe:s3cret@db:5432/grid",
+                "postgres://floe:***@db:5432/grid",
+            ),
+            (
+                "postgres://floe@db/grid?password=s3cret&sslmode=require",
+                "postgres://floe@db/grid?password=***&sslmode=require",
+            ),
+            (
+                "host=db user=floe password=s3cret dbname=grid",
+                "host=db user=floe password=*** dbname=grid",
+            ),
+            ("postgres://db/grid", "postgres://db/grid"),
+        ] {
+            assert_eq!(redacted_url(url), shown);
+            let arg: TargetUrl = url.parse().unwrap();
+            assert!(!format!("{arg:?}").contains("s3cret"));
+            assert_eq!(arg.expose(), url);
+        }
+        let c = parse(&format!(
+            "[target]\nurl = \"postgres://floe:s3cret@db/grid\"\n[snowflake]\npassword = \"hunter2\"\ntoken = \"tok3n\"\nprivate_key_passphrase = \"phr4se\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["s3cret", "hunter2", "tok3n", "phr4se"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(
+            c.snowflake.password.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
     }
 
     #[test]

@@ -265,6 +265,36 @@ pub fn micros_per_unit(unit: TimeUnit) -> (i64, i64) {
     }
 }
 
+/// Postgres truncates identifiers longer than this many bytes.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Marks floe's staging tables: `<target>__floe_<run>`. Config refuses
+/// targets containing it, so no configured table can look like one.
+pub const STAGING_MARK: &str = "__floe_";
+
+/// A stable 64-bit FNV-1a hash: names derived from it stay the same across
+/// runs, builds and Rust versions.
+pub fn name_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `name`, or if it is longer than Postgres keeps, a prefix of it with a
+/// hash of the whole, so two long names never truncate to the same one.
+pub fn fitted_name(name: &str, suffix: &str) -> String {
+    let whole = format!("{name}{suffix}");
+    if whole.len() <= MAX_IDENTIFIER_BYTES {
+        return whole;
+    }
+    let tag = format!("_{:016x}{suffix}", name_hash(name));
+    let mut keep = MAX_IDENTIFIER_BYTES - tag.len();
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{tag}", &name[..keep])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

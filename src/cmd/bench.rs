@@ -23,7 +23,7 @@ pub struct Args {
     rows: Option<u64>,
     /// Postgres URL (default: a throwaway PostGIS cluster). Its table is replaced, repeatedly.
     #[arg(long)]
-    target: Option<String>,
+    target: Option<schemas::config::TargetUrl>,
     /// Runs of each configuration; the report gives their median and min–max.
     #[arg(long, default_value_t = 5)]
     pub(super) repeats: usize,
@@ -171,7 +171,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         }
     };
     let url = match (&args.target, &cluster) {
-        (Some(u), _) => u.clone(),
+        (Some(u), _) => u.expose().to_string(),
         (None, Some(c)) => c.url(),
         (None, None) => unreachable!("a cluster is started when no target is given"),
     };

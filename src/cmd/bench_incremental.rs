@@ -140,7 +140,7 @@ impl Bench<'_> {
         SnowflakeConfig {
             account: Some("emulator".into()),
             user: Some("floe".into()),
-            password: Some(self.password.to_string()),
+            password: Some(self.password.to_string().into()),
             host: Some("127.0.0.1".into()),
             port: Some(self.port),
             protocol: Some("http".into()),

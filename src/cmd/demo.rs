@@ -96,7 +96,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     config.snowflake = SnowflakeConfig {
         account: Some("emulator".into()),
         user: Some("floe".into()),
-        password: Some(password),
+        password: Some(password.into()),
         host: Some("127.0.0.1".into()),
         port: Some(emulator.port()),
         protocol: Some("http".into()),

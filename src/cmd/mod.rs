@@ -17,7 +17,7 @@ pub mod watch;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use schemas::config::Config;
+use schemas::config::{Config, TargetUrl};
 use schemas::datasets::{self, Dataset};
 
 /// `--config` and `--target`, as every command that talks to the target takes them.
@@ -28,7 +28,7 @@ pub struct TargetArgs {
     config: Option<PathBuf>,
     /// Postgres URL, overriding the config's [target] (password is never printed).
     #[arg(long, env = "FLOE_TARGET_URL", hide_env_values = true)]
-    target: Option<String>,
+    target: Option<TargetUrl>,
 }
 
 impl TargetArgs {
@@ -36,7 +36,7 @@ impl TargetArgs {
     pub fn resolve(&self) -> Result<(Config, pipeline::postgres::Target)> {
         let config = load_config(self.config.as_deref())?;
         let target_config = match &self.target {
-            Some(url) => config.target.with_url(url),
+            Some(url) => config.target.with_url(url.expose()),
             None => config.target.clone(),
         };
         let target = pipeline::postgres::Target::resolve(&target_config)?;

@@ -72,13 +72,16 @@ fn an_unreachable_target_fails_the_table_with_one_line() {
     assert!(!all.contains("s3cret-pw"), "the password leaked: {all}");
 }
 
-#[test]
-fn a_missing_parquet_file_is_named() {
+#[tokio::test]
+async fn a_missing_parquet_file_is_named() {
+    let url = fresh_db("cli_missing_parquet").await;
     let empty = tempfile::tempdir().unwrap();
     let o = floe(&[
         "run",
         "--table",
         "assets",
+        "--target",
+        &url,
         "--parquet",
         empty.path().to_str().unwrap(),
     ]);

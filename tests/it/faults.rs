@@ -338,3 +338,55 @@ async fn postgres_restarts_in_the_middle_of_a_run() {
     let client = connect(&url).await;
     assert_survived(&config, &url, &client, &before, "COPY").await;
 }
+
+#[tokio::test]
+async fn a_chunk_missing_from_the_result_s_chunk_list_fails_the_run_before_anything_is_loaded() {
+    let emulator = emulator().await;
+    let config = config_for(&emulator);
+    let url = fresh_db("fault_dropped_chunk").await;
+    let client = connect(&url).await;
+    assert_success(&run(&config, "transformers", &url, None).await);
+    let before = fingerprint(&client, "transformers_cache").await;
+
+    // The answer lists one chunk fewer than its `total` counts: staging
+    // would hold exactly what floe read, 2,000 rows short of the source.
+    emulator.inject(|f| f.dropped_chunk = 1);
+    let r = run(&config, "transformers", &url, None).await;
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("incomplete")
+            && e.contains("Snowflake counts 20000 rows")
+            && e.contains("hold 18000"),
+        "{e}"
+    );
+    assert_eq!(r.rows_synced, 0);
+    assert_survived(&config, &url, &client, &before, "incomplete").await;
+}
+
+#[tokio::test]
+async fn a_chunk_that_inflates_a_thousandfold_is_refused_as_a_failed_download() {
+    let emulator = emulator().await;
+    let config = config_for(&emulator);
+    let url = fresh_db("fault_chunk_bomb").await;
+    let client = connect(&url).await;
+    assert_success(&run(&config, "transformers", &url, None).await);
+    let before = fingerprint(&client, "transformers_cache").await;
+
+    // Once: the bomb is refused without inflating it, and fetched again.
+    emulator.inject(|f| f.chunk_bomb = 1);
+    assert_success(&run(&config, "transformers", &url, None).await);
+    assert_eq!(fingerprint(&client, "transformers_cache").await, before);
+
+    // Every attempt: a clear failure, the table as it was.
+    emulator.inject(|f| f.chunk_bomb = 100);
+    let r = run(&config, "transformers", &url, None).await;
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("inflates past its announced size") && e.contains("attempts"),
+        "{e}"
+    );
+    emulator.inject(|f| f.chunk_bomb = 0);
+    assert_survived(&config, &url, &client, &before, "inflates past").await;
+}

@@ -9,6 +9,8 @@ use crate::support::*;
 const PG_PASSWORD: &str = "pg-Secret-0xC0FFEE";
 const PASSPHRASE: &str = "floe-test-passphrase";
 const OAUTH_TOKEN: &str = "oauth-Secret-DEADBEEF";
+const SF_PASSWORD: &str = "sf-Secret-0xFEEDFACE";
+const WRONG_PG_PASSWORD: &str = "pg-Wrong-0xBADC0DE";
 
 fn all_output(o: &Output) -> String {
     format!(
@@ -32,7 +34,13 @@ fn key_material() -> Vec<String> {
 }
 
 fn assert_clean(what: &str, text: &str) {
-    for secret in [PG_PASSWORD, PASSPHRASE, OAUTH_TOKEN] {
+    for secret in [
+        PG_PASSWORD,
+        PASSPHRASE,
+        OAUTH_TOKEN,
+        SF_PASSWORD,
+        WRONG_PG_PASSWORD,
+    ] {
         assert!(!text.contains(secret), "{what} printed a secret:\n{text}");
     }
     for line in key_material() {
@@ -153,4 +161,71 @@ async fn no_command_prints_a_password_passphrase_key_or_token() {
         assert!(o.status.success(), "{sub} --help");
         assert_clean(&format!("floe {sub} --help"), &all_output(&o));
     }
+}
+
+#[tokio::test]
+async fn passwords_actually_used_stay_secret_at_trace_and_a_wrong_one_is_named_not_shown() {
+    // GIVEN a cluster of its own that checks passwords (scram-sha-256 over
+    // TCP), and an emulator that checks the Snowflake password
+    let cluster = tokio::task::spawn_blocking(pipeline::cluster::EphemeralCluster::start)
+        .await
+        .unwrap()
+        .expect("a second cluster");
+    let admin = connect(&cluster.url()).await;
+    admin
+        .batch_execute(&format!(
+            "SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '{PG_PASSWORD}'"
+        ))
+        .await
+        .unwrap();
+    std::fs::write(
+        cluster.data_dir().join("pg_hba.conf"),
+        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
+    )
+    .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    drop(admin);
+    let (_emulator, port) = emulator_process(
+        grid_dir(),
+        &["--user", "etl"],
+        &[("SNOWFLAKE_PASSWORD", SF_PASSWORD)],
+    );
+    let with_password = |pw: &str| {
+        format!(
+            "postgres://postgres:{pw}@127.0.0.1:{}/postgres",
+            cluster.port()
+        )
+    };
+    let floe = |url: &str| {
+        floe_command()
+            .args(["-vv", "run", "--table", "transformers", "--target", url])
+            .env_remove("FLOE_TARGET_URL")
+            .env("RUST_LOG", "trace")
+            .envs(snowflake_env(port, "etl", SF_PASSWORD))
+            .output()
+            .unwrap()
+    };
+    // WHEN floe logs in to both with passwords, at trace
+    let o = floe(&with_password(PG_PASSWORD));
+    let text = all_output(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("success"), "{text}");
+    assert_clean("floe run (passwords in use)", &text);
+    // and with a wrong Postgres password: named as such, never shown
+    let o = floe(&with_password(WRONG_PG_PASSWORD));
+    let text = all_output(&o);
+    assert!(!o.status.success());
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert_clean("floe run (wrong Postgres password)", &text);
+    // The table the first run loaded is there, untouched by the second.
+    let client = connect(&with_password(PG_PASSWORD)).await;
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM transformers_cache", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n as u64, GRID_ROWS);
 }

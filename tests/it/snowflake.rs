@@ -169,7 +169,7 @@ async fn key_pair_logins_work_encrypted_or_not_and_a_wrong_key_is_refused() {
         password: None,
         authenticator: Some("SNOWFLAKE_JWT".into()),
         private_key_file: Some(key(file)),
-        private_key_passphrase: passphrase.map(str::to_string),
+        private_key_passphrase: passphrase.map(Into::into),
         ..client_config(&emulator, "unused")
     };
     for (file, pass) in [

@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 
 use super::copy::{copy_stream, Encoding};
 use super::encode::CopyEncoder;
-use super::refresh::{lock, shrink_guard, unlock, TablePlan};
+use super::refresh::{shrink_guard, TablePlan};
 use super::state::{self, SourcePoint, SyncState};
 use super::{application_name, Session, Target};
 use crate::incremental::Fallback;
@@ -42,7 +42,7 @@ const DELETED: &str = "floe_deleted";
 ///   allows it; the watermark moves in the same transaction.
 /// - Any error, or a drop, before `commit` returns `Ok` leaves rows and
 ///   watermark as they were (a drop closes the session: the server rolls
-///   back, drops the temporary tables and releases the lock).
+///   back and drops the temporary tables).
 pub struct InPlaceApply {
     session: Session,
     table: String,
@@ -78,8 +78,9 @@ pub struct Applied {
 }
 
 impl InPlaceApply {
-    /// Connects, takes the table's lock and reads its state (`None`: no row).
-    pub async fn lock(
+    /// Connects and reads the table's state (`None`: no row). Call holding
+    /// the table's [`crate::postgres::table_lock::TableLock`].
+    pub async fn open(
         target: &Target,
         load: &LoadConfig,
         table: &str,
@@ -89,7 +90,6 @@ impl InPlaceApply {
         let session = target
             .connect(&application_name(&[target_table, run_id]), load)
             .await?;
-        lock(&session.client, table, &target.schema, target_table).await?;
         let apply = InPlaceApply {
             session,
             table: table.to_string(),
@@ -101,12 +101,6 @@ impl InPlaceApply {
             .await
             .map_err(|e| apply.pg("reading floe.sync_state", e))?;
         Ok((apply, state))
-    }
-
-    /// Gives the lock back without applying anything (the temporary
-    /// tables go with the session).
-    pub async fn release(self) {
-        unlock(&self.session.client, &self.schema, &self.target).await;
     }
 
     /// The session holding the table's lock.
@@ -305,11 +299,8 @@ impl InPlaceApply {
         load: &LoadConfig,
         allow_shrink: bool,
     ) -> Result<Applied, NotApplied> {
-        let result = self
-            .apply(expected, point, run_id, load, allow_shrink)
-            .await;
-        unlock(&self.session.client, &self.schema, &self.target).await;
-        result
+        self.apply(expected, point, run_id, load, allow_shrink)
+            .await
     }
 
     async fn apply(

@@ -352,8 +352,9 @@ async fn staging_tables(client: &Client, schema: &str) -> Result<Finding, tokio_
     let names: Vec<String> = client
         .query(
             "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname LIKE '%\\_\\_floe\\_%' ORDER BY 1",
-            &[&schema],
+             WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname LIKE '%\\_\\_floe\\_%' \
+             AND starts_with(obj_description(c.oid, 'pg_class'), $2) ORDER BY 1",
+            &[&schema, &super::refresh::STAGING_COMMENT],
         )
         .await?
         .into_iter()

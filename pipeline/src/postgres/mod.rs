@@ -10,6 +10,7 @@ pub mod encode;
 pub mod refresh;
 pub mod runs;
 pub mod state;
+pub mod table_lock;
 pub mod tls;
 
 use std::sync::Arc;

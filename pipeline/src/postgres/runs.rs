@@ -137,22 +137,6 @@ pub async fn start(
         .map(drop)
 }
 
-/// Removes a run's `running` row: the run found its table held by another
-/// process and did nothing, which is not history.
-pub async fn discard(
-    client: &Client,
-    run_id: &str,
-    table: &str,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "DELETE FROM floe.sync_runs WHERE run_id = $1 AND table_name = $2 AND status = 'running'",
-            &[&run_id, &table],
-        )
-        .await
-        .map(drop)
-}
-
 /// Marks other runs of `target` still `running` as `abandoned`. Call while
 /// holding the target's advisory lock: no live run can then be loading it.
 pub async fn mark_abandoned(

@@ -117,6 +117,24 @@ pub async fn read(
     }))
 }
 
+/// The run whose load last set `target`'s row (a full refresh writes its
+/// id in its swap's transaction), or `None`.
+pub async fn last_run_id(
+    client: &Client,
+    target: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    if !super::table_exists(client, "floe.sync_state").await? {
+        return Ok(None);
+    }
+    Ok(client
+        .query_opt(
+            "SELECT run_id FROM floe.sync_state WHERE target = $1",
+            &[&target],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
 /// Moves `target`'s watermark to `point` after an incremental apply, in
 /// the apply's transaction (the last full refresh stays as it was).
 pub async fn advance(

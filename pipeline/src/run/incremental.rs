@@ -71,15 +71,7 @@ pub(super) async fn run(
     eligible::check_source(config, name)?;
     let t = &config.tables[name];
     let (mut apply, state) =
-        InPlaceApply::lock(target, &config.load, name, &t.target, &options.run_id).await?;
-    // Holding the table's lock: a `running` record of another run is a dead run's.
-    super::mark_abandoned(
-        apply.client(),
-        name,
-        &apply.qualified_target(),
-        &options.run_id,
-    )
-    .await;
+        InPlaceApply::open(target, &config.load, name, &t.target, &options.run_id).await?;
     let mut writer = None;
     let read = tokio::select! {
         r = read_window(config, name, target, &mut apply, state, options, &mut writer, geometry, progress) => r,
@@ -88,9 +80,7 @@ pub(super) async fn run(
     let staged = match read {
         Ok(s) => s,
         Err(e) => {
-            // Released now, not when the session closes: a full refresh
-            // falling back from here takes the same lock at once.
-            apply.release().await;
+            drop(apply);
             finish_change_set(writer, options, name, Err(&e)).await;
             return Err(e);
         }

@@ -33,9 +33,10 @@ pub use stages::Stages;
 use crate::incremental::{Changes, Fallback};
 use crate::postgres::apply::NotApplied;
 use crate::postgres::copy::CopyTimes;
-use crate::postgres::refresh::StagedRefresh;
+use crate::postgres::refresh::{self, StagedRefresh};
 use crate::postgres::runs::{self, Outcome, RunMode, RunStatus};
 use crate::postgres::state::{FullRefreshed, SourcePoint};
+use crate::postgres::table_lock::TableLock;
 use crate::postgres::Target;
 use crate::snapshot::{SnapshotStatus, SnapshotWriter};
 use crate::source::{Opened, SourceData, SourceError, TableSource};
@@ -138,6 +139,34 @@ pub async fn run_table(
         options.parquet_dir.as_deref(),
     );
     let incremental = options.incremental && options.replay.is_none();
+    // The table's lock first: before the run is recorded as running and
+    // before anything is read, so two processes never both query the source.
+    let lock = TableLock::acquire(
+        target,
+        &config.load,
+        name,
+        &table_cfg.target,
+        &options.run_id,
+    )
+    .await;
+    if let (Err(PipelineError::Busy { .. }), true) = (&lock, options.skip_if_busy) {
+        tracing::debug!(table = name, "held by another floe process: skipped");
+        return TableReport {
+            status: RunStatus::Skipped,
+            table: table_cfg.target.clone(),
+            name: name.to_string(),
+            mode: source.mode(),
+            reason: None,
+            rows_synced: 0,
+            final_count: None,
+            seconds: started.elapsed().as_secs_f64(),
+            error: None,
+            invalid_geometries: 0,
+            snapshot: None,
+            stages: None,
+            changes: None,
+        };
+    }
     let record = record::Record::start(
         config,
         target,
@@ -150,54 +179,50 @@ pub async fn run_table(
         &source.describe(),
     )
     .await;
-    let (mode, reason, result) = match incremental {
-        true => match incremental::run(config, name, target, options, &geometry, progress).await {
-            Ok(applied) => (RunMode::Incremental, None, Ok(Loaded::from(applied))),
-            Err(NotApplied::FallBack(reason)) => {
-                match reason {
-                    Fallback::ChangeTracking => tracing::warn!(
-                        table = name,
-                        %reason,
-                        "a full refresh instead of an incremental run: change tracking is off for part of the window; \
-                         until it is on for the source (ALTER TABLE … SET CHANGE_TRACKING = TRUE), every incremental run is a full refresh"
-                    ),
-                    _ => {
-                        tracing::info!(table = name, %reason, "a full refresh instead of an incremental run")
+    let (mode, reason, result) = match lock {
+        Err(e) => (source.mode(), None, Err(e)),
+        Ok(lock) => {
+            // Holding the table's lock: a `running` record of another run is a dead run's.
+            let target_name = format!("{}.{}", target.schema, table_cfg.target);
+            mark_abandoned(lock.client(), name, &target_name, &options.run_id).await;
+            let loaded = match incremental {
+                true => match incremental::run(config, name, target, options, &geometry, progress)
+                    .await
+                {
+                    Ok(applied) => (RunMode::Incremental, None, Ok(Loaded::from(applied))),
+                    Err(NotApplied::FallBack(reason)) => {
+                        match reason {
+                            Fallback::ChangeTracking => tracing::warn!(
+                                table = name,
+                                %reason,
+                                "a full refresh instead of an incremental run: change tracking is off for part of the window; \
+                                 until it is on for the source (ALTER TABLE … SET CHANGE_TRACKING = TRUE), every incremental run is a full refresh"
+                            ),
+                            _ => {
+                                tracing::info!(table = name, %reason, "a full refresh instead of an incremental run")
+                            }
+                        }
+                        let full = load_table(
+                            config, name, target, options, &lock, &source, &geometry, progress,
+                        )
+                        .await;
+                        (RunMode::Full, Some(reason), full)
                     }
-                }
-                let full =
-                    load_table(config, name, target, options, &source, &geometry, progress).await;
-                (RunMode::Full, Some(reason), full)
-            }
-            Err(NotApplied::Failed(e)) => (RunMode::Incremental, None, Err(e)),
-        },
-        false => (
-            source.mode(),
-            None,
-            load_table(config, name, target, options, &source, &geometry, progress).await,
-        ),
-    };
-    if let Err(PipelineError::Busy { .. }) = &result {
-        if options.skip_if_busy {
-            record.discard().await;
-            tracing::debug!(table = name, "held by another floe process: skipped");
-            return TableReport {
-                status: RunStatus::Skipped,
-                table: table_cfg.target.clone(),
-                name: name.to_string(),
-                mode,
-                reason,
-                rows_synced: 0,
-                final_count: None,
-                seconds: started.elapsed().as_secs_f64(),
-                error: None,
-                invalid_geometries: 0,
-                snapshot: None,
-                stages: None,
-                changes: None,
+                    Err(NotApplied::Failed(e)) => (RunMode::Incremental, None, Err(e)),
+                },
+                false => (
+                    source.mode(),
+                    None,
+                    load_table(
+                        config, name, target, options, &lock, &source, &geometry, progress,
+                    )
+                    .await,
+                ),
             };
+            lock.release().await;
+            loaded
         }
-    }
+    };
     let invalid_geometries = geometry.invalid_count.load(Ordering::Relaxed);
     if invalid_geometries > 0 {
         tracing::warn!(
@@ -271,15 +296,26 @@ pub async fn run_table(
 /// Opens the source, snapshots what it reads, and runs the staged refresh;
 /// the source is closed (a Snowflake query aborted, its session logged out)
 /// however the load ends.
+#[allow(clippy::too_many_arguments)]
 async fn load_table(
     config: &Config,
     name: &str,
     target: &Target,
     options: &RunOptions,
+    lock: &TableLock,
     source: &TableSource<'_>,
     geometry: &GeometryOptions,
     progress: &AtomicU64,
 ) -> Result<Loaded, PipelineError> {
+    // What the swap could not carry over is refused before the source is read.
+    refresh::refuse_what_cannot_be_carried(
+        lock.client(),
+        name,
+        target,
+        &config.tables[name].target,
+        config.load.dependent_matviews,
+    )
+    .await?;
     let ctx = plan::context(config, geometry.clone());
     let clock = Arc::new(StageClock::default());
     let opening = Instant::now();
@@ -397,9 +433,7 @@ async fn refresh(
     } = source;
     let planned = plan::plan_table(config, name, &target.schema, ctx, provider).await?;
     let load = StagedRefresh::begin(target, &config.load, planned.plan, &options.run_id).await?;
-    // Holding the table's lock: a `running` record of another run is a dead run's.
     let target_name = format!("{}.{}", target.schema, load.plan().target);
-    mark_abandoned(load.client(), name, &target_name, &options.run_id).await;
     // Cancelling drops the copy mid-flight: the COPY is abandoned, and the
     // staging table is dropped before the lock is released.
     let copied = tokio::select! {

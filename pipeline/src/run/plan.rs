@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::dataframe::DataFrame;
-use datafusion::execution::context::SessionContext;
+use datafusion::execution::context::{SQLOptions, SessionContext};
 use operators::{GeometryOptions, TransformOptions};
 use schemas::config::{Config, TableConfig};
 use schemas::pg::{PgColumn, PgType};
@@ -41,7 +41,23 @@ pub async fn transform(
     provider: Arc<dyn TableProvider>,
 ) -> Result<DataFrame, TransformError> {
     operators::register_source(ctx, provider)?;
-    Ok(ctx.sql(t.transform_sql()).await?)
+    // A transform is a query: no DDL (`CREATE EXTERNAL TABLE` over local
+    // paths), no DML (`COPY … TO`, `INSERT`), no statements (`SET`).
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    ctx.sql_with_options(t.transform_sql(), options)
+        .await
+        .map_err(|e| match e.to_string() {
+            m if m.contains("DDL not supported")
+                || m.contains("DML not supported")
+                || m.contains("Statement not supported") =>
+            {
+                TransformError::NotAQuery(m)
+            }
+            _ => e.into(),
+        })
 }
 
 /// Plans table `name` over `provider`, writing into `schema` of the target.

@@ -73,19 +73,6 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// Removes the record: the run did nothing (its table was held by
-    /// another process and the caller asked to skip such tables).
-    pub(super) async fn discard(self) {
-        if let Some(session) = &self.session {
-            if let Err(e) = runs::discard(&session.client, self.run_id, self.name).await {
-                tracing::warn!(
-                    table = self.name,
-                    "cannot remove the skipped run's record: {e}"
-                );
-            }
-        }
-    }
-
     async fn connect(&self) -> Result<Session, crate::PipelineError> {
         let t = &self.config.tables[self.name];
         self.target

@@ -6,6 +6,7 @@
 //! source); [`TableSource::open`] gives its schema and rows; [`Opened::guard`]
 //! ends what the source keeps open remotely (a Snowflake query and session).
 
+pub mod complete;
 pub mod parquet;
 pub mod snowflake;
 

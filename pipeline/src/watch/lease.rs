@@ -6,9 +6,9 @@ use schemas::config::Config;
 
 /// A table's watch lease: a session-level advisory lock on its own key
 /// (not the load's), held for the whole job. Replicas skip a table whose
-/// lease another holds, so their runs of one table never overlap, not even
-/// across an incremental run's fallback to a full refresh (which releases
-/// and retakes the load's lock). Released when the session closes.
+/// lease another holds, so a replica never even starts a job (its
+/// change-token check, its queue) for a table another replica runs.
+/// Released when the session closes.
 pub(super) struct Lease {
     pub(super) session: crate::postgres::Session,
 }

@@ -13,7 +13,7 @@
 use schemas::pg::quote_ident;
 use tokio_postgres::Client;
 
-use super::steps::{pg, IndexJob, TablePlan, STAGING_MARK};
+use super::steps::{pg, IndexJob, TablePlan};
 use crate::PipelineError;
 
 /// The statements that replay one relation's settings on its replacement
@@ -97,7 +97,7 @@ pub async fn read(
 ) -> Result<Carried, PipelineError> {
     let target = plan.qualified(&plan.target);
     let mut carried = Carried {
-        kept_indexes: plan.indexes.iter().map(|ix| plan.index_name(ix)).collect(),
+        kept_indexes: plan.index_names(),
         ..Carried::default()
     };
     if !plan.primary_key.is_empty() {
@@ -123,12 +123,10 @@ pub async fn read(
         .query(STAGED_SQL, &[&target, &staging_q, &carried.kept_indexes])
         .await
         .map_err(pg(plan, "reading the target's constraints and indexes"))?;
-    let tail = staging.rsplit(STAGING_MARK).next().unwrap_or(staging);
     for (n, row) in rows.iter().enumerate() {
         let (kind, name, sql, method, extra): (String, String, String, String, String) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
-        // Scratch index names: unique per run and short, whatever the target's length.
-        let scratch = format!("floe_{tail}_c{n}");
+        let scratch = TablePlan::scratch_name(staging, &format!("c{n}"));
         let weight = super::steps::build_weight(&method);
         match kind.as_str() {
             "not null" => carried.constraints.insert(0, sql),

@@ -1,7 +1,9 @@
 //! Full refresh by staging table and atomic swap.
 //!
-//! 1. Take a session advisory lock on the target (two floe runs never load
-//!    one table at once), drop staging tables left by crashed runs.
+//! 1. Under the table's lock (taken by the run before anything else:
+//!    [`crate::postgres::table_lock::TableLock`]), refuse what cannot be
+//!    carried over (`precheck`, before the source is read), drop staging
+//!    tables left by crashed runs.
 //! 2. Create a staging table and COPY into it: one COPY in its own
 //!    transaction with the table's TRUNCATE (so it may write the rows
 //!    frozen), or several autocommit COPY sessions. A floe that dies
@@ -51,18 +53,19 @@ use super::{application_name, Session, Target};
 use crate::run::Cancel;
 use crate::PipelineError;
 pub use carry::{read as read_carried, Carried};
+pub use precheck::refuse_what_cannot_be_carried;
 pub use steps::{
-    build, current_count, discard, lock, prepare, release, staged_columns, unlock, verify,
-    BuildTimes, TablePlan, STAGING_MARK,
+    build, current_count, discard, prepare, staged_columns, verify, BuildTimes, TablePlan,
+    STAGING_COMMENT, STAGING_MARK,
 };
 pub use swap::swap;
 
 /// The load seam, as a full refresh through a staging table (the other way
 /// to load a table is [`crate::postgres::apply::InPlaceApply`]). What a caller may rely on:
 ///
-/// - [`StagedRefresh::begin`] takes the table's advisory lock (one floe run
-///   per table; another run holding it is [`PipelineError::Busy`]), drops
-///   staging tables crashed runs left, and creates this run's staging table.
+/// - [`StagedRefresh::begin`], called holding the table's
+///   [`crate::postgres::table_lock::TableLock`], drops staging tables
+///   crashed runs left and creates this run's staging table.
 /// - [`StagedRefresh::copy`] streams rows into staging: accepted, never
 ///   visible to readers.
 /// - [`StagedRefresh::commit`] builds the indexes with the verification
@@ -178,7 +181,10 @@ impl<'a> StagedRefresh<'a> {
     /// Verifies what [`StagedRefresh::copy`] staged and swaps it in (see the
     /// type's contract), recording `state` (the watermark) in the swap's
     /// transaction; `allow_shrink` lifts the shrink guard. Cancelling before
-    /// the swap keeps the old table. The lock is released either way.
+    /// the swap keeps the old table. Once the swap is sent it is not raced
+    /// with the cancel: it commits or not, and the result says which (a
+    /// cancel between its attempts stops it with the old table kept; a
+    /// commit whose answer is lost is looked up in `floe.sync_state`).
     pub async fn commit(
         self,
         copied: &Copied,
@@ -186,35 +192,39 @@ impl<'a> StagedRefresh<'a> {
         cancel: &Cancel,
         state: &FullRefreshed,
     ) -> Result<Committed, PipelineError> {
-        let result = tokio::select! {
-            r = self.verify_and_swap(copied, allow_shrink, cancel, state) => r,
+        let verified = tokio::select! {
+            r = self.verify(copied, allow_shrink, cancel) => r,
             _ = cancel.cancelled() => Err(PipelineError::Cancelled { table: self.plan.table.clone() }),
         };
-        if let Err(PipelineError::Cancelled { .. }) = &result {
-            // The index build or verification may still be running on the
-            // server: stop it, so the clean-up does not wait for it.
-            self.session.cancel_running().await;
-        }
+        let result = match verified {
+            Ok(verified) => self.swap_in(verified, cancel, state).await,
+            Err(e) => {
+                if let PipelineError::Cancelled { .. } = &e {
+                    // The index build or verification may still be running on
+                    // the server: stop it, so the clean-up does not wait for it.
+                    self.session.cancel_running().await;
+                }
+                Err(e)
+            }
+        };
         if result.is_err() {
             discard(&self.session.client, &self.plan, &self.staging).await;
         }
-        release(&self.session.client, &self.plan).await;
         result
     }
 
-    /// Drops the staging table and releases the lock: the target is as it was.
+    /// Drops the staging table: the target is as it was.
     pub async fn abort(self) {
         discard(&self.session.client, &self.plan, &self.staging).await;
-        release(&self.session.client, &self.plan).await;
     }
 
-    async fn verify_and_swap(
+    /// Builds the indexes beside the verification, then the shrink guard.
+    async fn verify(
         &self,
         copied: &Copied,
         allow_shrink: bool,
         cancel: &Cancel,
-        state: &FullRefreshed,
-    ) -> Result<Committed, PipelineError> {
+    ) -> Result<Verified, PipelineError> {
         let (plan, staging) = (&self.plan, self.staging.as_str());
         // A second session builds part of the indexes and then verifies
         // the staged rows, beside the first's (longer) index build.
@@ -266,22 +276,88 @@ impl<'a> StagedRefresh<'a> {
             });
         }
         shrink_guard(plan, live?, final_count, self.load.max_shrink)?;
+        Ok(Verified {
+            final_count,
+            times,
+            carried,
+        })
+    }
+
+    /// The swap, and what it left when its answer was lost.
+    async fn swap_in(
+        &self,
+        verified: Verified,
+        cancel: &Cancel,
+        state: &FullRefreshed,
+    ) -> Result<Committed, PipelineError> {
+        let Verified {
+            final_count,
+            times,
+            carried,
+        } = verified;
         let swap_started = Instant::now();
-        swap(
+        let swapped = swap(
             &self.session.client,
-            plan,
-            staging,
+            &self.plan,
+            &self.staging,
             &carried,
             &[state.upsert_sql()],
+            cancel,
         )
-        .await?;
-        Ok(Committed {
+        .await;
+        let committed = Committed {
             final_count,
             index_build: times.index_build,
             verify: times.beside,
             swap: swap_started.elapsed(),
-        })
+        };
+        match swapped {
+            Ok(()) => Ok(committed),
+            Err(e) if answer_lost(&e) => match self.swap_committed(state).await {
+                Some(true) => {
+                    tracing::warn!(table = %self.plan.table, "the swap's answer was lost, but it committed: {e}");
+                    Ok(committed)
+                }
+                Some(false) => Err(e),
+                None => Err(PipelineError::SwapUnknown {
+                    table: self.plan.table.clone(),
+                    cause: e.to_string(),
+                }),
+            },
+            Err(e) => Err(e),
+        }
     }
+
+    /// Whether this run's swap committed, read on a fresh session (the swap
+    /// writes the run's id into `floe.sync_state` in its transaction);
+    /// `None` if the target cannot be asked.
+    async fn swap_committed(&self, state: &FullRefreshed) -> Option<bool> {
+        let session = self
+            .target
+            .connect(
+                &application_name(&[&self.plan.target, self.run_id, "check"]),
+                self.load,
+            )
+            .await
+            .ok()?;
+        super::state::last_run_id(&session.client, &state.target)
+            .await
+            .ok()
+            .map(|run_id| run_id.as_deref() == Some(self.run_id))
+    }
+}
+
+/// What the verification hands the swap.
+struct Verified {
+    final_count: u64,
+    times: BuildTimes,
+    carried: Carried,
+}
+
+/// An error that leaves open whether the server committed: the connection
+/// went (no answer), as opposed to an error the server reported.
+fn answer_lost(e: &PipelineError) -> bool {
+    matches!(e, PipelineError::Postgres { source, .. } if source.code().is_none())
 }
 
 /// Whether replacing `old` rows with `new` empties the table or shrinks it

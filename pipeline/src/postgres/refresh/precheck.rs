@@ -1,9 +1,11 @@
 //! What a full refresh cannot carry over, found when it starts: before
 //! anything is read or loaded, not at the swap after the whole load.
 
+use schemas::config::DependentMatviews;
+use schemas::pg::quote_qualified;
 use tokio_postgres::Client;
 
-use super::steps::{pg, TablePlan};
+use crate::postgres::Target;
 use crate::PipelineError;
 
 /// Each row: an object in the way, and what would let the refresh run.
@@ -73,21 +75,24 @@ ORDER BY 1";
 /// partitions, and anything else that depends on it and that floe does not
 /// recreate (a function's body, another table's column of its row type, a
 /// policy of another table). The error names each object and what to do.
-pub(super) async fn refuse_what_cannot_be_carried(
+pub async fn refuse_what_cannot_be_carried(
     client: &Client,
-    plan: &TablePlan,
+    table: &str,
+    target: &Target,
+    target_table: &str,
+    matviews: DependentMatviews,
 ) -> Result<(), PipelineError> {
-    let target = plan.qualified(&plan.target);
-    let matviews = plan.dependent_matviews.as_str();
+    let target = quote_qualified(&target.schema, target_table);
+    let matviews = matviews.as_str();
     let rows = client
         .query(REFUSALS_SQL, &[&target, &matviews])
         .await
-        .map_err(pg(plan, "looking for what depends on the target"))?;
+        .map_err(|e| PipelineError::postgres(table, "looking for what depends on the target", e))?;
     if rows.is_empty() {
         return Ok(());
     }
     Err(PipelineError::Dependents {
-        table: plan.table.clone(),
+        table: table.to_string(),
         target,
         objects: rows
             .iter()

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use schemas::config::{DependentMatviews, IndexConfig};
-use schemas::pg::{quote_ident, quote_qualified, PgColumn};
+pub use schemas::pg::STAGING_MARK;
+use schemas::pg::{fitted_name, name_hash, quote_ident, quote_qualified, PgColumn};
 use tokio_postgres::Client;
 
 use crate::postgres::checksum;
@@ -35,6 +36,19 @@ pub struct TablePlan {
 impl TablePlan {
     pub(crate) fn qualified(&self, name: &str) -> String {
         quote_qualified(&self.schema, name)
+    }
+
+    /// Whether `name` has exactly the shape of one of this target's staging
+    /// table names (target, the mark, 1 to 8 lower-case letters or digits).
+    fn is_staging_name(&self, name: &str) -> bool {
+        name.strip_prefix(&self.target)
+            .and_then(|rest| rest.strip_prefix(STAGING_MARK))
+            .is_some_and(|tail| {
+                (1..=8).contains(&tail.len())
+                    && tail
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            })
     }
 
     /// The staging table's name for a run: target + `__floe_` + 8 id chars
@@ -92,25 +106,23 @@ impl TablePlan {
         format!("BEGIN; TRUNCATE {}", self.qualified(staging))
     }
 
-    /// Final index names, PostgreSQL's own convention: `<table>_<columns>_idx`.
-    pub(super) fn index_name(&self, ix: &IndexConfig) -> String {
-        truncate_ident(format!("{}_{}_idx", self.target, ix.columns.join("_")))
+    /// The configured indexes' final names (see [`schemas::config::index_names`]).
+    pub(super) fn index_names(&self) -> Vec<String> {
+        schemas::config::index_names(&self.target, &self.indexes)
     }
 
     /// The primary key's final name: `<table>_pkey`.
     pub(super) fn pkey_name(&self) -> String {
-        truncate_ident(format!("{}_pkey", self.target))
+        fitted_name(&self.target, "_pkey")
     }
-}
 
-/// Marks floe's staging tables: `<target>__floe_<run>`.
-pub const STAGING_MARK: &str = "__floe_";
-
-fn truncate_ident(mut s: String) -> String {
-    while s.len() > 63 {
-        s.pop();
+    /// A name for an index or constraint on `staging` until the swap
+    /// renames it: short whatever the target's length, and unique to the
+    /// staging table (index names are unique per schema, and one run loads
+    /// several tables at once).
+    pub(super) fn scratch_name(staging: &str, what: &str) -> String {
+        format!("floe_{:016x}_{what}", name_hash(staging))
     }
-    s
 }
 
 pub(super) fn pg<'a>(
@@ -120,8 +132,9 @@ pub(super) fn pg<'a>(
     move |e| PipelineError::postgres(&plan.table, step, e)
 }
 
-/// Prepares a load: PostGIS and schema, the table's advisory lock, cleanup of
-/// orphaned staging tables, and a fresh staging table. Returns its name.
+/// Prepares a load, the caller holding the table's lock
+/// ([`crate::postgres::table_lock::TableLock`]): PostGIS and schema, cleanup
+/// of orphaned staging tables, and a fresh staging table. Returns its name.
 pub async fn prepare(
     client: &Client,
     plan: &TablePlan,
@@ -140,23 +153,31 @@ pub async fn prepare(
         .await
         .map_err(pg(plan, "creating the schema"))?;
     }
-    lock(client, &plan.table, &plan.schema, &plan.target).await?;
     // The swap records the watermark in floe.sync_state: have the table before loading.
     crate::postgres::state::ensure(client)
         .await
         .map_err(pg(plan, "creating floe.sync_state"))?;
-    super::precheck::refuse_what_cannot_be_carried(client, plan).await?;
-    // Holding the lock, any staging table of this target is an orphan of a crashed run.
+    // Holding the lock, a staging table of this target is an orphan of a
+    // crashed run: one floe made (its comment says so) with exactly the
+    // staging name's shape. Nothing else is dropped, whatever its name.
     let orphans = client
         .query(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relkind = 'r' AND starts_with(c.relname, $2)",
-            &[&plan.schema, &format!("{}{}", plan.target, STAGING_MARK)],
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r' AND starts_with(c.relname, $2) \
+             AND starts_with(obj_description(c.oid, 'pg_class'), $3)",
+            &[
+                &plan.schema,
+                &format!("{}{}", plan.target, STAGING_MARK),
+                &STAGING_COMMENT,
+            ],
         )
         .await
         .map_err(pg(plan, "looking for orphaned staging tables"))?;
     for row in orphans {
         let name: String = row.get(0);
+        if !plan.is_staging_name(&name) {
+            continue;
+        }
         tracing::info!(table = %plan.table, staging = %name, "dropping staging table left by an earlier run");
         client
             .batch_execute(&format!("DROP TABLE IF EXISTS {}", plan.qualified(&name)))
@@ -175,11 +196,20 @@ pub async fn prepare(
         .map_err(pg(plan, "reading the target's tablespace"))?
         .get(0);
     client
-        .batch_execute(&plan.create_sql(&staging, tablespace.as_deref()))
+        .batch_execute(&format!(
+            "{}; COMMENT ON TABLE {} IS '{STAGING_COMMENT}{}'",
+            plan.create_sql(&staging, tablespace.as_deref()),
+            plan.qualified(&staging),
+            run_id.replace('\'', "''")
+        ))
         .await
         .map_err(pg(plan, "creating the staging table"))?;
     Ok(staging)
 }
+
+/// How a staging table's comment starts (then the run id): what marks the
+/// tables floe made, and so may drop. The swap clears it.
+pub const STAGING_COMMENT: &str = "floe staging table of run ";
 
 /// One index to build after the load.
 #[derive(Debug)]
@@ -208,7 +238,7 @@ fn index_jobs(plan: &TablePlan, staging: &str) -> Vec<IndexJob> {
         jobs.push(IndexJob {
             sql: format!(
                 "CREATE UNIQUE INDEX {} ON {table} ({})",
-                quote_ident(&format!("{staging}_pkey")),
+                quote_ident(&TablePlan::scratch_name(staging, "pkey")),
                 cols.join(", ")
             ),
             step: "building the primary key",
@@ -220,7 +250,7 @@ fn index_jobs(plan: &TablePlan, staging: &str) -> Vec<IndexJob> {
         jobs.push(IndexJob {
             sql: format!(
                 "CREATE INDEX {} ON {table} USING {} ({})",
-                quote_ident(&format!("{staging}_i{i}")),
+                quote_ident(&TablePlan::scratch_name(staging, &format!("i{i}"))),
                 ix.method,
                 cols.join(", ")
             ),
@@ -318,7 +348,7 @@ pub async fn build<T>(
     main?;
     let (out, beside) = other?;
     if !plan.primary_key.is_empty() {
-        let pkey = quote_ident(&format!("{staging}_pkey"));
+        let pkey = quote_ident(&TablePlan::scratch_name(staging, "pkey"));
         client
             .batch_execute(&format!(
                 "ALTER TABLE {} ADD CONSTRAINT {pkey} PRIMARY KEY USING INDEX {pkey}",
@@ -462,57 +492,14 @@ pub async fn current_count(
 /// Drops the staging table after a failure (best effort; the next run drops
 /// any that remain).
 pub async fn discard(client: &Client, plan: &TablePlan, staging: &str) {
+    // An aborted COPY may have left its transaction (a frozen COPY's) open
+    // and failed on this session: end it first, or the DROP is refused.
+    // (Outside a transaction this is a warning, nothing more.)
+    let _ = client.batch_execute("ROLLBACK").await;
     let sql = format!("DROP TABLE IF EXISTS {}", plan.qualified(staging));
     if let Err(e) = client.batch_execute(&sql).await {
         tracing::warn!(table = %plan.table, staging, "could not drop staging table: {e}");
     }
-}
-
-/// The advisory lock key of a target table: one per table, taken by full
-/// and incremental runs alike, so they never overlap.
-fn lock_key(schema: &str, target: &str) -> String {
-    format!("floe:{schema}.{target}")
-}
-
-/// Takes the table's advisory lock on this session, or answers
-/// [`PipelineError::Busy`] if another run holds it.
-pub async fn lock(
-    client: &Client,
-    table: &str,
-    schema: &str,
-    target: &str,
-) -> Result<(), PipelineError> {
-    let locked: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-            &[&lock_key(schema, target)],
-        )
-        .await
-        .map_err(|e| PipelineError::postgres(table, "taking the table's advisory lock", e))?
-        .get(0);
-    if !locked {
-        return Err(PipelineError::Busy {
-            table: table.to_string(),
-            target: target.to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// Releases the table's advisory lock (also released when the session ends).
-pub async fn release(client: &Client, plan: &TablePlan) {
-    unlock(client, &plan.schema, &plan.target).await
-}
-
-/// Releases the advisory lock of `schema.target` held by this session.
-pub async fn unlock(client: &Client, schema: &str, target: &str) {
-    let key = lock_key(schema, target);
-    let _ = client
-        .execute(
-            "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
-            &[&key],
-        )
-        .await;
 }
 
 #[cfg(test)]
@@ -547,7 +534,10 @@ mod tests {
         assert!(main[0].sql.contains("USING gist"), "{}", main[0].sql);
         assert_eq!(second.len(), 1);
         assert!(
-            second[0].sql.starts_with("CREATE UNIQUE INDEX \"s_pkey\""),
+            second[0].sql.starts_with(&format!(
+                "CREATE UNIQUE INDEX {}",
+                quote_ident(&TablePlan::scratch_name("s", "pkey"))
+            )),
             "{}",
             second[0].sql
         );
@@ -565,6 +555,18 @@ mod tests {
         assert_eq!(main.iter().filter(|j| j.weight == 4).count(), 1);
         assert_eq!(second.iter().filter(|j| j.weight == 4).count(), 1);
         assert!(load(&main).abs_diff(load(&second) + 1) <= 1);
+    }
+
+    #[test]
+    fn only_names_of_exactly_the_staging_shape_count_as_staging_tables() {
+        let p = plan(&["id"], &[]);
+        assert!(p.is_staging_name(&p.staging_name("20261202T101010Z-Ab12cd34")));
+        assert!(p.is_staging_name("t_cache__floe_backup"));
+        assert!(!p.is_staging_name("t_cache__floe_x_backup"));
+        assert!(!p.is_staging_name("t_cache__floe_"));
+        assert!(!p.is_staging_name("t_cache__floe_Backup"));
+        assert!(!p.is_staging_name("t_cache__floe_backup123"));
+        assert!(!p.is_staging_name("t_cache_x__floe_abc"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use super::carry::{self, Carried};
 use super::steps::{pg, TablePlan};
+use crate::run::Cancel;
 use crate::PipelineError;
 
 /// The swap's server-side block (see the file's header).
@@ -22,13 +23,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// the lock queue, so readers arriving behind it wait no longer than that;
 /// between attempts floe backs off holding nothing, until `lock_timeout`
 /// has passed, and then names the sessions in the way. The old table is
-/// untouched until an attempt commits.
+/// untouched until an attempt commits. `cancel` stops it between attempts,
+/// never during one (the answer would not say whether it committed).
 pub async fn swap(
     client: &Client,
     plan: &TablePlan,
     staging: &str,
     carried: &Carried,
     also: &[String],
+    cancel: &Cancel,
 ) -> Result<(), PipelineError> {
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -39,6 +42,12 @@ pub async fn swap(
     let started = Instant::now();
     let mut attempt: u32 = 1;
     loop {
+        // Between attempts (nothing sent, nothing held) a cancel stops the swap.
+        if cancel.is_cancelled() {
+            return Err(PipelineError::Cancelled {
+                table: plan.table.clone(),
+            });
+        }
         let left = plan.lock_timeout.saturating_sub(started.elapsed());
         let wait = plan.swap_lock_wait.min(left).max(Duration::from_millis(1));
         let batch = format!(
@@ -71,7 +80,10 @@ pub async fn swap(
                     .min(MAX_BACKOFF)
                     + crate::retry::jitter(Duration::from_millis(50));
                 tracing::debug!(table = %plan.table, attempt, "readers held the target through a swap attempt; retrying in {pause:?}");
-                tokio::time::sleep(pause.min(left)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause.min(left)) => {}
+                    _ = cancel.cancelled() => {}
+                }
                 attempt += 1;
             }
             other => return other,
@@ -84,22 +96,26 @@ pub async fn swap(
 fn swap_block(plan: &TablePlan, staging: &str, carried: &Carried, server_version: i32) -> String {
     let target = plan.qualified(&plan.target);
     let mut renames = vec![format!(
+        "COMMENT ON TABLE {} IS NULL",
+        plan.qualified(staging)
+    )];
+    renames.push(format!(
         "ALTER TABLE {} RENAME TO {}",
         plan.qualified(staging),
         quote_ident(&plan.target)
-    )];
+    ));
     if !plan.primary_key.is_empty() {
         renames.push(format!(
             "ALTER TABLE {target} RENAME CONSTRAINT {} TO {}",
-            quote_ident(&format!("{staging}_pkey")),
+            quote_ident(&TablePlan::scratch_name(staging, "pkey")),
             quote_ident(&plan.pkey_name())
         ));
     }
-    for (i, ix) in plan.indexes.iter().enumerate() {
+    for (i, name) in plan.index_names().iter().enumerate() {
         renames.push(format!(
             "ALTER INDEX {} RENAME TO {}",
-            plan.qualified(&format!("{staging}_i{i}")),
-            quote_ident(&plan.index_name(ix))
+            plan.qualified(&TablePlan::scratch_name(staging, &format!("i{i}"))),
+            quote_ident(name)
         ));
     }
     renames.extend(carried.renames.iter().cloned());

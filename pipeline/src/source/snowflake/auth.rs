@@ -2,6 +2,7 @@
 //! tokens fresh: an expired session token is renewed with the master token;
 //! a refused master token means logging in again.
 
+use schemas::config::Secret;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,9 +16,9 @@ use super::{parameter, SnowflakeError, SnowflakeSession};
 
 /// How this session proves who it is (kept for re-login when the master token expires).
 pub(super) enum Credentials {
-    Password(String),
+    Password(Secret),
     KeyPair(Box<KeyPair>),
-    OAuth(String),
+    OAuth(Secret),
 }
 
 pub(super) struct Tokens {
@@ -57,7 +58,7 @@ impl SnowflakeSession {
                 })?;
                 Credentials::KeyPair(Box::new(KeyPair::load(
                     path,
-                    cfg.private_key_passphrase.as_deref(),
+                    cfg.private_key_passphrase.as_ref().map(Secret::expose),
                 )?))
             }
             "OAUTH" => Credentials::OAuth(cfg.token.clone().ok_or_else(|| {
@@ -137,14 +138,14 @@ impl SnowflakeSession {
             "CLIENT_ENVIRONMENT": { "APPLICATION": "floe" }
         });
         match &self.credentials {
-            Credentials::Password(p) => data["PASSWORD"] = json!(p),
+            Credentials::Password(p) => data["PASSWORD"] = json!(p.expose()),
             Credentials::KeyPair(k) => {
                 data["AUTHENTICATOR"] = json!("SNOWFLAKE_JWT");
                 data["TOKEN"] = json!(k.jwt(&self.account, &self.user, unix_now())?);
             }
             Credentials::OAuth(t) => {
                 data["AUTHENTICATOR"] = json!("OAUTH");
-                data["TOKEN"] = json!(t);
+                data["TOKEN"] = json!(t.expose());
             }
         }
         let mut query = self.login_query.clone();

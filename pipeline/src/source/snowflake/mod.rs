@@ -65,6 +65,13 @@ pub enum SnowflakeError {
     /// A result chunk could not be decoded.
     #[error("Snowflake result: {0}")]
     Decode(String),
+    /// The result holds fewer (or more) rows than Snowflake said it has.
+    #[error("Snowflake result of query {query_id} is incomplete: Snowflake counts {total} rows, {found}")]
+    Incomplete {
+        query_id: String,
+        total: u64,
+        found: String,
+    },
 }
 
 /// A logged-in Snowflake session.

@@ -39,7 +39,8 @@ pub struct QueryResult {
     pub rowtype: Vec<RowType>,
     /// The schema every batch of the stream has.
     pub schema: SchemaRef,
-    /// Rows in the whole result, as Snowflake counts them.
+    /// Rows in the whole result, as Snowflake counts them. The inline rows
+    /// and the chunk list must add up to it, and the stream must deliver it.
     pub total: u64,
     first: Vec<RecordBatch>,
     chunks: Vec<ChunkRef>,
@@ -103,9 +104,27 @@ impl QueryResult {
         } else {
             decode_ipc(&inline, &rowtype, &schema)?
         };
+        let query_id = data["queryId"].as_str().unwrap_or("").to_string();
+        let total = data["total"]
+            .as_u64()
+            .ok_or_else(|| SnowflakeError::Decode("query answer has no `total`".into()))?;
+        // A chunk missing from the list would otherwise go unnoticed: every
+        // later check compares staging with what floe read.
+        let listed = first.iter().map(|b| b.num_rows() as u64).sum::<u64>()
+            + chunks.iter().map(|c| c.row_count as u64).sum::<u64>();
+        if listed != total {
+            return Err(SnowflakeError::Incomplete {
+                query_id,
+                total,
+                found: format!(
+                    "but its first rows and {} chunks hold {listed}",
+                    chunks.len()
+                ),
+            });
+        }
         Ok(QueryResult {
-            query_id: data["queryId"].as_str().unwrap_or("").to_string(),
-            total: data["total"].as_u64().unwrap_or(0),
+            query_id,
+            total,
             rowtype,
             schema,
             first,
@@ -122,12 +141,13 @@ impl SnowflakeSession {
         result: QueryResult,
     ) -> BoxStream<'static, Result<RecordBatch, SnowflakeError>> {
         let QueryResult {
+            query_id,
+            total,
             rowtype,
             schema,
             first,
             chunks,
             headers,
-            ..
         } = result;
         let (tx, rx) =
             mpsc::channel::<Result<(Vec<RecordBatch>, Reserved), SnowflakeError>>(self.prefetch);
@@ -187,7 +207,12 @@ impl SnowflakeSession {
             Ok(batches) => batches.boxed(),
             Err(e) => stream::once(async move { Err(e) }).boxed(),
         });
-        stream::iter(first.into_iter().map(Ok)).chain(rest).boxed()
+        let all = stream::iter(first.into_iter().map(Ok)).chain(rest).boxed();
+        crate::source::complete::held_to(all, total, move |read| SnowflakeError::Incomplete {
+            query_id,
+            total,
+            found: format!("but floe read {read}"),
+        })
     }
 }
 
@@ -253,17 +278,20 @@ async fn download_chunk(
                 "chunk {index}: HTTP {status}"
             )));
         }
-        let body = match response.bytes().await {
+        // Nothing a chunk sends may exceed what it announced (plus slack):
+        // neither its body nor what the body inflates to.
+        let limit = chunk_limit(chunk.uncompressed_size);
+        let body = match read_body(response, limit).await {
             Ok(b) => {
                 crate::counters::downloaded(b.len());
                 b
             }
             Err(e) => {
-                last = http_err(e).to_string();
+                last = e;
                 continue;
             }
         };
-        let decoded = inflate(&body).and_then(|ipc| decode_ipc(&ipc, rowtype, schema));
+        let decoded = inflate(&body, limit).and_then(|ipc| decode_ipc(&ipc, rowtype, schema));
         match decoded {
             Ok(batches) => {
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
@@ -285,12 +313,52 @@ async fn download_chunk(
     )))
 }
 
-fn inflate(body: &[u8]) -> Result<Vec<u8>, SnowflakeError> {
+/// The most bytes a chunk announced as `uncompressed` bytes may send or
+/// inflate to: its announced size, an eighth more, and 64 KiB.
+fn chunk_limit(uncompressed: usize) -> usize {
+    uncompressed + uncompressed / 8 + (64 << 10)
+}
+
+/// Reads a chunk's body, at most `limit` bytes: a longer body is a failed
+/// download, not an allocation as large as the server likes.
+async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if let Some(length) = response.content_length() {
+        if length > limit as u64 {
+            return Err(format!(
+                "a body of {length} bytes, more than its announced size allows ({limit})"
+            ));
+        }
+    }
+    let mut body = Vec::new();
+    while let Some(part) = response
+        .chunk()
+        .await
+        .map_err(|e| http_err(e).to_string())?
+    {
+        if body.len() + part.len() > limit {
+            return Err(format!(
+                "a body longer than its announced size allows ({limit} bytes)"
+            ));
+        }
+        body.extend_from_slice(&part);
+    }
+    Ok(body)
+}
+
+/// Inflates a gzip body (sniffing its magic), to at most `limit` bytes: a
+/// chunk inflating past its announced size is refused, however small its body.
+fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, SnowflakeError> {
     if body.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(body.len() * 4);
+        let mut out = Vec::with_capacity((body.len() * 4).min(limit));
         flate2::read::GzDecoder::new(body)
+            .take(limit as u64 + 1)
             .read_to_end(&mut out)
             .map_err(|e| SnowflakeError::Decode(format!("gzip: {e}")))?;
+        if out.len() > limit {
+            return Err(SnowflakeError::Decode(format!(
+                "the chunk inflates past its announced size ({limit} bytes at most)"
+            )));
+        }
         Ok(out)
     } else {
         Ok(body.to_vec())
