@@ -23,6 +23,9 @@ pub struct Faults {
     /// The next N query answers with chunks leave their last chunk out of
     /// the chunk list (their `total` still counts its rows).
     pub dropped_chunk: u32,
+    /// The next N query answers that read a table report their last column as of type
+    /// `vector`, a Snowflake type floe does not read.
+    pub unknown_type: u32,
     /// Every live session token expires now (the master token stays valid).
     pub expire_session: bool,
     /// The next renewal is refused as if the master token had expired
@@ -61,6 +64,7 @@ impl Faults {
             "truncated_chunk" => self.truncated_chunk = count(value)?,
             "dropped_chunk" => self.dropped_chunk = count(value)?,
             "chunk_bomb" => self.chunk_bomb = count(value)?,
+            "unknown_type" => self.unknown_type = count(value)?,
             "expire_session" => self.expire_session = value.is_none_or(|v| v != "false"),
             "expire_master" => self.expire_master = value.is_none_or(|v| v != "false"),
             "long_query_secs" | "long_query" => self.long_query_secs = number(value)?,
@@ -74,7 +78,7 @@ impl Faults {
             }
             other => {
                 return Err(format!(
-                    "unknown fault `{other}` (chunk-503, slow-chunk-ms, slow-chunks, truncated-chunk, dropped-chunk, chunk-bomb, expire-session, expire-master, long-query-secs, login-failure, query-error)"
+                    "unknown fault `{other}` (chunk-503, slow-chunk-ms, slow-chunks, truncated-chunk, dropped-chunk, chunk-bomb, unknown-type, expire-session, expire-master, long-query-secs, login-failure, query-error)"
                 ))
             }
         }

@@ -370,9 +370,18 @@ pub(crate) async fn query(
     if !chunk_meta.is_empty() && state.with_faults(|f| Faults::take(&mut f.dropped_chunk)) {
         chunk_meta.pop();
     }
+    // Armed for the next query that reads a table (a client's clock reading
+    // before its query, `SELECT CURRENT_TIMESTAMP()`, leaves it armed).
+    let reads_a_table = upper.contains(" FROM ");
+    let mut rowtype = json!(built.rowtype);
+    if reads_a_table && state.with_faults(|f| Faults::take(&mut f.unknown_type)) {
+        if let Some(last) = rowtype.as_array_mut().and_then(|c| c.last_mut()) {
+            last["type"] = json!("vector");
+        }
+    }
     let answer = with_session_fields(json!({
         "parameters": parameters(geography),
-        "rowtype": built.rowtype,
+        "rowtype": rowtype,
         "rowsetBase64": base64::engine::general_purpose::STANDARD.encode(&built.first),
         "total": built.total,
         "returned": built.total,
@@ -386,9 +395,6 @@ pub(crate) async fn query(
         "qrmk": key,
         "statementTypeId": 4096,
     }));
-    // Armed for the next query that reads a table (a client's clock reading
-    // before its query, `SELECT CURRENT_TIMESTAMP()`, leaves it armed).
-    let reads_a_table = upper.contains(" FROM ");
     let running_for = match reads_a_table {
         true => state.with_faults(|f| std::mem::take(&mut f.long_query_secs)),
         false => 0,

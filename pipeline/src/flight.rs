@@ -7,6 +7,7 @@
 //! are listed or served.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -53,9 +54,12 @@ pub fn parse_url(url: &str) -> Result<(String, String), FlightSourceError> {
 }
 
 /// `DoGet` of the URL's ticket: the stream's schema (it arrives first) and
-/// its batches.
+/// its batches. A server silent for `read_timeout` (connecting, answering,
+/// or between two messages) fails the read: a stalled server would
+/// otherwise hold the table's lock, and so every later run, forever.
 pub async fn read(
     url: &str,
+    read_timeout: Duration,
 ) -> Result<
     (
         SchemaRef,
@@ -68,8 +72,14 @@ pub async fn read(
         url: url.to_string(),
         message,
     };
+    let silent = |what: &str| {
+        failed(format!(
+            "{what}: the server sent nothing for {read_timeout:?} ([flight] read_timeout)"
+        ))
+    };
     let endpoint = tonic::transport::Channel::from_shared(endpoint)
-        .map_err(|e| failed(format!("bad address: {e}")))?;
+        .map_err(|e| failed(format!("bad address: {e}")))?
+        .connect_timeout(read_timeout);
     // A server that is starting (or restarting) refuses connections for a
     // moment: retry a few times with the shared backoff.
     let mut attempt = 0;
@@ -92,9 +102,10 @@ pub async fn read(
     let mut client = FlightClient::new(channel);
     // The rows the server says the stream has, when it says (a server
     // without GetFlightInfo, or with total_records -1, is taken as it comes).
-    let announced = match client
-        .get_flight_info(FlightDescriptor::new_path(vec![ticket.clone()]))
+    let info = client.get_flight_info(FlightDescriptor::new_path(vec![ticket.clone()]));
+    let announced = match tokio::time::timeout(read_timeout, info)
         .await
+        .map_err(|_| silent("GetFlightInfo"))?
     {
         Ok(info) => u64::try_from(info.total_records).ok(),
         Err(e) => {
@@ -105,14 +116,14 @@ pub async fn read(
             None
         }
     };
-    let mut stream = client
-        .do_get(Ticket::new(ticket))
+    let mut stream = tokio::time::timeout(read_timeout, client.do_get(Ticket::new(ticket)))
         .await
+        .map_err(|_| silent("DoGet"))?
         .map_err(|e| failed(flight_message(e)))?;
     // The schema comes before the first batch (or the end).
-    let first = stream
-        .next()
+    let first = tokio::time::timeout(read_timeout, stream.next())
         .await
+        .map_err(|_| silent("waiting for the schema and the first batch"))?
         .transpose()
         .map_err(|e| failed(flight_message(e)))?;
     let schema = stream
@@ -124,6 +135,7 @@ pub async fn read(
         url: owned.clone(),
         message: flight_message(e),
     });
+    let rest = failing_when_silent(rest.boxed(), read_timeout, url.to_string());
     let batches = futures::stream::iter(first.map(Ok)).chain(rest).boxed();
     let batches = match announced {
         Some(total) => {
@@ -140,6 +152,33 @@ pub async fn read(
         None => batches,
     };
     Ok((schema, batches))
+}
+
+/// `stream`, failing (and ending) when the next message takes longer than
+/// `limit`. The clock runs only while the consumer waits, so a slow sink
+/// (backpressure) never counts against the server.
+fn failing_when_silent(
+    stream: BoxStream<'static, Result<RecordBatch, FlightSourceError>>,
+    limit: Duration,
+    url: String,
+) -> BoxStream<'static, Result<RecordBatch, FlightSourceError>> {
+    futures::stream::unfold(Some((stream, url)), move |state| async move {
+        let (mut stream, url) = state?;
+        match tokio::time::timeout(limit, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some((stream, url)))),
+            Ok(None) => None,
+            Err(_) => {
+                let e = FlightSourceError::Flight {
+                    message: format!(
+                        "the stream stalled: the server sent nothing for {limit:?} ([flight] read_timeout)"
+                    ),
+                    url,
+                };
+                Some((Err(e), None))
+            }
+        }
+    })
+    .boxed()
 }
 
 fn flight_message(e: FlightError) -> String {

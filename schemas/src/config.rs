@@ -129,6 +129,8 @@ pub struct Config {
     pub snowflake: SnowflakeConfig,
     #[serde(default)]
     pub load: LoadConfig,
+    #[serde(default)]
+    pub flight: FlightConfig,
     /// When `floe watch` loads each table.
     #[serde(default)]
     pub watch: crate::watch::WatchConfig,
@@ -306,6 +308,11 @@ pub struct SnowflakeConfig {
     /// and retried: a stalled source must not hang a run.
     #[serde(default = "default_read_timeout", with = "crate::duration::text")]
     pub read_timeout: Duration,
+    /// How long a statement may run, polled, before floe cancels it on the
+    /// server and fails the run: a query stuck in a queued warehouse must
+    /// not hold the table's lock (and so every later run) indefinitely.
+    #[serde(default = "default_query_timeout", with = "crate::duration::text")]
+    pub query_timeout: Duration,
 }
 
 impl Default for SnowflakeConfig {
@@ -330,12 +337,36 @@ impl Default for SnowflakeConfig {
             prefetch_threads: default_prefetch(),
             max_buffered_bytes: default_result_buffer(),
             read_timeout: default_read_timeout(),
+            query_timeout: default_query_timeout(),
         }
     }
 }
 
 fn default_read_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+fn default_query_timeout() -> Duration {
+    Duration::from_secs(3_600)
+}
+
+/// Reading `flight://` sources.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlightConfig {
+    /// A server that sends nothing (no connection, no answer, no next
+    /// message) for this long fails the run: a stalled server must not
+    /// hold the table's lock, and so every later run, forever.
+    #[serde(with = "crate::duration::text")]
+    pub read_timeout: Duration,
+}
+
+impl Default for FlightConfig {
+    fn default() -> Self {
+        FlightConfig {
+            read_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 fn default_prefetch() -> usize {

@@ -7,6 +7,7 @@ mod cli;
 mod conformance;
 mod doctor;
 mod faults;
+mod flight_source;
 mod grid;
 mod hardening;
 mod incremental;

@@ -220,12 +220,24 @@ async fn passwords_actually_used_stay_secret_at_trace_and_a_wrong_one_is_named_n
     assert!(!o.status.success());
     assert!(text.contains("password authentication failed"), "{text}");
     assert_clean("floe run (wrong Postgres password)", &text);
-    // The table the first run loaded is there, untouched by the second.
+    // The table the first run loaded is there, untouched by the second,
+    // which could not log in to record itself: its exit code and its
+    // message are the record. The next run with the right password is clean.
     let client = connect(&with_password(PG_PASSWORD)).await;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM transformers_cache", &[])
+    let before = fingerprint(&client, "transformers_cache").await;
+    assert_eq!(before.0 as u64, GRID_ROWS);
+    assert_eq!(runs(&client).await, 1);
+    let o = floe(&with_password(PG_PASSWORD));
+    assert!(o.status.success(), "{}", all_output(&o));
+    assert_eq!(fingerprint(&client, "transformers_cache").await, before);
+    assert_eq!(runs(&client).await, 2);
+    assert!(staging_tables(&client).await.is_empty());
+}
+
+async fn runs(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM floe.sync_runs", &[])
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(n as u64, GRID_ROWS);
+        .get(0)
 }

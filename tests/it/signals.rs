@@ -1,7 +1,9 @@
-//! SIGTERM at each stage of a full refresh: floe stops the server's work
-//! (not waiting for a COPY or an index build to end), exits 143, and
-//! leaves the target as it was, no session behind, the run recorded as
-//! cancelled, and the next run clean.
+//! Signals at each stage of a full refresh. SIGTERM: floe stops the
+//! server's work (not waiting for a COPY or an index build to end), exits
+//! 143, and leaves the target as it was, no session behind, the run
+//! recorded as cancelled, and the next run clean. SIGKILL: the server ends
+//! the work itself, the target stays, and the next run records the killed
+//! runs as abandoned and drops what they staged.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,16 +47,14 @@ async fn floe_sessions(client: &Client) -> i64 {
     n
 }
 
-/// Starts `floe run` of the topology from `data`, waits for `stage` (a
-/// query counting something once floe is there), sends SIGTERM and checks
-/// what a stop must leave. Returns how long floe took to exit.
-async fn terminate_during(
+/// `floe run` of the topology from `data`, once it has reached `stage` (a
+/// query counting something once floe is there).
+async fn floe_at(
     url: &str,
     data: &std::path::Path,
     client: &Client,
     stage: &str,
-    before: &(i64, String),
-) -> Duration {
+) -> std::process::Child {
     let child = floe_command()
         .args([
             "run",
@@ -72,11 +72,37 @@ async fn terminate_during(
         .spawn()
         .unwrap();
     assert!(until(client, stage).await, "floe never reached: {stage}");
+    child
+}
+
+fn signal(child: &std::process::Child, name: &str) {
     let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{name}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
+}
+
+const AT_COPY: &str = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'COPY %'";
+const AT_GIST: &str = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'CREATE INDEX % USING gist%'";
+
+/// Waits for the swap to queue behind a reader holding the table.
+fn at_swap() -> String {
+    format!("SELECT count(*) FROM pg_locks WHERE relation = '{TARGET}'::regclass AND NOT granted")
+}
+
+/// Starts `floe run` of the topology from `data`, waits for `stage`, sends
+/// SIGTERM and checks what a stop must leave. Returns how long floe took
+/// to exit.
+async fn terminate_during(
+    url: &str,
+    data: &std::path::Path,
+    client: &Client,
+    stage: &str,
+    before: &(i64, String),
+) -> Duration {
+    let child = floe_at(url, data, client, stage).await;
+    signal(&child, "TERM");
     let sent = Instant::now();
     let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
@@ -133,22 +159,8 @@ async fn sigterm_during_the_copy_the_index_build_and_the_swap_stops_the_server_s
     let client = connect(&url).await;
     let before = fingerprint(&client, TARGET).await;
 
-    terminate_during(
-        &url,
-        data.path(),
-        &client,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'COPY %'",
-        &before,
-    )
-    .await;
-    let took = terminate_during(
-        &url,
-        data.path(),
-        &client,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'CREATE INDEX % USING gist%'",
-        &before,
-    )
-    .await;
+    terminate_during(&url, data.path(), &client, AT_COPY, &before).await;
+    let took = terminate_during(&url, data.path(), &client, AT_GIST, &before).await;
     assert!(
         took < Duration::from_secs(5),
         "floe stopped the GiST build rather than waiting for it: {took:?}"
@@ -160,20 +172,100 @@ async fn sigterm_during_the_copy_the_index_build_and_the_swap_stops_the_server_s
         .batch_execute(&format!("BEGIN; SELECT count(*) FROM {TARGET}"))
         .await
         .unwrap();
-    terminate_during(
-        &url,
-        data.path(),
-        &client,
-        &format!(
-            "SELECT count(*) FROM pg_locks WHERE relation = '{TARGET}'::regclass AND NOT granted"
-        ),
-        &before,
-    )
-    .await;
+    terminate_during(&url, data.path(), &client, &at_swap(), &before).await;
     reader.batch_execute("COMMIT").await.unwrap();
 
     // The next run is clean.
     let r = run(&config, "topology", &url, Some(data.path())).await;
     assert_success(&r);
     assert_eq!(r.final_count, Some(600_000));
+}
+
+/// SIGKILL at `stage`: floe can neither cancel nor record anything, so the
+/// server must end its work (a COPY loses its client; an index build or a
+/// lock wait ends, sooner with `client_connection_check_interval`) and the
+/// target stay as it was.
+async fn kill_during(
+    url: &str,
+    data: &std::path::Path,
+    client: &Client,
+    stage: &str,
+    before: &(i64, String),
+) {
+    let child = floe_at(url, data, client, stage).await;
+    signal(&child, "KILL");
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(9));
+    let mut left = -1;
+    for _ in 0..5 {
+        left = floe_sessions(client).await;
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0, "floe's sessions outlived it at: {stage}");
+    assert_eq!(&fingerprint(client, TARGET).await, before);
+    let status: String = client
+        .query_one(
+            "SELECT status FROM floe.sync_runs ORDER BY started_at DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "running", "nobody was left to record the end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_the_copy_the_index_build_and_the_swap_leaves_the_target_and_no_work_behind()
+{
+    let data = tempfile::tempdir().unwrap();
+    emulator::generate::generate(&emulator::generate::GenerateOptions {
+        out: data.path().to_path_buf(),
+        tables: vec![&schemas::datasets::TOPOLOGY],
+        rows: Some(600_000),
+        seed: 5,
+    })
+    .unwrap();
+    let url = fresh_db("sigkill").await;
+    let config = shipped_config();
+    assert_success(&run(&config, "topology", &url, Some(grid_dir())).await);
+    let client = connect(&url).await;
+    let before = fingerprint(&client, TARGET).await;
+
+    kill_during(&url, data.path(), &client, AT_COPY, &before).await;
+    kill_during(&url, data.path(), &client, AT_GIST, &before).await;
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'CREATE %INDEX%' AND state = 'active'").await,
+        0
+    );
+    let reader = connect(&url).await;
+    reader
+        .batch_execute(&format!("BEGIN; SELECT count(*) FROM {TARGET}"))
+        .await
+        .unwrap();
+    kill_during(&url, data.path(), &client, &at_swap(), &before).await;
+    reader.batch_execute("COMMIT").await.unwrap();
+    // What the killed runs left (their staging tables) is the next run's
+    // to clean up; their records say they were abandoned.
+    assert!(!staging_tables(&client).await.is_empty());
+
+    let r = run(&config, "topology", &url, Some(data.path())).await;
+    assert_success(&r);
+    assert_eq!(r.final_count, Some(600_000));
+    assert!(staging_tables(&client).await.is_empty());
+    let statuses: Vec<String> = client
+        .query("SELECT status FROM floe.sync_runs ORDER BY started_at", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["success", "abandoned", "abandoned", "abandoned", "success"]
+    );
 }

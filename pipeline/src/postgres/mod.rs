@@ -177,6 +177,19 @@ impl Target {
                 }
             }
         };
+        // A floe killed outright (SIGKILL, the OOM killer) cannot cancel
+        // its statements: have the server check every second that floe is
+        // still there (PostgreSQL 14+), so an index build or a swap waiting
+        // for a lock ends with it instead of running on for nobody.
+        if let Err(e) = client
+            .batch_execute(
+                "SELECT set_config('client_connection_check_interval', '1000', false) \
+                 WHERE current_setting('server_version_num')::int >= 140000",
+            )
+            .await
+        {
+            tracing::debug!("client_connection_check_interval not set: {e}");
+        }
         Ok(Session {
             client: Arc::new(client),
             task,

@@ -215,7 +215,7 @@ impl<'a> TableSource<'a> {
                 ))
             }
             TableSource::Flight { url } => {
-                let (schema, stream) = crate::flight::read(url)
+                let (schema, stream) = crate::flight::read(url, config.flight.read_timeout)
                     .await
                     .map_err(|e| failed(e.into()))?;
                 let stream = stream

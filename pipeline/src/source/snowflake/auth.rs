@@ -110,6 +110,7 @@ impl SnowflakeSession {
             time_zone: schemas::snowflake::DEFAULT_SESSION_TIME_ZONE.to_string(),
             prefetch: cfg.prefetch_threads.max(1),
             budget: cfg.max_buffered_bytes.max(1 << 20),
+            query_timeout: cfg.query_timeout,
         };
         let data = session.authenticate().await?;
         crate::counters::login();

@@ -65,6 +65,10 @@ pub enum SnowflakeError {
     /// A result chunk could not be decoded.
     #[error("Snowflake result: {0}")]
     Decode(String),
+    /// The statement ran past `[snowflake] query_timeout`; floe asked
+    /// Snowflake to cancel it.
+    #[error("Snowflake query {query_id} still running after {waited:?}; cancelled it (raise [snowflake] query_timeout if the query needs longer)")]
+    QueryTimeout { query_id: String, waited: Duration },
     /// The result holds fewer (or more) rows than Snowflake said it has.
     #[error("Snowflake result of query {query_id} is incomplete: Snowflake counts {total} rows, {found}")]
     Incomplete {
@@ -86,6 +90,8 @@ pub struct SnowflakeSession {
     time_zone: String,
     prefetch: usize,
     budget: usize,
+    /// `[snowflake] query_timeout`: how long [`SnowflakeSession::submit`] polls.
+    query_timeout: Duration,
 }
 
 /// A statement about to be submitted: its `requestId` is what
@@ -111,8 +117,10 @@ impl SnowflakeSession {
         self.submit(&QueryTicket::new(sql)).await.map(|_| ())
     }
 
-    /// Submits a statement and waits for it, polling while Snowflake keeps it running.
+    /// Submits a statement and waits for it, polling while Snowflake keeps
+    /// it running, at most `query_timeout` (then it is cancelled on the server).
     async fn submit(&self, ticket: &QueryTicket) -> Result<Value, SnowflakeError> {
+        let started = std::time::Instant::now();
         let body = json!({
             "sqlText": ticket.sql,
             "asyncExec": false,
@@ -136,11 +144,17 @@ impl SnowflakeSession {
                 .ok_or_else(|| {
                     SnowflakeError::Decode("a running query's answer has no getResultUrl".into())
                 })?;
-            tracing::debug!(
-                query_id = data["queryId"].as_str().unwrap_or(""),
-                "query still running"
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
+            let query_id = data["queryId"].as_str().unwrap_or("");
+            tracing::debug!(query_id, "query still running");
+            let waited = started.elapsed();
+            if waited >= self.query_timeout {
+                self.abort(ticket).await;
+                return Err(SnowflakeError::QueryTimeout {
+                    query_id: query_id.to_string(),
+                    waited,
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL.min(self.query_timeout - waited)).await;
             env = self.call(reqwest::Method::GET, &path, &[], None).await?;
         }
         let data = env.data.unwrap_or(Value::Null);
