@@ -2,12 +2,14 @@
 //! PostGIS-named geometry functions that produce PostGIS-ready EWKB.
 //!
 //! Pure geometry work lives in [`ewkb`] (byte-level EWKB helpers, text and
-//! binary parsers via geozero, algorithms via `geo`); the files under `udf/`
+//! binary parsers via geozero, algorithms via `geo`), [`geojson`] reads
+//! GeoJSON geometries in one pass; the files under `udf/`
 //! only adapt arguments, tag output fields with geometry type and SRID, and
 //! turn bad input into errors that name the row and the value.
 
 pub mod error;
 pub mod ewkb;
+pub mod geojson;
 pub mod transform;
 pub mod udf;
 

@@ -3,7 +3,6 @@
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int32Array};
 use arrow::datatypes::DataType;
 use datafusion::common::Result;
-use geozero::geojson::GeoJson;
 use geozero::wkb::Ewkb;
 use geozero::wkt::Wkt;
 
@@ -139,7 +138,7 @@ pub(super) fn from_geojson(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Res
         let Some(s) = text.get(i) else {
             return Ok(false);
         };
-        ewkb::write_from(out, &GeoJson(s), Some(4326)).map_err(|reason| Invalid {
+        crate::geojson::write(out, s, 4326).map_err(|reason| Invalid {
             value: show_value(s),
             reason,
         })?;
@@ -252,7 +251,7 @@ pub(super) fn to_geography(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Res
             reason,
         };
         if s.trim_start().starts_with('{') {
-            ewkb::write_from(out, &GeoJson(s), Some(4326)).map_err(invalid)?;
+            crate::geojson::write(out, s, 4326).map_err(invalid)?;
         } else {
             let (_, wkt) = split_ewkt(s).map_err(invalid)?;
             ewkb::write_from(out, &Wkt(wkt.as_bytes()), Some(4326)).map_err(invalid)?;
