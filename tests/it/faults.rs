@@ -27,19 +27,6 @@ fn config_for(emulator: &Emulator) -> Config {
     config
 }
 
-/// floe sessions of this database idle in transaction.
-async fn floe_idle_in_transaction(client: &Client) -> i64 {
-    client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name LIKE 'floe/%' AND state LIKE 'idle in transaction%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// The last recorded run of `target`: status and error.
 async fn last_run(client: &Client, target: &str) -> (String, String) {
     let row = client

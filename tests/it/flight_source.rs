@@ -118,25 +118,8 @@ async fn a_flight_server_that_stalls_mid_stream_fails_the_run_at_read_timeout_an
         "{e}"
     );
     assert_eq!(fingerprint(&client, "points_cache").await, before);
-    let idle: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name LIKE 'floe/%' AND state LIKE 'idle in transaction%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(idle, 0);
-    let status: String = client
-        .query_one(
-            "SELECT status FROM floe.sync_runs ORDER BY started_at DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "failed");
+    assert_eq!(floe_idle_in_transaction(&client).await, 0);
+    assert_eq!(newest_run_status(&client).await, "failed");
 
     // AND the table is free: the next run (the server well again) loads it.
     budget.store(usize::MAX, Ordering::SeqCst);

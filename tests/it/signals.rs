@@ -47,6 +47,25 @@ async fn floe_sessions(client: &Client) -> i64 {
     n
 }
 
+/// A database `db` whose topology cache holds the grid, and 600,000
+/// topology rows (enough that each stage lasts seconds) to load over it:
+/// the rows, the database, a session and the cache's fingerprint.
+async fn loaded(db: &str, seed: u64) -> (tempfile::TempDir, String, Client, (i64, String)) {
+    let data = tempfile::tempdir().unwrap();
+    emulator::generate::generate(&emulator::generate::GenerateOptions {
+        out: data.path().to_path_buf(),
+        tables: vec![&schemas::datasets::TOPOLOGY],
+        rows: Some(600_000),
+        seed,
+    })
+    .unwrap();
+    let url = fresh_db(db).await;
+    assert_success(&run(&shipped_config(), "topology", &url, Some(grid_dir())).await);
+    let client = connect(&url).await;
+    let before = fingerprint(&client, TARGET).await;
+    (data, url, client, before)
+}
+
 /// `floe run` of the topology from `data`, once it has reached `stage` (a
 /// query counting something once floe is there).
 async fn floe_at(
@@ -129,35 +148,15 @@ async fn terminate_during(
     );
     assert_eq!(&fingerprint(client, TARGET).await, before);
     assert!(staging_tables(client).await.is_empty());
-    let status: String = client
-        .query_one(
-            "SELECT status FROM floe.sync_runs ORDER BY started_at DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "cancelled");
+    assert_eq!(newest_run_status(client).await, "cancelled");
     took
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_the_copy_the_index_build_and_the_swap_stops_the_server_s_work_and_keeps_the_target(
 ) {
-    // Enough rows that each stage lasts seconds.
-    let data = tempfile::tempdir().unwrap();
-    emulator::generate::generate(&emulator::generate::GenerateOptions {
-        out: data.path().to_path_buf(),
-        tables: vec![&schemas::datasets::TOPOLOGY],
-        rows: Some(600_000),
-        seed: 3,
-    })
-    .unwrap();
-    let url = fresh_db("signals").await;
+    let (data, url, client, before) = loaded("signals", 3).await;
     let config = shipped_config();
-    assert_success(&run(&config, "topology", &url, Some(grid_dir())).await);
-    let client = connect(&url).await;
-    let before = fingerprint(&client, TARGET).await;
 
     terminate_during(&url, data.path(), &client, AT_COPY, &before).await;
     let took = terminate_during(&url, data.path(), &client, AT_GIST, &before).await;
@@ -208,33 +207,18 @@ async fn kill_during(
     }
     assert_eq!(left, 0, "floe's sessions outlived it at: {stage}");
     assert_eq!(&fingerprint(client, TARGET).await, before);
-    let status: String = client
-        .query_one(
-            "SELECT status FROM floe.sync_runs ORDER BY started_at DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "running", "nobody was left to record the end");
+    assert_eq!(
+        newest_run_status(client).await,
+        "running",
+        "nobody was left to record the end"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_the_copy_the_index_build_and_the_swap_leaves_the_target_and_no_work_behind()
 {
-    let data = tempfile::tempdir().unwrap();
-    emulator::generate::generate(&emulator::generate::GenerateOptions {
-        out: data.path().to_path_buf(),
-        tables: vec![&schemas::datasets::TOPOLOGY],
-        rows: Some(600_000),
-        seed: 5,
-    })
-    .unwrap();
-    let url = fresh_db("sigkill").await;
+    let (data, url, client, before) = loaded("sigkill", 5).await;
     let config = shipped_config();
-    assert_success(&run(&config, "topology", &url, Some(grid_dir())).await);
-    let client = connect(&url).await;
-    let before = fingerprint(&client, TARGET).await;
 
     kill_during(&url, data.path(), &client, AT_COPY, &before).await;
     kill_during(&url, data.path(), &client, AT_GIST, &before).await;

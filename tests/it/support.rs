@@ -315,3 +315,28 @@ pub const POINTS: &str = r#"primary_key = ["id"]
 transform = "SELECT id, location, st_geomfromgeojson(location) AS geom FROM source"
 columns = { geom = "geometry(Point,4326)" }
 indexes = [{ columns = ["geom"], method = "gist" }]"#;
+
+/// floe sessions of this database idle in transaction.
+pub async fn floe_idle_in_transaction(client: &Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name LIKE 'floe/%' AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The status of the newest run recorded in this database.
+pub async fn newest_run_status(client: &Client) -> String {
+    client
+        .query_one(
+            "SELECT status FROM floe.sync_runs ORDER BY started_at DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
