@@ -291,7 +291,8 @@ async fn download_chunk(
                 continue;
             }
         };
-        let decoded = inflate(&body, limit).and_then(|ipc| decode_ipc(&ipc, rowtype, schema));
+        let decoded = inflate(body, chunk.uncompressed_size, limit)
+            .and_then(|ipc| decode_ipc(&ipc, rowtype, schema));
         match decoded {
             Ok(batches) => {
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
@@ -329,7 +330,8 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<
             ));
         }
     }
-    let mut body = Vec::new();
+    let length = response.content_length().unwrap_or(0) as usize;
+    let mut body = Vec::with_capacity(length.min(limit));
     while let Some(part) = response
         .chunk()
         .await
@@ -347,10 +349,11 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<
 
 /// Inflates a gzip body (sniffing its magic), to at most `limit` bytes: a
 /// chunk inflating past its announced size is refused, however small its body.
-fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, SnowflakeError> {
+fn inflate(body: Vec<u8>, announced: usize, limit: usize) -> Result<Vec<u8>, SnowflakeError> {
     if body.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity((body.len() * 4).min(limit));
-        flate2::read::GzDecoder::new(body)
+        // Sized as announced: the inflated chunk is never copied to grow.
+        let mut out = Vec::with_capacity(announced.min(limit));
+        flate2::read::GzDecoder::new(body.as_slice())
             .take(limit as u64 + 1)
             .read_to_end(&mut out)
             .map_err(|e| SnowflakeError::Decode(format!("gzip: {e}")))?;
@@ -361,6 +364,6 @@ fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, SnowflakeError> {
         }
         Ok(out)
     } else {
-        Ok(body.to_vec())
+        Ok(body)
     }
 }
