@@ -6,6 +6,9 @@
 //! - `encode_type/<type>`: the encoder on one column of each Arrow type;
 //! - `udf/<function>`: geometry functions through DataFusion (points/s or
 //!   vertices/s);
+//! - `area/<method>`: the geodesic area of building footprints' EWKB, by
+//!   floe's series (`operators::ellipsoid`) and by Karney after parsing into
+//!   `geo` (what `st_area` did before, the baseline), one thread each;
 //! - `snowflake_decode/topology`: Snowflake-encoded Arrow chunks to floe's
 //!   Arrow schema;
 //! - `snapshot_write/topology`: the snapshot writer (zstd parquet) into the
@@ -282,6 +285,43 @@ fn udfs(c: &mut Criterion) {
     group.bench_function("to_geography_geojson/vertices", |b| b.iter(&q));
     let q = run("SELECT st_area(to_geography(\"FOOTPRINT\")) FROM b");
     group.bench_function("st_area/vertices", |b| b.iter(&q));
+    group.finish();
+
+    // The area alone, on the footprints' EWKB: the series against Karney.
+    let ewkb: Vec<RecordBatch> = run("SELECT to_geography(\"FOOTPRINT\") FROM b")();
+    let columns: Vec<&BinaryArray> = ewkb
+        .iter()
+        .map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .expect("binary")
+        })
+        .collect();
+    let total = |area: &dyn Fn(&[u8]) -> f64| -> f64 {
+        columns
+            .iter()
+            .flat_map(|c| c.iter().flatten())
+            .map(area)
+            .sum()
+    };
+    let series = |v: &[u8]| operators::ellipsoid::area(v).expect("a polygon");
+    let karney = |v: &[u8]| {
+        use geo::GeodesicArea;
+        operators::ewkb::to_geo(v)
+            .expect("EWKB")
+            .geodesic_area_unsigned()
+    };
+    // Both measure the same: the footprints' total area agrees to 1e-9.
+    let (a, b) = (total(&series), total(&karney));
+    assert!((a - b).abs() <= 1e-9 * b, "series {a} m², karney {b} m²");
+    let mut group = c.benchmark_group("area");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(vertices));
+    group.bench_function("series/vertices", |b| b.iter(|| total(&series)));
+    group.bench_function("karney/vertices", |b| b.iter(|| total(&karney)));
     group.finish();
 }
 

@@ -7,6 +7,7 @@
 //! only adapt arguments, tag output fields with geometry type and SRID, and
 //! turn bad input into errors that name the row and the value.
 
+pub mod ellipsoid;
 pub mod error;
 pub mod ewkb;
 pub mod geojson;

@@ -27,6 +27,11 @@ const SHAPES: &[(&str, &str)] = &[
         "LINESTRING(-95.3 29.3,-95.2999 29.3004,-95.2995 29.3001,-95.299 29.301,-95.295 29.3015,-95.2901 29.3099)",
     ),
     (r#"{"type":"Point","coordinates":[-94.5,30.5]}"#, "POINT(-94.5 30.5)"),
+    // Clockwise: PostGIS measures a ring whichever way it turns.
+    (
+        r#"{"type":"Polygon","coordinates":[[[-95.1,29.6],[-95.1,29.61],[-95.09,29.61],[-95.09,29.6],[-95.1,29.6]]]}"#,
+        "POLYGON((-95.1 29.6,-95.1 29.61,-95.09 29.61,-95.09 29.6,-95.1 29.6))",
+    ),
 ];
 
 async fn ours(sql: &str) -> arrow::record_batch::RecordBatch {

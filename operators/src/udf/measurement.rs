@@ -1,5 +1,7 @@
-//! Measurement on the WGS84 ellipsoid (Karney's geodesics), in metres, as
-//! PostGIS's `ST_Area(geography)` / `ST_Length(geography)` answer.
+//! Measurement on the WGS84 ellipsoid, in metres, as PostGIS's
+//! `ST_Area(geography)` / `ST_Length(geography)` answer: polygons and lines
+//! are measured straight from their bytes by [`crate::ellipsoid`]; anything
+//! else (and bytes it cannot walk) is parsed in full and measured by `geo`.
 
 use arrow::array::{Array, ArrayRef, BinaryArray};
 use datafusion::common::Result;
@@ -7,7 +9,7 @@ use geo::{Geodesic, GeodesicArea, Length};
 
 use super::{downcast, Ctx, Invalid};
 use crate::error::show_bytes;
-use crate::ewkb;
+use crate::{ellipsoid, ewkb};
 
 fn parse(v: &[u8]) -> Result<geo::Geometry<f64>, Invalid> {
     ewkb::to_geo(v).map_err(|reason| Invalid {
@@ -23,7 +25,11 @@ pub(super) fn area(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<Arra
         if g.is_null(i) {
             return Ok(None);
         }
-        Ok(Some(parse(g.value(i))?.geodesic_area_unsigned()))
+        let v = g.value(i);
+        Ok(Some(match ellipsoid::area(v) {
+            Some(area) => area,
+            None => parse(v)?.geodesic_area_unsigned(),
+        }))
     })
 }
 
@@ -34,7 +40,11 @@ pub(super) fn length(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<Ar
         if g.is_null(i) {
             return Ok(None);
         }
-        Ok(Some(match parse(g.value(i))? {
+        let v = g.value(i);
+        if let Some(length) = ellipsoid::length(v) {
+            return Ok(Some(length));
+        }
+        Ok(Some(match parse(v)? {
             geo::Geometry::LineString(l) => Geodesic.length(&l),
             geo::Geometry::MultiLineString(l) => Geodesic.length(&l),
             geo::Geometry::Line(l) => Geodesic.length(&l),
