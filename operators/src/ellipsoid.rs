@@ -35,7 +35,7 @@ use std::sync::LazyLock;
 
 use geographiclib_rs::{Geodesic, InverseGeodesic, PolygonArea, Winding};
 
-use crate::ewkb;
+use crate::ewkb::{Points, Reader};
 
 /// WGS84's semi-major axis (m) and flattening, as PostGIS's `geography` uses.
 const A: f64 = 6_378_137.0;
@@ -67,7 +67,7 @@ static WGS84: LazyLock<Geodesic> = LazyLock::new(Geodesic::wgs84);
 pub fn area(geom: &[u8]) -> Option<f64> {
     let mut r = Reader::new(geom)?;
     match r.header.code {
-        3 => r.polygon_area(),
+        3 => polygon_area(&mut r),
         6 => {
             let parts = r.u32()?;
             let mut sum = 0.0;
@@ -76,7 +76,7 @@ pub fn area(geom: &[u8]) -> Option<f64> {
                 if part.header.code != 3 {
                     return None;
                 }
-                sum += part.polygon_area()?;
+                sum += polygon_area(&mut part)?;
                 r.pos += part.pos;
             }
             Some(sum)
@@ -108,95 +108,15 @@ pub fn length(geom: &[u8]) -> Option<f64> {
     }
 }
 
-/// A position in EWKB bytes: the geometry's header and how far its body has
-/// been read.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    header: ewkb::Header,
-    pos: usize,
-}
-
-/// A run of (x, y) coordinates in EWKB, with Z and M skipped.
-struct Points<'a> {
-    bytes: &'a [u8],
-    little_endian: bool,
-    stride: usize,
-    len: usize,
-}
-
-impl Points<'_> {
-    fn f64_at(&self, at: usize) -> f64 {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&self.bytes[at..at + 8]);
-        if self.little_endian {
-            f64::from_le_bytes(raw)
-        } else {
-            f64::from_be_bytes(raw)
-        }
+/// A polygon's area: its outer ring's less its holes', each unsigned.
+fn polygon_area(r: &mut Reader) -> Option<f64> {
+    let rings = r.u32()?;
+    let mut area = 0.0;
+    for i in 0..rings {
+        let ring = ring_area(&r.points()?).abs();
+        area += if i == 0 { ring } else { -ring };
     }
-
-    /// (longitude, latitude) of point `i < len`.
-    fn get(&self, i: usize) -> (f64, f64) {
-        let at = i * self.stride;
-        (self.f64_at(at), self.f64_at(at + 8))
-    }
-}
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Option<Self> {
-        let header = ewkb::read_header(bytes).ok()?;
-        Some(Self {
-            bytes,
-            pos: header.len,
-            header,
-        })
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        let raw: [u8; 4] = self.bytes.get(self.pos..self.pos + 4)?.try_into().ok()?;
-        self.pos += 4;
-        Some(if self.header.little_endian {
-            u32::from_le_bytes(raw)
-        } else {
-            u32::from_be_bytes(raw)
-        })
-    }
-
-    /// The nested geometry starting here (a multi geometry's part).
-    fn part(&self) -> Option<Reader<'a>> {
-        let rest = self.bytes.get(self.pos..)?;
-        let header = ewkb::read_header(rest).ok()?;
-        Some(Reader {
-            bytes: rest,
-            pos: header.len,
-            header,
-        })
-    }
-
-    /// A point count and that many points.
-    fn points(&mut self) -> Option<Points<'a>> {
-        let len = self.u32()? as usize;
-        let stride = 8 * (2 + usize::from(self.header.has_z) + usize::from(self.header.has_m));
-        let end = self.pos.checked_add(len.checked_mul(stride)?)?;
-        let bytes = self.bytes.get(self.pos..end)?;
-        self.pos = end;
-        Some(Points {
-            bytes,
-            little_endian: self.header.little_endian,
-            stride,
-            len,
-        })
-    }
-
-    fn polygon_area(&mut self) -> Option<f64> {
-        let rings = self.u32()?;
-        let mut area = 0.0;
-        for i in 0..rings {
-            let ring = ring_area(&self.points()?).abs();
-            area += if i == 0 { ring } else { -ring };
-        }
-        Some(area)
-    }
+    Some(area)
 }
 
 /// The signed area of a ring (counter-clockwise positive), by the series

@@ -183,6 +183,87 @@ pub fn point_xy(geom: &[u8]) -> Option<(f64, f64)> {
     Some((f(&body[..8])?, f(&body[8..])?))
 }
 
+/// A position in EWKB bytes: the geometry's header and how far its body has
+/// been read.
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+    pub(crate) header: Header,
+    pub(crate) pos: usize,
+}
+
+/// A run of (x, y) coordinates in EWKB, with Z and M skipped.
+pub(crate) struct Points<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) little_endian: bool,
+    pub(crate) stride: usize,
+    pub(crate) len: usize,
+}
+
+impl Points<'_> {
+    fn f64_at(&self, at: usize) -> f64 {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&self.bytes[at..at + 8]);
+        if self.little_endian {
+            f64::from_le_bytes(raw)
+        } else {
+            f64::from_be_bytes(raw)
+        }
+    }
+
+    /// (longitude, latitude) of point `i < len`.
+    pub(crate) fn get(&self, i: usize) -> (f64, f64) {
+        let at = i * self.stride;
+        (self.f64_at(at), self.f64_at(at + 8))
+    }
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Option<Self> {
+        let header = read_header(bytes).ok()?;
+        Some(Self {
+            bytes,
+            pos: header.len,
+            header,
+        })
+    }
+
+    pub(crate) fn u32(&mut self) -> Option<u32> {
+        let raw: [u8; 4] = self.bytes.get(self.pos..self.pos + 4)?.try_into().ok()?;
+        self.pos += 4;
+        Some(if self.header.little_endian {
+            u32::from_le_bytes(raw)
+        } else {
+            u32::from_be_bytes(raw)
+        })
+    }
+
+    /// The nested geometry starting here (a multi geometry's part).
+    pub(crate) fn part(&self) -> Option<Reader<'a>> {
+        let rest = self.bytes.get(self.pos..)?;
+        let header = read_header(rest).ok()?;
+        Some(Reader {
+            bytes: rest,
+            pos: header.len,
+            header,
+        })
+    }
+
+    /// A point count and that many points.
+    pub(crate) fn points(&mut self) -> Option<Points<'a>> {
+        let len = self.u32()? as usize;
+        let stride = 8 * (2 + usize::from(self.header.has_z) + usize::from(self.header.has_m));
+        let end = self.pos.checked_add(len.checked_mul(stride)?)?;
+        let bytes = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(Points {
+            bytes,
+            little_endian: self.header.little_endian,
+            stride,
+            len,
+        })
+    }
+}
+
 /// Parses (E)WKB into a `geo` geometry.
 pub fn to_geo(geom: &[u8]) -> Result<geo::Geometry<f64>, String> {
     Ewkb(geom).to_geo().map_err(|e| e.to_string())

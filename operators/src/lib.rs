@@ -3,10 +3,12 @@
 //!
 //! Pure geometry work lives in [`ewkb`] (byte-level EWKB helpers, text and
 //! binary parsers via geozero, algorithms via `geo`), [`geojson`] reads
-//! GeoJSON geometries in one pass; the files under `udf/`
+//! GeoJSON geometries in one pass, [`ellipsoid`] measures areas and lengths
+//! and [`centroid`] finds polygons' centroids straight from EWKB; the files under `udf/`
 //! only adapt arguments, tag output fields with geometry type and SRID, and
 //! turn bad input into errors that name the row and the value.
 
+pub mod centroid;
 pub mod ellipsoid;
 pub mod error;
 pub mod ewkb;

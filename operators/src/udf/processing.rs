@@ -6,7 +6,7 @@ use geo::{Centroid, Simplify};
 
 use super::{downcast, Ctx, Invalid};
 use crate::error::show_bytes;
-use crate::ewkb;
+use crate::{centroid, ewkb};
 
 fn invalid(g: &[u8]) -> impl Fn(String) -> Invalid + '_ {
     move |reason| Invalid {
@@ -43,7 +43,8 @@ pub(super) fn multi(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<Arr
 }
 
 /// `st_centroid(geom)`: planar centroid (as PostGIS's geometry version);
-/// `POINT EMPTY` for empty input.
+/// `POINT EMPTY` for empty input. Points and polygons are read from their
+/// bytes ([`centroid`]); anything else is parsed and measured by `geo`.
 pub(super) fn centroid(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<ArrayRef> {
     let g = downcast::<BinaryArray>(&args[0]);
     ctx.geometry(rows, |i, out| {
@@ -52,7 +53,7 @@ pub(super) fn centroid(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<
         }
         let v = g.value(i);
         let header = ewkb::read_header(v).map_err(invalid(v))?;
-        let (x, y) = match ewkb::point_xy(v) {
+        let (x, y) = match ewkb::point_xy(v).or_else(|| centroid::polygon_centroid(v)) {
             Some(xy) => xy,
             None => ewkb::to_geo(v)
                 .map_err(invalid(v))?
