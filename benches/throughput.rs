@@ -4,6 +4,8 @@
 //! - `encode/<table>`: the binary COPY encoder over each grid table's
 //!   transformed batches (rows/s and bytes/s of COPY data);
 //! - `encode_type/<type>`: the encoder on one column of each Arrow type;
+//! - `checksum/<table>`: the content checksum (lookup3, as Postgres hashes)
+//!   over each grid table's encoded tuples;
 //! - `udf/<function>`: geometry functions through DataFusion (points/s or
 //!   vertices/s);
 //! - `area/<method>`: the geodesic area of building footprints' EWKB, by
@@ -29,6 +31,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use pipeline::postgres::checksum::{FieldHash, RowChecksum, StagedColumn};
 use pipeline::postgres::encode::CopyEncoder;
 use schemas::pg::{PgColumn, PgType};
 
@@ -72,6 +75,71 @@ fn encode_all(encoder: &mut CopyEncoder, batches: &[RecordBatch]) -> usize {
         total += buf.len();
     }
     total
+}
+
+/// How a column of `ty` enters the checksum, as the catalog would say.
+fn field_hash(ty: &PgType) -> FieldHash {
+    let (name, send) = match ty {
+        PgType::Bool => ("bool", "boolsend"),
+        PgType::Int2 => ("int2", "int2send"),
+        PgType::Int4 => ("int4", "int4send"),
+        PgType::Int8 => ("int8", "int8send"),
+        PgType::Float4 => ("float4", "float4send"),
+        PgType::Float8 => ("float8", "float8send"),
+        PgType::Numeric(_) => ("numeric", "numeric_send"),
+        PgType::Text => ("text", "textsend"),
+        PgType::Bytea => ("bytea", "byteasend"),
+        PgType::Date => ("date", "date_send"),
+        PgType::Timestamp => ("timestamp", "timestamp_send"),
+        PgType::Timestamptz => ("timestamptz", "timestamptz_send"),
+        PgType::Jsonb => ("jsonb", "jsonb_send"),
+        PgType::Geometry { .. } => ("geometry", "geometry_send"),
+    };
+    FieldHash::for_type(name, send, true)
+}
+
+fn checksum_tables(c: &mut Criterion) {
+    let rt = runtime();
+    let rows = rows();
+    let dir = grid(rows);
+    let config = shipped_config();
+    let mut group = c.benchmark_group("checksum");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for name in config.tables.keys() {
+        let (batches, mut encoder) = rt
+            .block_on(pipeline::bench::transformed(&config, name, dir.path()))
+            .expect("transform");
+        let columns: Vec<StagedColumn> = encoder
+            .columns()
+            .iter()
+            .map(|c| StagedColumn {
+                name: c.name.clone(),
+                hash: field_hash(&c.ty),
+            })
+            .collect();
+        let tuples: Vec<BytesMut> = batches
+            .iter()
+            .map(|b| {
+                let mut buf = BytesMut::new();
+                encoder.encode(b, &mut buf).expect("encode");
+                buf
+            })
+            .collect();
+        let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("rows", name), |b| {
+            b.iter(|| {
+                let mut sum = RowChecksum::new(&columns);
+                for t in &tuples {
+                    sum.add_tuples(t).expect("tuples");
+                }
+                sum.hex()
+            })
+        });
+    }
+    group.finish();
 }
 
 fn encode_tables(c: &mut Criterion) {
@@ -429,6 +497,7 @@ fn snapshot_write(c: &mut Criterion) {
 criterion_group!(
     benches,
     encode_tables,
+    checksum_tables,
     encode_types,
     udfs,
     snowflake_decode,

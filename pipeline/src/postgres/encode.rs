@@ -184,6 +184,11 @@ impl CopyEncoder {
         self.rows
     }
 
+    /// The columns encoded, in order.
+    pub fn columns(&self) -> &[PgColumn] {
+        &self.columns
+    }
+
     /// Appends one batch's rows to `out`. On error `out` is left as it was
     /// and the error names the table, column, row and value.
     pub fn encode(&mut self, batch: &RecordBatch, out: &mut BytesMut) -> Result<(), EncodeError> {
