@@ -98,19 +98,30 @@ fn field_hash(ty: &PgType) -> FieldHash {
     FieldHash::for_type(name, send, true)
 }
 
-fn checksum_tables(c: &mut Criterion) {
+/// Every grid table of `rows` rows from the generator, transformed as
+/// `floe run` would, with its encoder.
+fn transformed_tables(rows: u64) -> Vec<(String, Vec<RecordBatch>, CopyEncoder)> {
     let rt = runtime();
-    let rows = rows();
     let dir = grid(rows);
     let config = shipped_config();
+    config
+        .tables
+        .keys()
+        .map(|name| {
+            let (batches, encoder) = rt
+                .block_on(pipeline::bench::transformed(&config, name, dir.path()))
+                .expect("transform");
+            (name.clone(), batches, encoder)
+        })
+        .collect()
+}
+
+fn checksum_tables(c: &mut Criterion) {
     let mut group = c.benchmark_group("checksum");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(5));
-    for name in config.tables.keys() {
-        let (batches, mut encoder) = rt
-            .block_on(pipeline::bench::transformed(&config, name, dir.path()))
-            .expect("transform");
+    for (name, batches, mut encoder) in transformed_tables(rows()) {
         let columns: Vec<StagedColumn> = encoder
             .columns()
             .iter()
@@ -129,7 +140,7 @@ fn checksum_tables(c: &mut Criterion) {
             .collect();
         let n: usize = batches.iter().map(|b| b.num_rows()).sum();
         group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::new("rows", name), |b| {
+        group.bench_function(BenchmarkId::new("rows", &name), |b| {
             b.iter(|| {
                 let mut sum = RowChecksum::new(&columns);
                 for t in &tuples {
@@ -143,26 +154,19 @@ fn checksum_tables(c: &mut Criterion) {
 }
 
 fn encode_tables(c: &mut Criterion) {
-    let rt = runtime();
-    let rows = rows();
-    let dir = grid(rows);
-    let config = shipped_config();
     let mut group = c.benchmark_group("encode");
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(5));
-    for name in config.tables.keys() {
-        let (batches, mut encoder) = rt
-            .block_on(pipeline::bench::transformed(&config, name, dir.path()))
-            .expect("transform");
+    for (name, batches, mut encoder) in transformed_tables(rows()) {
         let n: usize = batches.iter().map(|b| b.num_rows()).sum();
         let bytes = encode_all(&mut encoder, &batches);
         group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::new("rows", name), |b| {
+        group.bench_function(BenchmarkId::new("rows", &name), |b| {
             b.iter(|| encode_all(&mut encoder, &batches))
         });
         group.throughput(Throughput::Bytes(bytes as u64));
-        group.bench_function(BenchmarkId::new("bytes", name), |b| {
+        group.bench_function(BenchmarkId::new("bytes", &name), |b| {
             b.iter(|| encode_all(&mut encoder, &batches))
         });
     }

@@ -128,16 +128,7 @@ mod tests {
 
     use super::*;
 
-    /// xorshift64*: reproducible without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn unit(&mut self) -> f64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn ring(rng: &mut Rng, cx: f64, cy: f64, r: f64, close: bool) -> Vec<(f64, f64)> {
         let n = 3 + (rng.unit() * 30.0) as usize;

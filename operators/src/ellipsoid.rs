@@ -367,23 +367,7 @@ mod tests {
 
     use super::*;
 
-    /// xorshift64*: reproducible without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn unit(&mut self) -> f64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn range(&mut self, lo: f64, hi: f64) -> f64 {
-            lo + (hi - lo) * self.unit()
-        }
-        /// Log-uniform in [lo, hi].
-        fn scale(&mut self, lo: f64, hi: f64) -> f64 {
-            (lo.ln() + (hi.ln() - lo.ln()) * self.unit()).exp()
-        }
-    }
+    use crate::test_rng::Rng;
 
     type Ring = Vec<(f64, f64)>;
 

@@ -363,22 +363,7 @@ mod tests {
         parse(text, &mut Scratch::default()).is_some()
     }
 
-    /// xorshift64*: reproducible without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// A number as a JSON writer might spell it: shortest round trip, fixed
     /// digits, an integer, an exponent, more digits than an f64 holds.

@@ -16,6 +16,9 @@ pub mod geojson;
 pub mod transform;
 pub mod udf;
 
+#[cfg(test)]
+mod test_rng;
+
 pub use error::{GeometryError, OperatorError};
 pub use transform::{register_source, session_context, TransformOptions};
 pub use udf::{register_all, GeometryOptions};
