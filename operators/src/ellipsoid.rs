@@ -59,11 +59,11 @@ const KARNEY_ROUNDING: f64 = f64::EPSILON * A * A * E2;
 
 static WGS84: LazyLock<Geodesic> = LazyLock::new(Geodesic::wgs84);
 
-/// `ST_Area(geography)` of an EWKB geometry in m²: for each polygon the
-/// outer ring's area less its holes', each taken regardless of orientation
-/// (as PostGIS does); 0 for points and lines. `None` when the bytes are not
-/// a polygon or multipolygon this reader can walk (the caller then parses
-/// them in full, which reports what is wrong).
+/// `ST_Area(geography)` of an EWKB polygon or multipolygon in m²: for each
+/// polygon the outer ring's area less its holes', each taken regardless of
+/// orientation (as PostGIS does). `None` for any other geometry, and for
+/// bytes this reader cannot walk: the caller then parses them in full, which
+/// measures the rest and reports what is wrong.
 pub fn area(geom: &[u8]) -> Option<f64> {
     let mut r = Reader::new(geom)?;
     match r.header.code {
