@@ -68,21 +68,28 @@ pub fn area(geom: &[u8]) -> Option<f64> {
     let mut r = Reader::new(geom)?;
     match r.header.code {
         3 => polygon_area(&mut r),
-        6 => {
-            let parts = r.u32()?;
-            let mut sum = 0.0;
-            for _ in 0..parts {
-                let mut part = r.part()?;
-                if part.header.code != 3 {
-                    return None;
-                }
-                sum += polygon_area(&mut part)?;
-                r.pos += part.pos;
-            }
-            Some(sum)
-        }
+        6 => sum_parts(&mut r, 3, polygon_area),
         _ => None,
     }
+}
+
+/// The sum of `measure` over a multi geometry's parts, each of `code`.
+fn sum_parts(
+    r: &mut Reader,
+    code: u32,
+    measure: impl Fn(&mut Reader) -> Option<f64>,
+) -> Option<f64> {
+    let parts = r.u32()?;
+    let mut sum = 0.0;
+    for _ in 0..parts {
+        let mut part = r.part()?;
+        if part.header.code != code {
+            return None;
+        }
+        sum += measure(&mut part)?;
+        r.pos += part.pos;
+    }
+    Some(sum)
 }
 
 /// `ST_Length(geography)` of an EWKB linestring or multilinestring in m;
@@ -91,19 +98,7 @@ pub fn length(geom: &[u8]) -> Option<f64> {
     let mut r = Reader::new(geom)?;
     match r.header.code {
         2 => line_length(&r.points()?),
-        5 => {
-            let parts = r.u32()?;
-            let mut sum = 0.0;
-            for _ in 0..parts {
-                let mut part = r.part()?;
-                if part.header.code != 2 {
-                    return None;
-                }
-                sum += line_length(&part.points()?)?;
-                r.pos += part.pos;
-            }
-            Some(sum)
-        }
+        5 => sum_parts(&mut r, 2, |part| line_length(&part.points()?)),
         _ => None,
     }
 }
@@ -744,5 +739,18 @@ mod tests {
         assert_eq!(length(&bytes), None);
         let metres = length(&line).expect("a line");
         assert!((metres - 111.319_490_793).abs() < 1e-6, "{metres}");
+        // A multilinestring is the sum of its lines.
+        let mut multi = Vec::new();
+        header(&mut multi, 5, true);
+        multi.extend_from_slice(&2u32.to_le_bytes());
+        for part in [[(0.0, 0.0), (0.001, 0.0)], [(0.0, 0.0), (0.0, 0.002)]] {
+            header(&mut multi, 2, false);
+            points(&mut multi, &part);
+        }
+        let mut second = Vec::new();
+        header(&mut second, 2, true);
+        points(&mut second, &[(0.0, 0.0), (0.0, 0.002)]);
+        let both = length(&multi).expect("a multilinestring");
+        assert_eq!(both, metres + length(&second).expect("a line"));
     }
 }
