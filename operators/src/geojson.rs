@@ -2,22 +2,23 @@
 //!
 //! Why: geozero reads GeoJSON through a `serde_json::Value` tree and the
 //! `geojson` crate's nested `Vec`s (a `Vec<f64>` per position), which cost
-//! building footprints ~15% of floe's CPU. Here serde_json's tokenizer
-//! drives a visitor that keeps the coordinates flat and the array lengths in
-//! order, and the EWKB is written from those.
+//! building footprints ~15% of floe's CPU; serde_json's tokenizer driving a
+//! visitor still spent most of its time in its generic number and
+//! punctuation handling. Here a scanner made for the one shape reads the
+//! bytes, keeps the coordinates flat and the array lengths in order, and the
+//! EWKB is written from those.
 //!
 //! The contract: the bytes are exactly what geozero writes for the same
-//! text. The numbers come from the same serde_json parser, and only the
-//! shapes Snowflake writes take this path: one geometry object with the keys
-//! `type` and `coordinates` (either order), a non-collection type, 2D
-//! positions, no empty array. Anything else, malformed input included, goes
-//! through geozero, so results and error messages stay what they were.
+//! text. Only the shapes Snowflake writes take this path: one geometry
+//! object with the keys `type` and `coordinates` (either order, no escapes
+//! in them), a non-collection type, 2D positions, no empty array. Anything
+//! else, malformed input included, goes through geozero, so results and
+//! error messages stay what they were. Numbers are read as serde_json (which
+//! geozero uses) reads them: see [`Scan::number`].
 
 use std::cell::RefCell;
-use std::fmt;
 
 use geozero::geojson::GeoJson;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::ewkb;
 
@@ -66,14 +67,14 @@ enum Kind {
 }
 
 impl Kind {
-    fn named(name: &str) -> Option<Kind> {
+    fn named(name: &[u8]) -> Option<Kind> {
         Some(match name {
-            "Point" => Kind::Point,
-            "LineString" => Kind::LineString,
-            "Polygon" => Kind::Polygon,
-            "MultiPoint" => Kind::MultiPoint,
-            "MultiLineString" => Kind::MultiLineString,
-            "MultiPolygon" => Kind::MultiPolygon,
+            b"Point" => Kind::Point,
+            b"LineString" => Kind::LineString,
+            b"Polygon" => Kind::Polygon,
+            b"MultiPoint" => Kind::MultiPoint,
+            b"MultiLineString" => Kind::MultiLineString,
+            b"MultiPolygon" => Kind::MultiPolygon,
             _ => return None,
         })
     }
@@ -89,194 +90,168 @@ impl Kind {
     }
 }
 
+/// The deepest `coordinates` any kind has (a multipolygon's).
+const MAX_DEPTH: u8 = 4;
+
 /// The geometry's type, its coordinates in `scratch`; `None`: not a shape
 /// this path takes (geozero decides what it is).
 fn parse(text: &str, scratch: &mut Scratch) -> Option<Kind> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let (kind, depth) = Geometry { scratch }.deserialize(&mut de).ok()?;
-    de.end().ok()?;
-    (kind.depth() == depth).then_some(kind)
-}
-
-/// Why this path declined; never shown (geozero's message is).
-fn decline<E: de::Error>() -> E {
-    E::custom("not on the one-pass path")
-}
-
-/// The top-level object: its type and the depth of its coordinates.
-struct Geometry<'s> {
-    scratch: &'s mut Scratch,
-}
-
-impl<'de> DeserializeSeed<'de> for Geometry<'_> {
-    type Value = (Kind, u8);
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Geometry<'_> {
-    type Value = (Kind, u8);
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a GeoJSON geometry object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let (mut kind, mut depth) = (None, None);
-        while let Some(key) = map.next_key::<Key>()? {
-            match key {
-                Key::Type if kind.is_none() => kind = Some(map.next_value::<TypeName>()?.0),
-                Key::Coordinates if depth.is_none() => {
-                    let node = map.next_value_seed(Node {
-                        scratch: &mut *self.scratch,
-                    })?;
-                    match node {
-                        Parsed::Array(d) => depth = Some(d),
-                        Parsed::Number(_) => return Err(decline()),
-                    }
-                }
-                // A repeated key, `bbox`, a foreign member: geozero's call.
-                _ => return Err(decline()),
-            }
+    let mut s = Scan { text, at: 0 };
+    s.expect(b'{')?;
+    let (mut kind, mut depth) = (None, None);
+    loop {
+        let key = s.string()?;
+        s.expect(b':')?;
+        match key {
+            b"type" if kind.is_none() => kind = Some(Kind::named(s.string()?)?),
+            b"coordinates" if depth.is_none() => depth = Some(s.array(scratch, 1)?),
+            // A repeated key, `bbox`, a foreign member: geozero's call.
+            _ => return None,
         }
-        kind.zip(depth).ok_or_else(decline)
-    }
-}
-
-/// An object key this path knows.
-enum Key {
-    Type,
-    Coordinates,
-    Other,
-}
-
-impl<'de> de::Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(match v {
-                    "type" => Key::Type,
-                    "coordinates" => Key::Coordinates,
-                    _ => Key::Other,
-                })
-            }
+        match s.next()? {
+            b',' => continue,
+            b'}' => break,
+            _ => return None,
         }
-        d.deserialize_str(V)
     }
+    s.skip_whitespace();
+    let kind = kind?;
+    (s.at == text.len() && kind.depth() == depth?).then_some(kind)
 }
 
-/// The `type` member's value, when it names a type this path writes.
-struct TypeName(Kind);
+/// A cursor over the text; every method returns `None` where the text is
+/// not what this path takes.
+struct Scan<'t> {
+    text: &'t str,
+    at: usize,
+}
 
-impl<'de> de::Deserialize<'de> for TypeName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = TypeName;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a geometry type")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<TypeName, E> {
-                Kind::named(v).map(TypeName).ok_or_else(decline)
-            }
+impl<'t> Scan<'t> {
+    fn skip_whitespace(&mut self) {
+        let bytes = self.text.as_bytes();
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = bytes.get(self.at) {
+            self.at += 1;
         }
-        d.deserialize_str(V)
-    }
-}
-
-/// One value inside `coordinates`: a number, or an array whose nesting
-/// depth is given (a position is 1).
-enum Parsed {
-    Number(f64),
-    Array(u8),
-}
-
-/// Reads one value of `coordinates` into the scratch buffers.
-struct Node<'s> {
-    scratch: &'s mut Scratch,
-}
-
-impl<'de> DeserializeSeed<'de> for Node<'_> {
-    type Value = Parsed;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Parsed, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Node<'_> {
-    type Value = Parsed;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("coordinates")
     }
 
-    // As `serde_json::Number::as_f64` converts them for the `geojson` crate.
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Parsed, E> {
-        Ok(Parsed::Number(v))
+    /// The next byte that is not whitespace, consumed.
+    fn next(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        let b = *self.text.as_bytes().get(self.at)?;
+        self.at += 1;
+        Some(b)
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Parsed, E> {
-        Ok(Parsed::Number(v as f64))
+    fn expect(&mut self, b: u8) -> Option<()> {
+        (self.next()? == b).then_some(())
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Parsed, E> {
-        Ok(Parsed::Number(v as f64))
+    /// A string without escapes (JSON's meaning of its bytes is then the
+    /// bytes themselves).
+    fn string(&mut self) -> Option<&'t [u8]> {
+        self.expect(b'"')?;
+        let rest = &self.text.as_bytes()[self.at..];
+        let len = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        self.at += len + 1;
+        Some(&rest[..len])
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
-        let scratch = self.scratch;
-        // This array's length goes before its children's (pre-order); a
-        // position takes its slot back.
+    /// One value of `coordinates`, an array `level` deep; returns how deeply
+    /// it nests (a position is 1).
+    fn array(&mut self, scratch: &mut Scratch, level: u8) -> Option<u8> {
+        if level > MAX_DEPTH {
+            return None;
+        }
+        self.expect(b'[')?;
+        self.skip_whitespace();
+        if self.text.as_bytes().get(self.at) != Some(&b'[') {
+            // A position: exactly two numbers (a z is geozero's to drop).
+            let x = self.number()?;
+            self.expect(b',')?;
+            let y = self.number()?;
+            self.expect(b']')?;
+            scratch.coords.extend([x, y]);
+            return Some(1);
+        }
+        // This array's length goes before its children's (pre-order).
         let slot = scratch.counts.len();
         scratch.counts.push(0);
-        let first = seq
-            .next_element_seed(Node {
-                scratch: &mut *scratch,
-            })?
-            .ok_or_else(decline)?;
-        match first {
-            Parsed::Number(x) => {
-                scratch.counts.pop();
-                let Some(Parsed::Number(y)) = seq.next_element_seed(Node {
-                    scratch: &mut *scratch,
-                })?
-                else {
-                    return Err(decline());
-                };
-                // A third ordinate (z) is geozero's to drop.
-                if seq.next_element::<IgnoredAny>()?.is_some() {
-                    return Err(decline());
-                }
-                scratch.coords.extend([x, y]);
-                Ok(Parsed::Array(1))
-            }
-            Parsed::Array(depth) => {
-                let mut n: u32 = 1;
-                while let Some(next) = seq.next_element_seed(Node {
-                    scratch: &mut *scratch,
-                })? {
-                    match next {
-                        Parsed::Array(d) if d == depth => n += 1,
-                        _ => return Err(decline()),
-                    }
-                }
-                if depth >= 4 {
-                    return Err(decline());
-                }
-                scratch.counts[slot] = n;
-                Ok(Parsed::Array(depth + 1))
+        let depth = self.array(scratch, level + 1)?;
+        let mut n: u32 = 1;
+        loop {
+            match self.next()? {
+                b',' if self.array(scratch, level + 1)? == depth => n += 1,
+                b']' => break,
+                _ => return None,
             }
         }
+        scratch.counts[slot] = n;
+        Some(depth + 1)
+    }
+
+    /// A JSON number, as serde_json reads it.
+    ///
+    /// Up to 19 digits, no exponent, an integer significand `m` ≤ 2⁵³ and
+    /// `k` ≤ 22 digits after the point (every coordinate Snowflake and the
+    /// emulator write): `m / 10ᵏ` is one division of two exact doubles, so
+    /// correctly rounded, which is what serde_json computes too (with or
+    /// without its `float_roundtrip`). Any other number is handed to
+    /// serde_json itself.
+    fn number(&mut self) -> Option<f64> {
+        self.skip_whitespace();
+        let bytes = self.text.as_bytes();
+        let start = self.at;
+        let mut i = start;
+        let negative = bytes.get(i) == Some(&b'-');
+        i += usize::from(negative);
+        let int_start = i;
+        let mut m: u64 = 0;
+        while let Some(&c @ b'0'..=b'9') = bytes.get(i) {
+            m = m.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+            i += 1;
+        }
+        let int_digits = i - int_start;
+        let mut frac_digits = 0;
+        if bytes.get(i) == Some(&b'.') {
+            i += 1;
+            while let Some(&c @ b'0'..=b'9') = bytes.get(i) {
+                m = m.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+                i += 1;
+                frac_digits += 1;
+            }
+        }
+        let simple = int_digits > 0
+            // One leading zero at most, as JSON has it.
+            && (bytes[int_start] != b'0' || int_digits == 1)
+            && (bytes.get(int_start + int_digits) != Some(&b'.') || frac_digits > 0)
+            && int_digits + frac_digits <= 19
+            && m <= 1 << 53
+            && frac_digits < POW10.len()
+            && !matches!(bytes.get(i), Some(b'e' | b'E' | b'+' | b'-' | b'.'));
+        if simple {
+            self.at = i;
+            let v = m as f64 / POW10[frac_digits];
+            return Some(if negative { -v } else { v });
+        }
+        let len = bytes[start..]
+            .iter()
+            .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .unwrap_or(bytes.len() - start);
+        self.at = start + len;
+        serde_json::from_str(&self.text[start..self.at]).ok()
     }
 }
+
+/// The powers of ten a double holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
 
 /// EWKB as geozero's writer lays it out: little-endian, the SRID in the
 /// outer header only, a header per part of a multi-geometry.
@@ -439,6 +414,16 @@ mod tests {
             r#"{"type":"Point"}"#,
             r#"{"type":"Point","coordinates":[1,2]} trailing"#,
             r#"{"type":"Point","coordinates":[1,2]"#,
+            r#"{"type":"Point","coordinates":[01,2]}"#,
+            r#"{"type":"Point","coordinates":[1.,2]}"#,
+            r#"{"type":"Point","coordinates":[.5,2]}"#,
+            r#"{"type":"Point","coordinates":[1.2.3,2]}"#,
+            r#"{"type":"Point","coordinates":[-,2]}"#,
+            r#"{"type":"Point","coordinates":[1 2]}"#,
+            r#"{"type":"Point","coordinates":[1,2],}"#,
+            r#"{"type":"Polygon","coordinates":[[[[[[[[1,2]]]]]]]]}"#,
+            r#"{"type":"LineString","coordinates":[[1,2],[[3,4]]]}"#,
+            "{\"type\":\"Point\",\"coordinates\":[1,2\u{1}]}",
             r#"[1,2]"#,
             "not json",
             "",
@@ -448,6 +433,34 @@ mod tests {
             assert_eq!(ours(text), reference(text), "{text}");
         }
         assert!(ours("not json").unwrap_err().contains("expected"));
+    }
+
+    /// Decimal text of every length the fast path takes, and just past it.
+    #[test]
+    fn a_hundred_thousand_decimals_are_read_bit_for_bit_as_serde_json_reads_them() {
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        for _ in 0..100_000 {
+            let digits = 1 + rng.below(21) as usize;
+            let point = rng.below(digits as u64 + 1) as usize;
+            let mut text = String::new();
+            if rng.below(2) == 0 {
+                text.push('-');
+            }
+            for k in 0..digits {
+                if k == point && k > 0 {
+                    text.push('.');
+                }
+                // No leading zero before more integer digits.
+                let lowest = u64::from(k == 0 && point > 1);
+                let d = lowest + rng.below(10 - lowest);
+                text.push(char::from(b'0' + d as u8));
+            }
+            let mut scan = Scan { text: &text, at: 0 };
+            let ours = scan.number().map(f64::to_bits);
+            let theirs = serde_json::from_str::<f64>(&text).ok().map(f64::to_bits);
+            assert_eq!(ours, theirs, "{text}");
+            assert_eq!(scan.at, text.len(), "{text}");
+        }
     }
 
     #[test]
@@ -461,6 +474,15 @@ mod tests {
             "-95.366123456789012345",
             "29.749999999999998",
             "4.9406564584124654e-324",
+            "1.5e3",
+            "1E2",
+            "-1e+2",
+            "-0.0",
+            "9007199254740993",
+            "9007199254740993.5",
+            "0.1234567890123456789012",
+            "1234567890123456789",
+            "-95.1234567",
         ] {
             let text = format!(r#"{{"type":"Point","coordinates":[{n},{n}]}}"#);
             assert_eq!(ours(&text), reference(&text), "{text}");
