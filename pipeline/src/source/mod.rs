@@ -8,6 +8,7 @@
 
 pub mod complete;
 pub mod parquet;
+mod prefetch;
 pub mod snowflake;
 
 use std::path::PathBuf;

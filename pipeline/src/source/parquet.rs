@@ -25,6 +25,8 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use super::prefetch::Prefetched;
+
 /// Why parquet could not be opened: one line that says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ParquetOpenError {
@@ -49,7 +51,13 @@ pub enum ParquetOpenError {
     },
 }
 
-/// Opens parquet at `path` (file, directory or glob) as a table provider.
+/// Batches decoded ahead of the transform (see [`Prefetched`]): two keep
+/// the decoder busy while the transform works on one, at the memory of
+/// two batches.
+const PREFETCH_BATCHES: usize = 2;
+
+/// Opens parquet at `path` (file, directory or glob) as a table provider,
+/// decoded ahead of whatever reads it.
 pub async fn parquet(
     ctx: &SessionContext,
     path: &str,
@@ -82,7 +90,7 @@ pub async fn parquet(
         path: path_of(),
         source,
     })?;
-    Ok(Arc::new(table))
+    Ok(Arc::new(Prefetched::new(Arc::new(table), PREFETCH_BATCHES)))
 }
 
 /// A stream of batches (a Snowflake result, a Flight stream, a snapshot,
