@@ -171,8 +171,10 @@ fn jet_mul(a: &[f64; JET], b: &[f64; JET]) -> [f64; JET] {
     out
 }
 
-/// `F(φ0 + t) = Σ f[k]·tᵏ`, the area between latitudes φ0 and φ0 + t per
-/// radian of longitude: the integral of `M·p = a²(1−e²)·cos φ / (1 − e² sin²φ)²`.
+/// `g[k] = f[k]/(k+1)`, where `F(φ0 + t) = Σ f[k]·tᵏ` is the area between
+/// latitudes φ0 and φ0 + t per radian of longitude: the integral of
+/// `M·p = a²(1−e²)·cos φ / (1 − e² sin²φ)²`. (Divided once per ring here
+/// rather than once per edge and term in the mean of F over an edge.)
 fn area_series(s0: f64, c0: f64) -> [f64; JET + 1] {
     // sin(φ0 + t) and cos(φ0 + t) as series in t.
     let mut sin = [0.0; JET];
@@ -207,7 +209,7 @@ fn area_series(s0: f64, c0: f64) -> [f64; JET + 1] {
     let h = jet_mul(&cos, &jet_mul(&inv, &inv));
     let mut f = [0.0; JET + 1];
     for k in 0..JET {
-        f[k + 1] = A * A * (1.0 - E2) * h[k] / (k + 1) as f64;
+        f[k + 1] = A * A * (1.0 - E2) * h[k] / ((k + 1) * (k + 2)) as f64;
     }
     f
 }
@@ -220,7 +222,7 @@ fn ring_area_series(ring: &Points) -> Option<(f64, f64)> {
         return None;
     }
     let (s0, c0) = lat0.to_radians().sin_cos();
-    let f = area_series(s0, c0);
+    let g = area_series(s0, c0);
     // (t, u): latitude and longitude less the first vertex's, in radians;
     // the subtraction in degrees is exact for nearby vertices.
     let local = |(lon, lat): (f64, f64)| -> Option<(f64, f64)> {
@@ -232,7 +234,9 @@ fn ring_area_series(ring: &Points) -> Option<(f64, f64)> {
     let mut straight = 0.0; // −∮F dλ along the edges straight in (λ, φ)
     let mut lens = 0.0; // what the geodesic edges add to that
     let mut magnitude = 0.0; // Σ|terms|, for the rounding bound
-    let mut lens_bound = 0.0;
+                             // Σ L⁴(1 + tan²φ)² and the longest L², for the lens's bound.
+    let mut lens_sum = 0.0;
+    let mut longest = 0.0f64;
     let mut span = 0.0f64;
     let mut turn = 0.0; // Σ|Δλ|
     let mut prev = (0.0, 0.0);
@@ -252,10 +256,10 @@ fn ring_area_series(ring: &Points) -> Option<(f64, f64)> {
         // Mean of F over the edge: Σ f[k]·(t2^{k+1} − t1^{k+1}) / ((k+1)(t2 − t1)),
         // with h_k = Σ_{j≤k} t1^j t2^{k−j} so that no difference is divided.
         let (mut h, mut t1k, mut mean) = (1.0, 1.0, 0.0);
-        for (k, fk) in f.iter().enumerate().skip(1) {
+        for gk in &g[1..] {
             t1k *= t1;
             h = t2 * h + t1k;
-            mean += fk * h / (k + 1) as f64;
+            mean += gk * h;
         }
         let term = du * mean;
         straight -= term;
@@ -265,9 +269,12 @@ fn ring_area_series(ring: &Points) -> Option<(f64, f64)> {
         lens += bend / 12.0;
         // Terms of order L⁵/a³, growing with the scale factors' derivatives.
         let growth = 1.0 + tan * tan;
-        lens_bound += LENS_BOUND * l2 * l2 * l2.sqrt() * growth * growth / (A * A * A);
+        lens_sum += l2 * l2 * growth * growth;
+        longest = longest.max(l2);
     }
     let area = straight + lens;
+    // Σ L⁵ ≤ L_max·Σ L⁴: one square root a ring.
+    let lens_bound = LENS_BOUND / (A * A * A) * longest.sqrt() * lens_sum;
     // The series' next term (|d⁷(Mp)/dφ⁷| ≤ 2a²), the lens's and rounding.
     let truncation = 2.0 * A * A * span.powi(JET as i32 + 1) / 40_320.0 * turn;
     let bound = truncation + lens_bound + 64.0 * f64::EPSILON * magnitude;
@@ -290,9 +297,8 @@ fn line_length(line: &Points) -> Option<f64> {
 
 /// Meridian radius and parallel radius at latitude with sine `s`, cosine `c`.
 fn radii(s: f64, c: f64) -> (f64, f64) {
-    let w = 1.0 - E2 * s * s;
-    let sq = w.sqrt();
-    (A * (1.0 - E2) / (w * sq), A * c / sq)
+    let inv_sq = 1.0 / (1.0 - E2 * s * s).sqrt();
+    (A * (1.0 - E2) * inv_sq * inv_sq * inv_sq, A * c * inv_sq)
 }
 
 /// Degrees east from `from` to `to`, across the antimeridian when shorter;
@@ -313,11 +319,14 @@ fn east_of(from: f64, to: f64) -> f64 {
 /// curvature, L its length), `L²` and tan φ. κ is Liouville's
 /// `sin θ·[(1 + cos²θ)·p′/(pM) − cos²θ·M′/M²]` with sin θ = y/L, cos²θ = x²/L².
 fn straight_edge(s: f64, c: f64, dt: f64, du: f64) -> (f64, f64, f64) {
-    let sq = (1.0 - E2 * s * s).sqrt();
-    let (m, p) = radii(s, c);
+    // Two divisions and a square root: this runs once an edge.
+    let w = 1.0 - E2 * s * s;
+    let inv_sq = 1.0 / w.sqrt();
+    let sq = w * inv_sq;
+    let (m, p) = (A * (1.0 - E2) * inv_sq * inv_sq * inv_sq, A * c * inv_sq);
     let tan = s / c;
-    let k_parallel = -tan * sq / A; // p′/(pM)
-    let k_meridian = 3.0 * E2 * s * c * sq / (A * (1.0 - E2)); // M′/M²
+    let k_parallel = -tan * sq * (1.0 / A); // p′/(pM)
+    let k_meridian = 3.0 * E2 / (A * (1.0 - E2)) * s * c * sq; // M′/M²
     let (x, y) = (m * dt, p * du);
     let l2 = x * x + y * y;
     let bend = y * (k_parallel * (l2 + x * x) - k_meridian * x * x);

@@ -455,11 +455,17 @@ mod tests {
                 let d = lowest + rng.below(10 - lowest);
                 text.push(char::from(b'0' + d as u8));
             }
-            let mut scan = Scan { text: &text, at: 0 };
+            // What follows a number in a geometry, read eight bytes at a time with it.
+            let then =
+                ["", ",", "]", "]]]}", ",12.5]", "]],[[-95.1234567,29.7"][rng.below(6) as usize];
+            let full = format!("{text}{then}");
+            let mut scan = Scan { text: &full, at: 0 };
             let ours = scan.number().map(f64::to_bits);
             let theirs = serde_json::from_str::<f64>(&text).ok().map(f64::to_bits);
-            assert_eq!(ours, theirs, "{text}");
-            assert_eq!(scan.at, text.len(), "{text}");
+            assert_eq!(ours, theirs, "{full}");
+            if ours.is_some() {
+                assert_eq!(scan.at, text.len(), "{full}");
+            }
         }
     }
 
