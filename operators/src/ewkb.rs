@@ -306,9 +306,187 @@ pub fn write_from<G: GeozeroGeometry>(
     result
 }
 
+/// Appends (E)WKB `geom` as 2D EWKB with `srid`: what [`write_from`] writes
+/// for it, results and errors alike.
+///
+/// Why: a GEOGRAPHY read as WKB (floe's default `geography_output_format`)
+/// is already 2D little-endian WKB in the shapes PostGIS stores, so the
+/// body can be copied once it is walked, instead of re-encoded coordinate
+/// by coordinate through geozero. Only what geozero would write the same
+/// bytes for takes the copy: points to multipolygons, little-endian
+/// throughout, 2D, no empty part, parts' headers plain, nothing after the
+/// geometry. Anything else goes through geozero.
+pub fn write_wkb(out: &mut Vec<u8>, geom: &[u8], srid: Option<i32>) -> Result<(), String> {
+    match copyable(geom) {
+        Some((code, body)) => {
+            write_le_header(out, code, srid);
+            out.extend_from_slice(&geom[body..]);
+            Ok(())
+        }
+        None => write_from(out, &Ewkb(geom), srid),
+    }
+}
+
+/// The geometry code and where the body starts, if [`write_wkb`] may copy
+/// `geom`'s body.
+fn copyable(geom: &[u8]) -> Option<(u32, usize)> {
+    if *geom.first()? != 1 {
+        return None;
+    }
+    let ty = u32::from_le_bytes(geom.get(1..5)?.try_into().ok()?);
+    let (code, body) = match ty & SRID_FLAG {
+        0 => (ty, 5),
+        _ => (ty & !SRID_FLAG, 9),
+    };
+    let whole = (1..=6).contains(&code) && walk_2d_le(geom, body, code) == Some(geom.len());
+    whole.then_some((code, body))
+}
+
+/// Where a 2D little-endian body of geometry `code` at `at` ends, if it
+/// has nothing empty and its parts have plain headers.
+fn walk_2d_le(b: &[u8], at: usize, code: u32) -> Option<usize> {
+    let count = |at: usize| -> Option<usize> {
+        let n = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
+        (n > 0).then_some(n)
+    };
+    let points = |at: usize| -> Option<usize> {
+        let end = (at + 4).checked_add(count(at)?.checked_mul(16)?)?;
+        (end <= b.len()).then_some(end)
+    };
+    match code {
+        1 => {
+            let xy = b.get(at..at + 16)?;
+            // POINT EMPTY is NaN, NaN: geozero's to decide.
+            let x = f64::from_le_bytes(xy[..8].try_into().ok()?);
+            let y = f64::from_le_bytes(xy[8..].try_into().ok()?);
+            (!x.is_nan() || !y.is_nan()).then_some(at + 16)
+        }
+        2 => points(at),
+        3 => {
+            let mut end = at + 4;
+            for _ in 0..count(at)? {
+                end = points(end)?;
+            }
+            Some(end)
+        }
+        _ => {
+            let part = code - 3;
+            let mut end = at + 4;
+            for _ in 0..count(at)? {
+                let header = b.get(end..end + 5)?;
+                if header[0] != 1 || u32::from_le_bytes(header[1..].try_into().ok()?) != part {
+                    return None;
+                }
+                end = walk_2d_le(b, end + 5, part)?;
+            }
+            Some(end)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
+
+    /// Random WKB of types 1–6 as Snowflake writes it, sometimes with an
+    /// SRID, an empty part, big-endian, a Z; then sometimes damaged.
+    fn random_wkb(rng: &mut Rng, code: u32, top: bool, out: &mut Vec<u8>) {
+        let big = rng.below(40) == 0;
+        let put = |out: &mut Vec<u8>, v: u32| {
+            out.extend_from_slice(&if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            })
+        };
+        out.push(u8::from(!big));
+        let z = rng.below(40) == 0;
+        let srid = top && rng.below(4) == 0;
+        put(
+            out,
+            code | if z { Z_FLAG } else { 0 } | if srid { SRID_FLAG } else { 0 },
+        );
+        if srid {
+            put(out, 4326);
+        }
+        let coords = |rng: &mut Rng, out: &mut Vec<u8>, n: usize| {
+            for _ in 0..n * (2 + usize::from(z)) {
+                let v = match rng.below(60) {
+                    0 => f64::NAN,
+                    _ => (rng.unit() - 0.5) * 360.0,
+                };
+                out.extend_from_slice(&if big {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                });
+            }
+        };
+        let n = |rng: &mut Rng, min: u64| {
+            if rng.below(50) == 0 {
+                0
+            } else {
+                min + rng.below(6)
+            }
+        };
+        match code {
+            1 => coords(rng, out, 1),
+            2 => {
+                let k = n(rng, 2);
+                put(out, k as u32);
+                coords(rng, out, k as usize);
+            }
+            3 => {
+                let rings = n(rng, 1);
+                put(out, rings as u32);
+                for _ in 0..rings {
+                    let k = n(rng, 4);
+                    put(out, k as u32);
+                    coords(rng, out, k as usize);
+                }
+            }
+            _ => {
+                let parts = n(rng, 1);
+                put(out, parts as u32);
+                for _ in 0..parts {
+                    random_wkb(rng, code - 3, false, out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wkb_is_written_as_geozero_writes_it_copied_or_not() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let mut copied = 0;
+        for _ in 0..50_000 {
+            let code = 1 + rng.below(6) as u32;
+            let mut wkb = Vec::new();
+            random_wkb(&mut rng, code, true, &mut wkb);
+            match rng.below(20) {
+                0 => wkb.push(0),
+                1 => {
+                    let cut = rng.below(wkb.len() as u64) as usize;
+                    wkb.truncate(cut);
+                }
+                // Any byte damaged: a byte order, a type, a count, a coordinate.
+                2..=4 => {
+                    let at = rng.below(wkb.len() as u64) as usize;
+                    wkb[at] = rng.below(256) as u8;
+                }
+                _ => {}
+            }
+            let mut ours = vec![7u8];
+            let r = write_wkb(&mut ours, &wkb, Some(4326));
+            let mut theirs = vec![7u8];
+            let t = write_from(&mut theirs, &Ewkb(&wkb), Some(4326));
+            assert_eq!((r, &ours), (t, &theirs), "{wkb:02x?}");
+            copied += usize::from(copyable(&wkb).is_some());
+        }
+        // Most take the copy; the rest (big-endian, Z, empty, cut) do not.
+        assert!(copied > 25_000, "{copied}");
+    }
 
     #[test]
     fn point_header_carries_srid() {

@@ -3,7 +3,6 @@
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float64Array, Int32Array};
 use arrow::datatypes::DataType;
 use datafusion::common::Result;
-use geozero::wkb::Ewkb;
 use geozero::wkt::Wkt;
 
 use super::{downcast, Ctx, Invalid};
@@ -202,8 +201,8 @@ pub(super) fn from_wkb(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Result<
         };
         let header = ewkb::read_header(b).map_err(invalid)?;
         let srid = arg_srid.or(header.srid).unwrap_or(0);
-        // Re-encoding (rather than copying) validates the whole body.
-        ewkb::write_from(out, &Ewkb(b), Some(srid)).map_err(invalid)?;
+        // Walked to be copied, or re-encoded: either way the whole body is validated.
+        ewkb::write_wkb(out, b, Some(srid)).map_err(invalid)?;
         Ok(true)
     })
 }
@@ -225,7 +224,7 @@ pub(super) fn to_geography(args: &[ArrayRef], rows: usize, ctx: &mut Ctx) -> Res
             let Some(b) = bytes.get(i) else {
                 return Ok(false);
             };
-            ewkb::write_from(out, &Ewkb(b), Some(4326)).map_err(|reason| Invalid {
+            ewkb::write_wkb(out, b, Some(4326)).map_err(|reason| Invalid {
                 value: show_bytes(b),
                 reason,
             })?;
