@@ -4,7 +4,6 @@
 //! fails is downloaded again with backoff; dropping the stream stops the
 //! downloads.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -349,21 +348,94 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<
 
 /// Inflates a gzip body (sniffing its magic), to at most `limit` bytes: a
 /// chunk inflating past its announced size is refused, however small its body.
+///
+/// One call inflates the whole member into a buffer sized as announced (the
+/// inflated chunk is never copied to grow), where a `Read` adapter would
+/// copy the body through its own buffer and inflate in pieces, each piece
+/// also copied into zlib's window. Only the first gzip member is read, and
+/// its CRC and length are checked, as `GzDecoder` does.
 fn inflate(body: Vec<u8>, announced: usize, limit: usize) -> Result<Vec<u8>, SnowflakeError> {
-    if body.starts_with(&[0x1f, 0x8b]) {
-        // Sized as announced: the inflated chunk is never copied to grow.
-        let mut out = Vec::with_capacity(announced.min(limit));
-        flate2::read::GzDecoder::new(body.as_slice())
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| SnowflakeError::Decode(format!("gzip: {e}")))?;
+    if !body.starts_with(&[0x1f, 0x8b]) {
+        return Ok(body);
+    }
+    let gzip = |e: String| SnowflakeError::Decode(format!("gzip: {e}"));
+    let mut z = flate2::Decompress::new_gzip(15);
+    let mut out = Vec::with_capacity(announced.min(limit).max(1));
+    loop {
+        let (read, wrote) = (z.total_in(), out.len());
+        let rest = body.get(read as usize..).unwrap_or_default();
+        let status = z
+            .decompress_vec(rest, &mut out, flate2::FlushDecompress::Finish)
+            .map_err(|e| gzip(e.to_string()))?;
         if out.len() > limit {
             return Err(SnowflakeError::Decode(format!(
                 "the chunk inflates past its announced size ({limit} bytes at most)"
             )));
         }
-        Ok(out)
-    } else {
-        Ok(body)
+        if status == flate2::Status::StreamEnd {
+            return Ok(out);
+        }
+        if out.len() == out.capacity() {
+            // Larger than announced, within the limit: room up to one past it.
+            let more = (limit + 1 - out.len()).min(out.capacity().max(64 << 10));
+            out.reserve_exact(more);
+        } else if z.total_in() == read && out.len() == wrote {
+            return Err(gzip("the body ends before its gzip stream does".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// Bytes that compress but not to nothing.
+    fn data(n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i * 7 % 251) as u8 ^ (i >> 9) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_inflates_to_its_bytes_whatever_size_it_announced_within_the_limit() {
+        let raw = data(1 << 20);
+        let body = gzip(&raw);
+        for announced in [raw.len(), raw.len() - 1000, 1, 0] {
+            let limit = if announced < 1000 {
+                raw.len()
+            } else {
+                chunk_limit(announced)
+            };
+            let out = inflate(body.clone(), announced, limit).unwrap();
+            assert_eq!(out, raw, "announced {announced}");
+        }
+        // Not gzip: the body as it came.
+        assert_eq!(inflate(raw.clone(), raw.len(), raw.len()).unwrap(), raw);
+    }
+
+    #[test]
+    fn a_chunk_past_its_limit_cut_short_or_damaged_is_refused() {
+        let raw = data(1 << 20);
+        let body = gzip(&raw);
+        let past = inflate(body.clone(), 1000, raw.len() - 1).unwrap_err();
+        assert!(
+            past.to_string().contains("past its announced size"),
+            "{past}"
+        );
+        let cut = inflate(body[..body.len() / 2].to_vec(), raw.len(), raw.len()).unwrap_err();
+        assert!(cut.to_string().contains("gzip"), "{cut}");
+        // The trailer's CRC no longer matches.
+        let mut bad = body.clone();
+        let at = bad.len() - 6;
+        bad[at] ^= 0xFF;
+        let crc = inflate(bad, raw.len(), raw.len()).unwrap_err();
+        assert!(crc.to_string().contains("gzip"), "{crc}");
     }
 }
