@@ -7,7 +7,9 @@
 //! - `checksum/<table>`: the content checksum (lookup3, as Postgres hashes)
 //!   over each grid table's encoded tuples;
 //! - `udf/<function>`: geometry functions through DataFusion (points/s or
-//!   vertices/s);
+//!   vertices/s), `to_geography` from GeoJSON and from plain WKB, and
+//!   `read_geojson`, the footprints' parquet read alone that the GeoJSON
+//!   figures include;
 //! - `area/<method>`: the geodesic area of building footprints' EWKB, by
 //!   floe's series (`operators::ellipsoid`) and by Karney after parsing into
 //!   `geo` (what `st_area` did before, the baseline), one thread each;
@@ -353,10 +355,34 @@ fn udfs(c: &mut Criterion) {
     let q = run("SELECT st_makeline(st_point(x, y, 4326), st_point(y, x, 4326)) FROM pts");
     group.bench_function("st_makeline/vertices", |b| b.iter(&q));
     group.throughput(Throughput::Elements(vertices));
+    // Reading the parquet file alone: the part of the next two that is not
+    // the geometry functions' own.
+    let q = run("SELECT \"FOOTPRINT\" FROM b");
+    group.bench_function("read_geojson/vertices", |b| b.iter(&q));
     let q = run("SELECT to_geography(\"FOOTPRINT\") FROM b");
     group.bench_function("to_geography_geojson/vertices", |b| b.iter(&q));
     let q = run("SELECT st_area(to_geography(\"FOOTPRINT\")) FROM b");
     group.bench_function("st_area/vertices", |b| b.iter(&q));
+
+    // The same footprints as plain WKB, as Snowflake returns GEOGRAPHY with
+    // `geography_output_format = 'WKB'` (what floe asks for).
+    let wkb: Vec<RecordBatch> = run("SELECT to_geography(\"FOOTPRINT\") AS g FROM b")()
+        .iter()
+        .map(|batch| {
+            let ewkb = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .expect("binary");
+            let plain: BinaryArray = ewkb.iter().map(|v| v.map(without_srid)).collect();
+            RecordBatch::try_from_iter([("g", Arc::new(plain) as ArrayRef)]).expect("batch")
+        })
+        .collect();
+    let table =
+        datafusion::datasource::MemTable::try_new(wkb[0].schema(), vec![wkb]).expect("memtable");
+    ctx.register_table("w", Arc::new(table)).expect("register");
+    let q = run("SELECT to_geography(g) FROM w");
+    group.bench_function("to_geography_wkb/vertices", |b| b.iter(&q));
     group.finish();
 
     // The area alone, on the footprints' EWKB: the series against Karney.
@@ -395,6 +421,30 @@ fn udfs(c: &mut Criterion) {
     group.bench_function("series/vertices", |b| b.iter(|| total(&series)));
     group.bench_function("karney/vertices", |b| b.iter(|| total(&karney)));
     group.finish();
+}
+
+/// A top-level EWKB's SRID taken out: the plain WKB Snowflake sends.
+fn without_srid(ewkb: &[u8]) -> Vec<u8> {
+    const SRID_FLAG: u32 = 0x2000_0000;
+    let little = ewkb[0] == 1;
+    let raw: [u8; 4] = ewkb[1..5].try_into().expect("a type");
+    let kind = if little {
+        u32::from_le_bytes(raw)
+    } else {
+        u32::from_be_bytes(raw)
+    };
+    if kind & SRID_FLAG == 0 {
+        return ewkb.to_vec();
+    }
+    let plain = kind & !SRID_FLAG;
+    let mut out = vec![ewkb[0]];
+    out.extend(if little {
+        plain.to_le_bytes()
+    } else {
+        plain.to_be_bytes()
+    });
+    out.extend(&ewkb[9..]);
+    out
 }
 
 /// Coordinate positions in a GeoJSON text: each `[` directly before a number.
