@@ -134,7 +134,9 @@ pub(crate) async fn floe_sessions(client: &Client) -> i64 {
     for _ in 0..50 {
         n = client
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'floe%'",
+                // This test's database only: the cluster is shared by tests running at once.
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name LIKE 'floe%'",
                 &[],
             )
             .await
