@@ -47,13 +47,18 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 
-/// A geometry's coordinates, flat (x, y, x, y, …), and the length of each
-/// array of arrays in pre-order (positions have none: they are always 2).
+/// A geometry's coordinates, flat (x, y, x, y, …) and already as WKB lays
+/// them out (little-endian doubles), so a ring's points are one copy; and
+/// the length of each array of arrays in pre-order (positions have none:
+/// they are always 2).
 #[derive(Default)]
 struct Scratch {
-    coords: Vec<f64>,
+    coords: Vec<u8>,
     counts: Vec<u32>,
 }
+
+/// The bytes one 2D position takes in [`Scratch::coords`] and in WKB.
+const POSITION: usize = 16;
 
 /// The geometry types this path writes, with their WKB type codes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -175,7 +180,10 @@ impl<'t> Scan<'t> {
             self.expect(b',')?;
             let y = self.number()?;
             self.expect(b']')?;
-            scratch.coords.extend([x, y]);
+            let mut position = [0u8; POSITION];
+            position[..8].copy_from_slice(&x.to_le_bytes());
+            position[8..].copy_from_slice(&y.to_le_bytes());
+            scratch.coords.extend_from_slice(&position);
             return Some(1);
         }
         // This array's length goes before its children's (pre-order).
@@ -256,20 +264,31 @@ const POW10: [f64; 23] = [
 /// EWKB as geozero's writer lays it out: little-endian, the SRID in the
 /// outer header only, a header per part of a multi-geometry.
 fn emit(out: &mut Vec<u8>, kind: Kind, srid: i32, scratch: &Scratch) {
+    // At most: the header, every count, every position, and a part header
+    // per position or count (multi-geometries): one allocation.
+    let positions = scratch.coords.len() / POSITION;
+    out.reserve(
+        9 + 4 * scratch.counts.len()
+            + scratch.coords.len()
+            + 5 * (positions + scratch.counts.len()),
+    );
     let mut counts = scratch.counts.iter().copied();
-    let mut xy = scratch.coords.chunks_exact(2);
+    let mut coords = scratch.coords.as_slice();
     let mut count = |out: &mut Vec<u8>| {
         let n = counts.next().unwrap_or(0);
         out.extend_from_slice(&n.to_le_bytes());
         n
     };
     let mut points = |out: &mut Vec<u8>, n: u32, headed: bool| {
-        for p in xy.by_ref().take(n as usize) {
-            if headed {
+        let (run, rest) = coords.split_at((n as usize * POSITION).min(coords.len()));
+        coords = rest;
+        if headed {
+            for p in run.chunks_exact(POSITION) {
                 header(out, Kind::Point, None);
+                out.extend_from_slice(p);
             }
-            out.extend_from_slice(&p[0].to_le_bytes());
-            out.extend_from_slice(&p[1].to_le_bytes());
+        } else {
+            out.extend_from_slice(run);
         }
     };
     header(out, kind, Some(srid));
