@@ -374,7 +374,17 @@ fn udfs(c: &mut Criterion) {
                 .as_any()
                 .downcast_ref::<BinaryArray>()
                 .expect("binary");
-            let plain: BinaryArray = ewkb.iter().map(|v| v.map(without_srid)).collect();
+            // The SRID taken out of the header: the plain WKB Snowflake sends.
+            let plain: BinaryArray = ewkb
+                .iter()
+                .map(|v| {
+                    v.map(|v| {
+                        let mut out = Vec::with_capacity(v.len());
+                        operators::ewkb::write_with_srid(&mut out, v, None).expect("EWKB");
+                        out
+                    })
+                })
+                .collect();
             RecordBatch::try_from_iter([("g", Arc::new(plain) as ArrayRef)]).expect("batch")
         })
         .collect();
@@ -410,9 +420,15 @@ fn udfs(c: &mut Criterion) {
             .expect("EWKB")
             .geodesic_area_unsigned()
     };
-    // Both measure the same: the footprints' total area agrees to 1e-9.
+    // Both measure the same: the footprints' total area agrees to 1e-9, or
+    // to Karney's own rounding (a few ε·a²e² an edge, whatever its length),
+    // which is larger on a small total (FLOE_BENCH_ROWS=2000).
     let (a, b) = (total(&series), total(&karney));
-    assert!((a - b).abs() <= 1e-9 * b, "series {a} m², karney {b} m²");
+    let karney_rounding = vertices as f64 * f64::EPSILON * 6_378_137f64.powi(2) * 6.694e-3;
+    assert!(
+        (a - b).abs() <= (1e-9 * b).max(karney_rounding),
+        "series {a} m², karney {b} m²"
+    );
     let mut group = c.benchmark_group("area");
     group
         .sample_size(10)
@@ -421,30 +437,6 @@ fn udfs(c: &mut Criterion) {
     group.bench_function("series/vertices", |b| b.iter(|| total(&series)));
     group.bench_function("karney/vertices", |b| b.iter(|| total(&karney)));
     group.finish();
-}
-
-/// A top-level EWKB's SRID taken out: the plain WKB Snowflake sends.
-fn without_srid(ewkb: &[u8]) -> Vec<u8> {
-    const SRID_FLAG: u32 = 0x2000_0000;
-    let little = ewkb[0] == 1;
-    let raw: [u8; 4] = ewkb[1..5].try_into().expect("a type");
-    let kind = if little {
-        u32::from_le_bytes(raw)
-    } else {
-        u32::from_be_bytes(raw)
-    };
-    if kind & SRID_FLAG == 0 {
-        return ewkb.to_vec();
-    }
-    let plain = kind & !SRID_FLAG;
-    let mut out = vec![ewkb[0]];
-    out.extend(if little {
-        plain.to_le_bytes()
-    } else {
-        plain.to_be_bytes()
-    });
-    out.extend(&ewkb[9..]);
-    out
 }
 
 /// Coordinate positions in a GeoJSON text: each `[` directly before a number.
