@@ -364,6 +364,34 @@ fn udfs(c: &mut Criterion) {
     let q = run("SELECT st_area(to_geography(\"FOOTPRINT\")) FROM b");
     group.bench_function("st_area/vertices", |b| b.iter(&q));
 
+    // The conversion alone: the footprints' GeoJSON held in memory as Utf8,
+    // dealt round the partitions like the EWKB below, so the parquet read
+    // (`read_geojson`) is not part of the figure.
+    let text = run("SELECT arrow_cast(\"FOOTPRINT\", 'Utf8') AS t FROM b")();
+    let schema = text.first().expect("footprints").schema();
+    let parts = ctx.state().config().target_partitions().max(1);
+    let mut partitions = vec![Vec::new(); parts];
+    for (i, b) in text.into_iter().enumerate() {
+        partitions[i % parts].push(b);
+    }
+    let table = datafusion::datasource::MemTable::try_new(schema, partitions).expect("memtable");
+    ctx.register_table("j", Arc::new(table)).expect("register");
+    let q = run("SELECT to_geography(t) FROM j");
+    group.bench_function("to_geography_geojson_in_memory/vertices", |b| b.iter(&q));
+
+    // st_area alone: the footprints' EWKB held in memory, dealt round the
+    // partitions.
+    let ewkb = run("SELECT to_geography(\"FOOTPRINT\") AS g FROM b")();
+    let schema = ewkb.first().expect("footprints").schema();
+    let mut partitions = vec![Vec::new(); parts];
+    for (i, b) in ewkb.into_iter().enumerate() {
+        partitions[i % parts].push(b);
+    }
+    let table = datafusion::datasource::MemTable::try_new(schema, partitions).expect("memtable");
+    ctx.register_table("e", Arc::new(table)).expect("register");
+    let q = run("SELECT st_area(g) FROM e");
+    group.bench_function("st_area_ewkb/vertices", |b| b.iter(&q));
+
     // The same footprints as plain WKB, as Snowflake returns GEOGRAPHY with
     // `geography_output_format = 'WKB'` (what floe asks for).
     let wkb: Vec<RecordBatch> = run("SELECT to_geography(\"FOOTPRINT\") AS g FROM b")()
