@@ -13,7 +13,9 @@ mod processing;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arrow::array::builder::NullBufferBuilder;
 use arrow::array::{Array, ArrayRef, BinaryArray, BinaryBuilder, Float64Builder};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::compute::{can_cast_types, cast};
 use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{plan_err, Result, ScalarValue};
@@ -350,36 +352,60 @@ impl Ctx<'_> {
         }
     }
 
-    /// Builds a geometry column: `f` appends row `i`'s EWKB to the scratch
-    /// buffer and says whether there is a value (`Ok(false)` is NULL).
-    /// Pieces of the batch run on all cores (see [`pieces`]).
+    /// Builds a geometry column: `f` appends row `i`'s EWKB to the piece's
+    /// value buffer and says whether there is a value (`Ok(false)` is NULL;
+    /// whatever it appended then, or on error, is dropped). Pieces of the
+    /// batch run on all cores (see [`pieces`]).
+    ///
+    /// The EWKB is written where the array keeps it, not into a scratch
+    /// buffer copied after: building footprints' polygons are copied enough
+    /// times on their way to COPY.
     pub(crate) fn geometry(
         &mut self,
         rows: usize,
         f: impl Fn(usize, &mut Vec<u8>) -> std::result::Result<bool, Invalid> + Sync,
     ) -> Result<ArrayRef> {
-        let parts: Vec<(BinaryArray, Rejected)> = pieces(rows)
+        let function = self.function;
+        let parts: Vec<Result<(BinaryArray, Rejected)>> = pieces(rows)
             .into_par_iter()
             .map(|range| {
-                let mut builder = BinaryBuilder::with_capacity(range.len(), range.len() * 32);
-                let mut scratch = Vec::with_capacity(256);
+                let mut values: Vec<u8> = Vec::with_capacity(range.len() * 32);
+                let mut offsets: Vec<i32> = Vec::with_capacity(range.len() + 1);
+                offsets.push(0);
+                let mut nulls = NullBufferBuilder::new(range.len());
                 let mut bad = Vec::new();
                 for i in range {
-                    scratch.clear();
-                    match f(i, &mut scratch) {
-                        Ok(true) => builder.append_value(&scratch),
-                        Ok(false) => builder.append_null(),
+                    let start = values.len();
+                    match f(i, &mut values) {
+                        Ok(true) => nulls.append_non_null(),
+                        Ok(false) => {
+                            values.truncate(start);
+                            nulls.append_null();
+                        }
                         Err(invalid) => {
+                            values.truncate(start);
                             bad.push((i, invalid));
-                            builder.append_null();
+                            nulls.append_null();
                         }
                     }
+                    let end = i32::try_from(values.len()).map_err(|_| {
+                        DataFusionError::Execution(format!(
+                            "{function}: more than 2 GiB of geometry in {PIECE_ROWS} rows"
+                        ))
+                    })?;
+                    offsets.push(end);
                 }
-                (builder.finish(), bad)
+                let array = BinaryArray::try_new(
+                    OffsetBuffer::new(ScalarBuffer::from(offsets)),
+                    Buffer::from_vec(values),
+                    nulls.finish(),
+                )?;
+                Ok((array, bad))
             })
             .collect();
         let mut arrays: Vec<BinaryArray> = Vec::with_capacity(parts.len());
-        for (array, bad) in parts {
+        for part in parts {
+            let (array, bad) = part?;
             // In row order: the first invalid row is the one reported.
             for (i, invalid) in bad {
                 self.invalid(i, invalid)?;
