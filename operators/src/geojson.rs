@@ -173,22 +173,34 @@ impl<'t> Scan<'t> {
             return None;
         }
         self.expect(b'[')?;
-        self.skip_whitespace();
-        if self.text.as_bytes().get(self.at) != Some(&b'[') {
-            // A position: exactly two numbers (a z is geozero's to drop).
-            let x = self.number()?;
-            self.expect(b',')?;
-            let y = self.number()?;
-            self.expect(b']')?;
-            let mut position = [0u8; POSITION];
-            position[..8].copy_from_slice(&x.to_le_bytes());
-            position[8..].copy_from_slice(&y.to_le_bytes());
-            scratch.coords.extend_from_slice(&position);
+        if !self.peek_array() {
+            self.position_rest(scratch)?;
             return Some(1);
         }
         // This array's length goes before its children's (pre-order).
         let slot = scratch.counts.len();
         scratch.counts.push(0);
+        let open = self.at;
+        self.at += 1;
+        if level < MAX_DEPTH && !self.peek_array() {
+            // A list of positions (a ring, a line): read in this loop rather
+            // than a call down per position, the bulk of every geometry. A
+            // deeper child among them fails at its first number, as the
+            // depth check below would fail it.
+            let mut n: u32 = 0;
+            loop {
+                self.position_rest(scratch)?;
+                n += 1;
+                match self.next()? {
+                    b',' => self.expect(b'[')?,
+                    b']' => break,
+                    _ => return None,
+                }
+            }
+            scratch.counts[slot] = n;
+            return Some(2);
+        }
+        self.at = open;
         let depth = self.array(scratch, level + 1)?;
         let mut n: u32 = 1;
         loop {
@@ -200,6 +212,28 @@ impl<'t> Scan<'t> {
         }
         scratch.counts[slot] = n;
         Some(depth + 1)
+    }
+
+    /// Whether the next byte that is not whitespace opens an array (it is
+    /// left unconsumed).
+    fn peek_array(&mut self) -> bool {
+        self.skip_whitespace();
+        self.text.as_bytes().get(self.at) == Some(&b'[')
+    }
+
+    /// A position after its `[`: exactly two numbers (a z is geozero's to
+    /// drop) and the `]`, appended to the coordinates.
+    #[inline(always)]
+    fn position_rest(&mut self, scratch: &mut Scratch) -> Option<()> {
+        let x = self.number()?;
+        self.expect(b',')?;
+        let y = self.number()?;
+        self.expect(b']')?;
+        let mut position = [0u8; POSITION];
+        position[..8].copy_from_slice(&x.to_le_bytes());
+        position[8..].copy_from_slice(&y.to_le_bytes());
+        scratch.coords.extend_from_slice(&position);
+        Some(())
     }
 
     /// A JSON number, as serde_json reads it.
@@ -372,14 +406,23 @@ mod tests {
         }
     }
 
+    /// Whitespace a writer may put between tokens: none (the emulator),
+    /// newlines and indentation (Snowflake's pretty-printed GeoJSON).
+    fn space(rng: &mut Rng) -> &'static str {
+        ["", "", "", " ", "\n  ", "\n\t"][rng.below(6) as usize]
+    }
+
     fn position(rng: &mut Rng) -> String {
-        format!("[{},{}]", number(rng, 180.0), number(rng, 90.0))
+        let (a, b, c, d) = (space(rng), space(rng), space(rng), space(rng));
+        let (x, y) = (number(rng, 180.0), number(rng, 90.0));
+        format!("[{a}{x}{b},{c}{y}{d}]")
     }
 
     fn list(rng: &mut Rng, min: u64, max: u64, item: impl Fn(&mut Rng) -> String) -> String {
         let n = min + rng.below(max - min + 1);
         let items: Vec<String> = (0..n).map(|_| item(rng)).collect();
-        format!("[{}]", items.join(","))
+        let (a, b, c) = (space(rng), space(rng), space(rng));
+        format!("[{a}{}{c}]", items.join(&format!("{b},{a}")))
     }
 
     fn geometry(rng: &mut Rng) -> String {
@@ -442,6 +485,10 @@ mod tests {
             r#"{"type":"Point","coordinates":[1,2],}"#,
             r#"{"type":"Polygon","coordinates":[[[[[[[[1,2]]]]]]]]}"#,
             r#"{"type":"LineString","coordinates":[[1,2],[[3,4]]]}"#,
+            r#"{"type":"MultiLineString","coordinates":[[[1,2],[3,4]],[5,6]]}"#,
+            r#"{"type":"MultiLineString","coordinates":[[[1,2],[3,4]],[[[5,6]]]]}"#,
+            r#"{"type":"MultiPolygon","coordinates":[[[[[1,2],[3,4]]]]]}"#,
+            r#"{"type":"MultiPolygon","coordinates":[[[[1,2],[3,4],[5,6],[1,2]]], [[ ]]]}"#,
             "{\"type\":\"Point\",\"coordinates\":[1,2\u{1}]}",
             r#"[1,2]"#,
             "not json",
