@@ -9,7 +9,8 @@
 //! - `udf/<function>`: geometry functions through DataFusion (points/s or
 //!   vertices/s), `to_geography` from GeoJSON and from plain WKB, and
 //!   `read_geojson`, the footprints' parquet read alone that the GeoJSON
-//!   figures include;
+//!   figures include; `to_geography_geojson_in_memory` and `st_area_ewkb`
+//!   run one function alone on its input held in memory;
 //! - `area/<method>`: the geodesic area of building footprints' EWKB, by
 //!   floe's series (`operators::ellipsoid`) and by Karney after parsing into
 //!   `geo` (what `st_area` did before, the baseline), one thread each;
