@@ -365,31 +365,29 @@ fn udfs(c: &mut Criterion) {
     let q = run("SELECT st_area(to_geography(\"FOOTPRINT\")) FROM b");
     group.bench_function("st_area/vertices", |b| b.iter(&q));
 
-    // The conversion alone: the footprints' GeoJSON held in memory as Utf8,
-    // dealt round the partitions like the EWKB below, so the parquet read
-    // (`read_geojson`) is not part of the figure.
-    let text = run("SELECT arrow_cast(\"FOOTPRINT\", 'Utf8') AS t FROM b")();
-    let schema = text.first().expect("footprints").schema();
-    let parts = ctx.state().config().target_partitions().max(1);
-    let mut partitions = vec![Vec::new(); parts];
-    for (i, b) in text.into_iter().enumerate() {
-        partitions[i % parts].push(b);
-    }
-    let table = datafusion::datasource::MemTable::try_new(schema, partitions).expect("memtable");
-    ctx.register_table("j", Arc::new(table)).expect("register");
+    // Each function alone, its input held in memory (the parquet read,
+    // `read_geojson`, is not part of these figures): the GeoJSON as Utf8,
+    // then the EWKB it becomes.
+    let hold = |name: &str, batches: Vec<RecordBatch>| {
+        // Dealt round the partitions DataFusion runs at once, as it splits
+        // the parquet scan.
+        let parts = ctx.state().config().target_partitions().max(1);
+        let schema = batches.first().expect("footprints").schema();
+        let mut partitions = vec![Vec::new(); parts];
+        for (i, b) in batches.into_iter().enumerate() {
+            partitions[i % parts].push(b);
+        }
+        let table =
+            datafusion::datasource::MemTable::try_new(schema, partitions).expect("memtable");
+        ctx.register_table(name, Arc::new(table)).expect("register");
+    };
+    hold(
+        "j",
+        run("SELECT arrow_cast(\"FOOTPRINT\", 'Utf8') AS t FROM b")(),
+    );
     let q = run("SELECT to_geography(t) FROM j");
     group.bench_function("to_geography_geojson_in_memory/vertices", |b| b.iter(&q));
-
-    // st_area alone: the footprints' EWKB held in memory, dealt round the
-    // partitions.
-    let ewkb = run("SELECT to_geography(\"FOOTPRINT\") AS g FROM b")();
-    let schema = ewkb.first().expect("footprints").schema();
-    let mut partitions = vec![Vec::new(); parts];
-    for (i, b) in ewkb.into_iter().enumerate() {
-        partitions[i % parts].push(b);
-    }
-    let table = datafusion::datasource::MemTable::try_new(schema, partitions).expect("memtable");
-    ctx.register_table("e", Arc::new(table)).expect("register");
+    hold("e", run("SELECT to_geography(\"FOOTPRINT\") AS g FROM b")());
     let q = run("SELECT st_area(g) FROM e");
     group.bench_function("st_area_ewkb/vertices", |b| b.iter(&q));
 
