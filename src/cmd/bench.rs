@@ -308,17 +308,18 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         )),
         stages: ceiling_stages,
     }];
+    let (parquet_goal, emulator_goal) = goals(dataset.snowflake_table);
     for (name, what, goal, samples) in [
         (
             "floe_parquet",
             "floe run --parquet (full refresh)",
-            0.9,
+            parquet_goal,
             &parquet,
         ),
         (
             "floe_emulator",
             "floe run through the Snowflake emulator (full refresh)",
-            0.8,
+            emulator_goal,
             &emulated,
         ),
     ] {
@@ -376,6 +377,19 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The ratios to the ceiling a table's loads aim for, from parquet and
+/// through the emulator: topology, the table synced every minute, close to
+/// the ceiling; building footprints, whose geometry floe measures and
+/// converts while Postgres only copies bytes in the ceiling, lower; the
+/// rest as first set for every table.
+fn goals(snowflake_table: &str) -> (f64, f64) {
+    match snowflake_table {
+        "FLUX_OPS_CENTER_TOPOLOGY" => (0.95, 0.9),
+        "BUILDING_FOOTPRINTS" => (0.8, 0.8),
+        _ => (0.9, 0.8),
+    }
+}
+
 fn print_text(r: &Report) {
     println!(
         "{}: {} rows, {:.1} MB of COPY data; {} repeats, {} CPUs, {} build, {} COPY stream(s)",
@@ -398,7 +412,7 @@ fn print_text(r: &Report) {
             None => String::new(),
         };
         println!(
-            "{:<14} {:>8.2} {:>8.2}–{:<8.2} {:>11.0} {:>8.1} {:>6} MB {:>7.2}  {goal}",
+            "{:<14} {:>8.2} {:>8.2}–{:<8.2} {:>11.0} {:>8.1} {:>5} MiB {:>7.2}  {goal}",
             m.name,
             m.seconds.median,
             m.seconds.min,

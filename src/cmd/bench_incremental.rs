@@ -267,7 +267,7 @@ fn print_text(r: &Report) {
         r.table, r.rows, r.repeats, r.cpus, r.profile
     );
     println!(
-        "full refresh through the emulator: median {:.2} s ({:.2}–{:.2}), peak RSS {} MB",
+        "full refresh through the emulator: median {:.2} s ({:.2}–{:.2}), peak RSS {} MiB",
         r.full_refresh.seconds.median,
         r.full_refresh.seconds.min,
         r.full_refresh.seconds.max,
@@ -284,7 +284,7 @@ fn print_text(r: &Report) {
             _ => String::new(),
         };
         println!(
-            "{:>8} {:>9.3} {:>7.3}–{:<7.3} {:>9.3} {:>6} MB {:>7.1}% {:>18}  {goal}",
+            "{:>8} {:>9.3} {:>7.3}–{:<7.3} {:>9.3} {:>5} MiB {:>7.1}% {:>18}  {goal}",
             w.changes,
             w.seconds.median,
             w.seconds.min,

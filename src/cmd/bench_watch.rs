@@ -50,7 +50,7 @@ struct Report {
     lag_seconds: Lag,
     /// p99 lag ≤ interval + 2 s.
     lag_goal_met: bool,
-    /// (minute, floe's CPU share of one core over the minute, RSS in MB at its end).
+    /// (minute, floe's CPU share of one core over the minute, RSS in MiB at its end).
     per_minute: Vec<(u64, f64, u64)>,
     /// RSS at the last minute within 10% of minute 2.
     rss_goal_met: Option<bool>,
@@ -173,7 +173,7 @@ impl Bench<'_> {
                     (ticks.saturating_sub(t0)) as f64 / clock_ticks() / at.elapsed().as_secs_f64();
                 per_minute.push((minute, share, rss_mb(pid)));
                 eprintln!(
-                    "minute {minute}: {} commits visible, floe CPU {:.1}%, RSS {} MB",
+                    "minute {minute}: {} commits visible, floe CPU {:.1}%, RSS {} MiB",
                     lags.len(),
                     share * 100.0,
                     rss_mb(pid)
@@ -328,7 +328,7 @@ fn print_text(r: &Report) {
     );
     println!("minute  floe CPU  RSS");
     for (m, cpu, rss) in &r.per_minute {
-        println!("{m:>6}  {:>7.1}%  {rss} MB", cpu * 100.0);
+        println!("{m:>6}  {:>7.1}%  {rss} MiB", cpu * 100.0);
     }
     if let Some(met) = r.rss_goal_met {
         println!(
