@@ -451,7 +451,7 @@ fn udfs(c: &mut Criterion) {
     // to Karney's own rounding (a few ε·a²e² an edge, whatever its length),
     // which is larger on a small total (FLOE_BENCH_ROWS=2000).
     let (a, b) = (total(&series), total(&karney));
-    let karney_rounding = vertices as f64 * f64::EPSILON * 6_378_137f64.powi(2) * 6.694e-3;
+    let karney_rounding = vertices as f64 * operators::ellipsoid::KARNEY_ROUNDING;
     assert!(
         (a - b).abs() <= (1e-9 * b).max(karney_rounding),
         "series {a} m², karney {b} m²"

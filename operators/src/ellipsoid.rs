@@ -55,7 +55,7 @@ const MAX_LATITUDE: f64 = 85.0;
 /// What Karney's area carries in rounding per edge (m²): its per-edge term
 /// `A4·(B4(σ2) − B4(σ1))` is of size a²e², whatever the edge's length, so a
 /// few ε of that (measured: up to 1.2e-5 m² an edge) and no less.
-const KARNEY_ROUNDING: f64 = f64::EPSILON * A * A * E2;
+pub const KARNEY_ROUNDING: f64 = f64::EPSILON * A * A * E2;
 
 static WGS84: LazyLock<Geodesic> = LazyLock::new(Geodesic::wgs84);
 
