@@ -284,15 +284,7 @@ async fn run_jobs(
     client: &Client,
     plan: &TablePlan,
     jobs: &[IndexJob],
-    settings: &str,
 ) -> Result<(), PipelineError> {
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    client
-        .batch_execute(settings)
-        .await
-        .map_err(pg(plan, "setting up the session to build indexes"))?;
     for job in jobs {
         client
             .batch_execute(&job.sql)
@@ -314,11 +306,12 @@ pub struct BuildTimes {
 /// Builds the primary key and indexes on the staged table over two
 /// sessions at once (floe's and those `carried` from the target), then
 /// the carried constraints, then ANALYZE; `beside` (the verification) runs
-/// on the second session once that session's share of the indexes is built.
+/// on the second session once that session's share of the indexes is built,
+/// without parallel workers.
 ///
 /// A GiST build uses one core and is most of the time after the load: the
-/// B-tree key and the verification scan fit beside it instead of before or
-/// after it. Plain `CREATE INDEX`es on one table share its SHARE lock, and
+/// B-tree key and the verification scan fit beside it, on the other core,
+/// instead of before or after it. Plain `CREATE INDEX`es on one table share its SHARE lock, and
 /// reading the table is allowed meanwhile. The key starts as a unique index
 /// and becomes the constraint at the end; ANALYZE comes last, as its lock
 /// conflicts with `CREATE INDEX`. Returns `beside`'s output.
@@ -335,16 +328,34 @@ pub async fn build<T>(
     jobs.append(&mut carried.index_jobs);
     let (main_jobs, second_jobs) = split_jobs(jobs, 1);
     let memory = format!("SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'");
-    // Parallel workers for the second session's (shorter) share would take
-    // the cores the main session's build needs.
-    let second_settings = format!("{memory}; SET max_parallel_maintenance_workers = 0");
+    // Parallel workers, for the second session's (shorter) share of the
+    // builds or for the work beside them, would take the cores the main
+    // session's build needs: on two cores a verification scan with its
+    // default two workers made a 2,000,000-row GiST build 17% longer, one
+    // without them none (BENCHMARKS.md).
+    let second_settings = format!(
+        "{memory}; SET max_parallel_maintenance_workers = 0; SET max_parallel_workers_per_gather = 0"
+    );
+    let main = async {
+        if !main_jobs.is_empty() {
+            client
+                .batch_execute(&memory)
+                .await
+                .map_err(pg(plan, "setting up the session to build indexes"))?;
+        }
+        run_jobs(client, plan, &main_jobs).await
+    };
     let other = async {
-        run_jobs(second, plan, &second_jobs, &second_settings).await?;
+        second
+            .batch_execute(&second_settings)
+            .await
+            .map_err(pg(plan, "setting up the session to build indexes"))?;
+        run_jobs(second, plan, &second_jobs).await?;
         let from = std::time::Instant::now();
         let out = beside.await;
         Ok::<_, PipelineError>((out, from.elapsed()))
     };
-    let (main, other) = tokio::join!(run_jobs(client, plan, &main_jobs, &memory), other);
+    let (main, other) = tokio::join!(main, other);
     main?;
     let (out, beside) = other?;
     if !plan.primary_key.is_empty() {
