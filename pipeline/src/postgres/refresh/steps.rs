@@ -311,10 +311,11 @@ pub struct BuildTimes {
 ///
 /// A GiST build uses one core and is most of the time after the load: the
 /// B-tree key and the verification scan fit beside it, on the other core,
-/// instead of before or after it. Plain `CREATE INDEX`es on one table share its SHARE lock, and
-/// reading the table is allowed meanwhile. The key starts as a unique index
-/// and becomes the constraint at the end; ANALYZE comes last, as its lock
-/// conflicts with `CREATE INDEX`. Returns `beside`'s output.
+/// instead of before or after it. Plain `CREATE INDEX`es on one table share
+/// its SHARE lock, and reading the table is allowed meanwhile. The key
+/// starts as a unique index and becomes the constraint at the end; ANALYZE
+/// comes last, as its lock conflicts with `CREATE INDEX`. Returns
+/// `beside`'s output.
 pub async fn build<T>(
     client: &Client,
     second: &Client,
