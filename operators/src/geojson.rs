@@ -261,12 +261,6 @@ impl<'t> Scan<'t> {
         let mut frac_digits = 0;
         if bytes.get(i) == Some(&b'.') {
             i += 1;
-            // Coordinates carry 8 to 15 fraction digits: eight at a time first.
-            while let Some(eight) = bytes.get(i..i + 8).and_then(eight_digits) {
-                m = m.wrapping_mul(100_000_000).wrapping_add(eight);
-                i += 8;
-                frac_digits += 8;
-            }
             while let Some(&c @ b'0'..=b'9') = bytes.get(i) {
                 m = m.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
                 i += 1;
@@ -293,31 +287,6 @@ impl<'t> Scan<'t> {
         self.at = start + len;
         serde_json::from_str(&self.text[start..self.at]).ok()
     }
-}
-
-/// The value of eight ASCII digits, or `None` if any byte is not one.
-///
-/// Word arithmetic on the eight bytes read as one little-endian u64: a
-/// byte is a digit when subtracting `'0'` does not borrow and adding
-/// `0x46` (so that `'9'` + 1 reaches `0x80`) does not set its top bit;
-/// then neighbouring digits are paired (×10), pairs into fours (×100) and
-/// fours into the eight (×10⁴), three multiplications instead of eight
-/// dependent ones. Mod 2⁶⁴ the caller's `m × 10⁸ + this` equals eight
-/// steps of `m × 10 + digit`, so the result is unchanged.
-#[inline]
-fn eight_digits(bytes: &[u8]) -> Option<u64> {
-    let word = u64::from_le_bytes(bytes.try_into().ok()?);
-    const ZEROS: u64 = 0x3030_3030_3030_3030;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    if (word.wrapping_add(0x4646_4646_4646_4646) | word.wrapping_sub(ZEROS)) & HIGH != 0 {
-        return None;
-    }
-    let d = word - ZEROS;
-    // Each byte pair's low byte becomes 10 × first + second.
-    let pairs = (d.wrapping_mul(10) + (d >> 8)) & 0x00FF_00FF_00FF_00FF;
-    // Each four's low u16 becomes 100 × first pair + second.
-    let fours = (pairs.wrapping_mul(100) + (pairs >> 16)) & 0x0000_FFFF_0000_FFFF;
-    Some((fours & 0xFFFF) * 10_000 + (fours >> 32))
 }
 
 /// The powers of ten a double holds exactly.
