@@ -172,7 +172,9 @@ pub async fn copy_stream(
             };
             times.pulling += pulled.elapsed().as_secs_f64();
             let batch = batch.map_err(|e| PipelineError::streaming(&plan.table, rows, e))?;
-            let mut buf = BytesMut::with_capacity(batch.get_array_memory_size() / 2);
+            // Sized by the encoder, exactly: the budget counts `len`, so a
+            // guessed capacity would be memory the budget does not see.
+            let mut buf = BytesMut::new();
             let encoding = Instant::now();
             encoder.encode(&batch, &mut buf)?;
             times.encoding += encoding.elapsed().as_secs_f64();
