@@ -23,6 +23,9 @@ use crate::budget::{ByteBudget, Reserved};
 use crate::error::TransformError;
 use crate::PipelineError;
 
+/// The largest `CopyData` message [`CopyIn::send`] sends.
+pub const COPY_MESSAGE_BYTES: usize = 256 << 10;
+
 /// One `COPY ... FROM STDIN (FORMAT binary)`: the header goes first, the
 /// trailer with [`CopyIn::finish`]. Dropped unfinished, the COPY is aborted
 /// (nothing it sent is kept).
@@ -59,7 +62,17 @@ impl<'a> CopyIn<'a> {
     }
 
     /// Sends encoded tuples and waits until the connection took them.
-    pub async fn send(&mut self, tuples: Bytes) -> Result<(), PipelineError> {
+    ///
+    /// They go in messages of at most [`COPY_MESSAGE_BYTES`]: the connection
+    /// copies each message into its write buffer, which keeps the size of
+    /// the largest, and queues up to two more, so whole batches would add
+    /// several batches' bytes beyond the in-flight budget. (A row may span
+    /// messages: COPY's data is one stream.)
+    pub async fn send(&mut self, mut tuples: Bytes) -> Result<(), PipelineError> {
+        while tuples.len() > COPY_MESSAGE_BYTES {
+            let piece = tuples.split_to(COPY_MESSAGE_BYTES);
+            self.feed(piece).await?;
+        }
         self.sink
             .send(tuples)
             .await
