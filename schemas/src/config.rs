@@ -464,6 +464,9 @@ pub struct LoadConfig {
     pub batch_size: usize,
     /// Upper bound on encoded COPY bytes queued between encoder and Postgres;
     /// with `batch_size` this is what bounds floe's memory, not table size.
+    /// 8 MiB is two to three batches of the widest grid tables, enough to
+    /// keep one COPY fed (more bought no speed, only memory: BENCHMARKS.md);
+    /// `copy_streams` sessions share it, so give each about two batches.
     pub max_in_flight_bytes: usize,
     /// How long the swap keeps trying to lock the target (attempts of
     /// `swap_lock_wait` each, backing off between them) before giving up.
@@ -505,7 +508,7 @@ impl Default for LoadConfig {
     fn default() -> Self {
         LoadConfig {
             batch_size: 8192,
-            max_in_flight_bytes: 16 << 20,
+            max_in_flight_bytes: 8 << 20,
             lock_timeout: Duration::from_secs(10),
             swap_lock_wait: Duration::from_millis(200),
             dependent_matviews: DependentMatviews::Refuse,
