@@ -280,11 +280,19 @@ fn split_jobs(mut jobs: Vec<IndexJob>, beside_weight: u32) -> (Vec<IndexJob>, Ve
     (main, second)
 }
 
+/// Runs `settings` (if any), then `jobs`, on one session.
 async fn run_jobs(
     client: &Client,
     plan: &TablePlan,
+    settings: Option<&str>,
     jobs: &[IndexJob],
 ) -> Result<(), PipelineError> {
+    if let Some(settings) = settings {
+        client
+            .batch_execute(settings)
+            .await
+            .map_err(pg(plan, "setting up the session to build indexes"))?;
+    }
     for job in jobs {
         client
             .batch_execute(&job.sql)
@@ -332,26 +340,16 @@ pub async fn build<T>(
     // Parallel workers, for the second session's (shorter) share of the
     // builds or for the work beside them, would take the cores the main
     // session's build needs: on two cores a verification scan with its
-    // default two workers made a 2,000,000-row GiST build 17% longer, one
+    // default two workers made a 2,000,000-row GiST build 16% longer, one
     // without them none (BENCHMARKS.md).
     let second_settings = format!(
         "{memory}; SET max_parallel_maintenance_workers = 0; SET max_parallel_workers_per_gather = 0"
     );
-    let main = async {
-        if !main_jobs.is_empty() {
-            client
-                .batch_execute(&memory)
-                .await
-                .map_err(pg(plan, "setting up the session to build indexes"))?;
-        }
-        run_jobs(client, plan, &main_jobs).await
-    };
+    let main_settings = (!main_jobs.is_empty()).then_some(memory.as_str());
+    let main = run_jobs(client, plan, main_settings, &main_jobs);
     let other = async {
-        second
-            .batch_execute(&second_settings)
-            .await
-            .map_err(pg(plan, "setting up the session to build indexes"))?;
-        run_jobs(second, plan, &second_jobs).await?;
+        // (set even without jobs: the verification runs here too)
+        run_jobs(second, plan, Some(&second_settings), &second_jobs).await?;
         let from = std::time::Instant::now();
         let out = beside.await;
         Ok::<_, PipelineError>((out, from.elapsed()))
