@@ -172,6 +172,41 @@ async fn a_failure_midway_leaves_the_old_table_intact() {
     assert_eq!(idle, 0, "no session is left idle in transaction");
 }
 
+/// The first batch is made while the staging table is created (beside
+/// it, not after): a bad row there must still leave nothing behind.
+#[tokio::test]
+async fn a_bad_row_in_the_first_batch_keeps_the_old_table_and_leaves_no_staging() {
+    let url = fresh_db("bad_first_batch").await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.parquet");
+    points_parquet(&good, 3_000, None);
+    let config = |path: &std::path::Path| parquet_config(path, "points_cache", POINTS);
+    assert_success(&run(&config(&good), "t", &url, None).await);
+    let client = connect(&url).await;
+    let before = fingerprint(&client, "points_cache").await;
+
+    let bad = dir.path().join("bad_row_7.parquet");
+    points_parquet(
+        &bad,
+        5_000,
+        Some((7, "{\"type\":\"Point\",\"coordinates\":[oops]}")),
+    );
+    let r = run(&config(&bad), "t", &url, None).await;
+    assert_eq!(r.status, "failed");
+    let e = r.error.unwrap();
+    assert!(e.contains("row 7") && e.contains("oops"), "{e}");
+    assert_eq!(r.final_count, Some(3_000));
+    assert_eq!(fingerprint(&client, "points_cache").await, before);
+    assert!(staging_tables(&client).await.is_empty());
+    assert_eq!(floe_idle_in_transaction(&client).await, 0);
+    assert_eq!(newest_run_status(&client).await, "failed");
+
+    let next = dir.path().join("next.parquet");
+    points_parquet(&next, 4_000, None);
+    assert_success(&run(&config(&next), "t", &url, None).await);
+    assert_eq!(fingerprint(&client, "points_cache").await.0, 4_000);
+}
+
 #[tokio::test]
 async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
     let url = fresh_db("grants_and_nulls").await;

@@ -165,18 +165,15 @@ pub async fn copy_stream(
         })
         .collect();
     drop((rx, started_tx));
-    // Every COPY is open before the first batch goes out, so all sessions
-    // share the load from its start (one opening late could find it done).
-    // A writer that fails to start says nothing: the wait ends when all
-    // have spoken or gone, and its failure closes the budget below.
-    for _ in clients {
-        if started.recv().await.is_none() {
-            break;
-        }
-    }
 
     let produced = async {
         let mut rows = 0u64;
+        // Every COPY is open before the first batch goes out, so all
+        // sessions share the load from its start (one opening late could
+        // find it done); the first batch is made meanwhile. A writer that
+        // fails to start says nothing: the wait ends when all have spoken
+        // or gone, and its failure closes the budget below.
+        let mut opened = false;
         loop {
             let pulled = Instant::now();
             let Some(batch) = stream.next().await else {
@@ -196,6 +193,14 @@ pub async fn copy_stream(
             let Ok(reserved) = budget.reserve(buf.len()).await else {
                 return Ok(None);
             };
+            if !opened {
+                for _ in clients {
+                    if started.recv().await.is_none() {
+                        break;
+                    }
+                }
+                opened = true;
+            }
             times.waiting += waiting.elapsed().as_secs_f64();
             if tx.send(Frame::Data(buf.freeze(), reserved)).is_err() {
                 return Ok(None);
