@@ -400,12 +400,12 @@ impl Part {
         props: WriterProperties,
     ) -> Result<Part, SnapshotError> {
         let file = format!("part-{index:05}.parquet");
-        // At most two 5 MiB uploads in flight (S3's smallest part), so a
-        // slow store costs ~10 MiB, not object_store's default 8 × 10 MiB.
+        // At most two pieces in flight, so a slow store costs two pieces,
+        // not object_store's default 8 × 10 MiB.
         let out = BufWriter::with_capacity(
             Arc::clone(snapshot.location.store()),
             snapshot.path(&file),
-            5 << 20,
+            snapshot.location.upload_piece_bytes(),
         )
         .with_max_concurrency(2);
         let writer = AsyncArrowWriter::try_new(
