@@ -473,7 +473,9 @@ pub struct LoadConfig {
     #[serde(with = "crate::duration::text")]
     pub lock_timeout: Duration,
     /// How long one swap attempt waits in the lock queue. New readers queue
-    /// behind a waiting swap, so this bounds how long a swap delays them.
+    /// behind a waiting swap, so this bounds how long a swap delays them
+    /// (but for one attempt of `deadlock_timeout` + 250 ms when an
+    /// autovacuum holds the table: Postgres cancels it only then).
     #[serde(with = "crate::duration::text")]
     pub swap_lock_wait: Duration,
     /// Materialized views on a cache table: a full refresh recreates and

@@ -207,6 +207,76 @@ async fn a_bad_row_in_the_first_batch_keeps_the_old_table_and_leaves_no_staging(
     assert_eq!(fingerprint(&client, "points_cache").await.0, 4_000);
 }
 
+/// After a load Postgres vacuums the new table for its inserts; a swap that
+/// only ever waited `swap_lock_wait` (200 ms) never waited long enough
+/// (`deadlock_timeout`, 1 s) for Postgres to cancel that autovacuum, so
+/// the next refresh failed whenever the vacuum outlasted `lock_timeout`.
+#[tokio::test]
+async fn an_autovacuum_holding_the_table_gives_way_to_the_swap() {
+    // A cluster of its own: the autovacuum launcher's nap is cluster-wide.
+    let cluster = tokio::task::spawn_blocking(pipeline::cluster::EphemeralCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = cluster.url();
+    let client = connect(&url).await;
+    client
+        .batch_execute("ALTER SYSTEM SET autovacuum_naptime = 1")
+        .await
+        .unwrap();
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.parquet");
+    points_parquet(&first, 20_000, None);
+    let mut config = parquet_config(&first, "points_cache", POINTS);
+    config.load.lock_timeout = std::time::Duration::from_secs(3);
+    assert_success(&run(&config, "t", &url, None).await);
+    // An autovacuum that crawls (100 ms after every page) and starts on
+    // any insert; floe carries these settings through the swap.
+    client
+        .batch_execute(
+            "ALTER TABLE points_cache SET (autovacuum_vacuum_insert_threshold = 1, \
+             autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_cost_delay = 100, \
+             autovacuum_vacuum_cost_limit = 1)",
+        )
+        .await
+        .unwrap();
+    let autovacuums = "SELECT count(*) FROM pg_stat_activity \
+         WHERE backend_type = 'autovacuum worker' AND query LIKE '%points_cache%'";
+    let mut waited = 0;
+    while client
+        .query_one(autovacuums, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            waited < 300,
+            "no autovacuum of points_cache started in 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+
+    let second = dir.path().join("second.parquet");
+    points_parquet(&second, 21_000, None);
+    config = parquet_config(&second, "points_cache", POINTS);
+    config.load.lock_timeout = std::time::Duration::from_secs(3);
+    let r = run(&config, "t", &url, None).await;
+    assert_success(&r);
+    assert_eq!(fingerprint(&client, "points_cache").await.0, 21_000);
+    assert!(staging_tables(&client).await.is_empty());
+    assert_eq!(floe_idle_in_transaction(&client).await, 0);
+    let cancelled = std::fs::read_to_string(cluster.data_dir().join("../postgres.log"))
+        .unwrap_or_default()
+        .contains("canceling autovacuum task");
+    assert!(cancelled, "Postgres cancelled the autovacuum for the swap");
+}
+
 #[tokio::test]
 async fn grants_survive_the_swap_and_invalid_geometry_can_become_null() {
     let url = fresh_db("grants_and_nulls").await;

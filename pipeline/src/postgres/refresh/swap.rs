@@ -18,6 +18,10 @@ const SWAP_SQL: &str = include_str!("swap.sql");
 /// Longest pause between two attempts to lock the target.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How much longer than `deadlock_timeout` an attempt waits when an
+/// autovacuum worker holds the table (see [`autovacuum_in_the_way`]).
+const AUTOVACUUM_MARGIN: Duration = Duration::from_millis(250);
+
 /// Swaps the staging table into place; `also` runs in the same transaction
 /// after it (the watermark). Each attempt waits at most `swap_lock_wait` in
 /// the lock queue, so readers arriving behind it wait no longer than that;
@@ -25,6 +29,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// has passed, and then names the sessions in the way. The old table is
 /// untouched until an attempt commits. `cancel` stops it between attempts,
 /// never during one (the answer would not say whether it committed).
+///
+/// The one longer attempt: when an autovacuum worker holds the table (after
+/// a large load Postgres vacuums the new table for its inserts, for tens of
+/// seconds), the next attempt waits `deadlock_timeout` and a little more,
+/// because Postgres cancels an autovacuum only for a lock request that has
+/// waited that long. Readers then queue behind the swap that long, once.
 pub async fn swap(
     client: &Client,
     plan: &TablePlan,
@@ -41,6 +51,7 @@ pub async fn swap(
     let block = swap_block(plan, staging, carried, version);
     let started = Instant::now();
     let mut attempt: u32 = 1;
+    let mut next_wait = plan.swap_lock_wait;
     loop {
         // Between attempts (nothing sent, nothing held) a cancel stops the swap.
         if cancel.is_cancelled() {
@@ -49,7 +60,9 @@ pub async fn swap(
             });
         }
         let left = plan.lock_timeout.saturating_sub(started.elapsed());
-        let wait = plan.swap_lock_wait.min(left).max(Duration::from_millis(1));
+        let wait = std::mem::replace(&mut next_wait, plan.swap_lock_wait)
+            .min(left)
+            .max(Duration::from_millis(1));
         let batch = format!(
             "BEGIN; SET LOCAL lock_timeout = '{}ms'; {block}; {}; COMMIT",
             wait.as_millis(),
@@ -75,6 +88,14 @@ pub async fn swap(
                         swap_lock_wait_ms: plan.swap_lock_wait.as_millis() as u64,
                         blockers: blockers(client, plan).await,
                     });
+                }
+                if let Some((pid, deadlock_timeout)) =
+                    autovacuum_in_the_way(client, plan, staging).await
+                {
+                    next_wait = plan
+                        .swap_lock_wait
+                        .max(deadlock_timeout + AUTOVACUUM_MARGIN);
+                    tracing::info!(table = %plan.table, pid, "an autovacuum holds the table: the next swap attempt waits {next_wait:?}, past deadlock_timeout, so Postgres cancels it");
                 }
                 let pause = (Duration::from_millis(50) * 2u32.saturating_pow(attempt.min(8) - 1))
                     .min(MAX_BACKOFF)
@@ -163,6 +184,32 @@ fn is_lock_conflict(e: &PipelineError) -> bool {
     matches!(e, PipelineError::Postgres { source, .. }
         if source.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
             || source.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED))
+}
+
+/// An autovacuum worker holding the target or the staging table, and the
+/// server's `deadlock_timeout`: Postgres cancels such a worker once a lock
+/// request it blocks has waited that long, unless it vacuums to prevent
+/// wraparound (which must finish; a role that cannot read the worker's query
+/// cannot tell, and then waits in vain once).
+async fn autovacuum_in_the_way(
+    client: &Client,
+    plan: &TablePlan,
+    staging: &str,
+) -> Option<(i32, Duration)> {
+    let row = client
+        .query_opt(
+            "SELECT a.pid, (SELECT setting::int8 FROM pg_settings WHERE name = 'deadlock_timeout') \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.relation IN (to_regclass($1), to_regclass($2)) AND l.granted \
+               AND a.backend_type = 'autovacuum worker' \
+               AND coalesce(a.query, '') NOT LIKE '%to prevent wraparound%' \
+             LIMIT 1",
+            &[&plan.qualified(&plan.target), &plan.qualified(staging)],
+        )
+        .await
+        .ok()??;
+    let (pid, ms): (i32, i64) = (row.get(0), row.get(1));
+    Some((pid, Duration::from_millis(ms.max(0) as u64)))
 }
 
 /// The other sessions holding a lock on the target: who is in the swap's way.
