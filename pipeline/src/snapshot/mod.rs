@@ -125,8 +125,8 @@ impl Location {
     /// How many bytes of a part file are gathered before they go to the
     /// store (and at most two such pieces are in flight). S3 takes no
     /// multipart piece under 5 MiB but the last; a local file takes any,
-    /// and there 1 MiB pieces keep ~10 MiB of buffers out of a run's
-    /// peak memory (BENCHMARKS).
+    /// and there 1 MiB pieces cut the buffers' share of the heap's peak
+    /// from 9.5 to 1.7 MiB (BENCHMARKS).
     pub(crate) fn upload_piece_bytes(&self) -> usize {
         match self.local {
             Some(_) => 1 << 20,
