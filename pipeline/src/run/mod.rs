@@ -497,9 +497,9 @@ async fn refresh(
 /// Why: a run's first batch costs the most (opening the file, reading a
 /// row group, starting the geometry functions' thread pool), and creating
 /// the staging table is Postgres's work alone; made side by side, a
-/// 153,592-row topology load from parquet takes ~0.05 s less of its ~1.6 s
-/// (BENCHMARKS). An error in that batch comes out of the stream, where the
-/// COPY reports it like any other.
+/// 153,592-row topology load from parquet takes 0.015–0.05 s less of its
+/// ~1.55 s (autovacuum on / off; BENCHMARKS). An error in that batch comes
+/// out of the stream, where the COPY reports it like any other.
 async fn first_batch_ahead(
     df: datafusion::dataframe::DataFrame,
     table: &str,
