@@ -52,6 +52,9 @@ pub async fn swap(
     let started = Instant::now();
     let mut attempt: u32 = 1;
     let mut next_wait = plan.swap_lock_wait;
+    // The longer attempt is made once: by then Postgres has signalled the
+    // autovacuum, or never will (wraparound), and short attempts go on.
+    let mut outwaited_autovacuum = false;
     loop {
         // Between attempts (nothing sent, nothing held) a cancel stops the swap.
         if cancel.is_cancelled() {
@@ -89,9 +92,12 @@ pub async fn swap(
                         blockers: blockers(client, plan).await,
                     });
                 }
-                if let Some((pid, deadlock_timeout)) =
-                    autovacuum_in_the_way(client, plan, staging).await
-                {
+                let autovacuum = match outwaited_autovacuum {
+                    true => None,
+                    false => autovacuum_in_the_way(client, plan, staging).await,
+                };
+                if let Some((pid, deadlock_timeout)) = autovacuum {
+                    outwaited_autovacuum = true;
                     next_wait = plan
                         .swap_lock_wait
                         .max(deadlock_timeout + AUTOVACUUM_MARGIN);
@@ -190,7 +196,7 @@ fn is_lock_conflict(e: &PipelineError) -> bool {
 /// server's `deadlock_timeout`: Postgres cancels such a worker once a lock
 /// request it blocks has waited that long, unless it vacuums to prevent
 /// wraparound (which must finish; a role that cannot read the worker's query
-/// cannot tell, and then waits in vain once).
+/// cannot tell, and then waits the longer attempt in vain).
 async fn autovacuum_in_the_way(
     client: &Client,
     plan: &TablePlan,
