@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::dataframe::DataFrame;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 use operators::GeometryOptions;
 use schemas::config::Config;
@@ -501,9 +504,9 @@ async fn refresh(
 /// ~1.55 s (autovacuum on / off; BENCHMARKS). An error in that batch comes
 /// out of the stream, where the COPY reports it like any other.
 async fn first_batch_ahead(
-    df: datafusion::dataframe::DataFrame,
+    df: DataFrame,
     table: &str,
-) -> Result<(datafusion::physical_plan::SendableRecordBatchStream, f64), PipelineError> {
+) -> Result<(SendableRecordBatchStream, f64), PipelineError> {
     let mut stream = df
         .execute_stream()
         .await
@@ -513,7 +516,7 @@ async fn first_batch_ahead(
     let schema = stream.schema();
     let whole = futures::stream::iter(first).chain(stream);
     Ok((
-        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, whole)),
+        Box::pin(RecordBatchStreamAdapter::new(schema, whole)),
         pulling.elapsed().as_secs_f64(),
     ))
 }
