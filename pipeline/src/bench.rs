@@ -200,7 +200,7 @@ pub async fn ceiling(
         let index_build = built.index_build.as_secs_f64();
         let swapped = Instant::now();
         refresh::swap(
-            client,
+            &session,
             plan,
             &staging,
             &carried,

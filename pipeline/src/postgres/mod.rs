@@ -153,7 +153,7 @@ impl Target {
         // A server that is restarting refuses connections for a moment:
         // retry those (bounded); anything else (auth, missing database) fails now.
         let mut attempt = 1;
-        let (client, task) = loop {
+        let (client, task, server_version) = loop {
             match open(&config, self.tls.as_ref()).await {
                 Ok(c) => break c,
                 Err(e) if attempt < CONNECT_ATTEMPTS && transient_connect_error(&e) => {
@@ -194,36 +194,57 @@ impl Target {
             client: Arc::new(client),
             task,
             tls: self.tls.clone(),
+            server_version,
         })
     }
 }
 
-/// Connects (plain or TLS) and drives the connection on its own task.
+/// Connects (plain or TLS) and drives the connection on its own task,
+/// handing back the server's version as it reported it at start-up.
 async fn open(
     config: &tokio_postgres::Config,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+) -> Result<(Client, JoinHandle<()>, Option<i32>), tokio_postgres::Error> {
     let drive = |e: tokio_postgres::Error| tracing::debug!("postgres connection ended: {e}");
     Ok(match tls {
         None => {
             let (client, connection) = config.connect(NoTls).await?;
+            let version = connection.parameter("server_version").and_then(version_num);
             let task = tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     drive(e);
                 }
             });
-            (client, task)
+            (client, task, version)
         }
         Some(tls) => {
             let (client, connection) = config.connect(tls::MakeRustls(Arc::clone(tls))).await?;
+            let version = connection.parameter("server_version").and_then(version_num);
             let task = tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     drive(e);
                 }
             });
-            (client, task)
+            (client, task, version)
         }
     })
+}
+
+/// `server_version` as `server_version_num` has it ("15.10 (Debian …)" →
+/// 150010, "9.6.24" → 90624, "17beta2" → 170000); `None` when it does not
+/// parse, and the caller asks the server instead.
+fn version_num(reported: &str) -> Option<i32> {
+    let digits_of = |s: &str| -> Option<i32> {
+        let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        s[..end].parse().ok()
+    };
+    let mut parts = reported.split('.');
+    let major = digits_of(parts.next()?)?;
+    let next = parts.next().and_then(digits_of).unwrap_or(0);
+    match major {
+        10.. => Some(major * 10_000 + next),
+        _ => Some(major * 10_000 + next * 100 + parts.next().and_then(digits_of).unwrap_or(0)),
+    }
 }
 
 /// Whether `table` (a name as SQL would resolve it) exists.
@@ -341,9 +362,24 @@ pub struct Session {
     task: JoinHandle<()>,
     /// For the cancel request's own connection.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// From the server's start-up report, so no step spends a round trip on it.
+    server_version: Option<i32>,
 }
 
 impl Session {
+    /// The server's version as `server_version_num` (150010 for 15.10): from
+    /// what it reported when the session started, else asked.
+    pub async fn server_version(&self) -> Result<i32, tokio_postgres::Error> {
+        match self.server_version {
+            Some(v) => Ok(v),
+            None => Ok(self
+                .client
+                .query_one("SELECT current_setting('server_version_num')::int", &[])
+                .await?
+                .get(0)),
+        }
+    }
+
     /// Asks the server to stop the statement this session is running (a
     /// CancelRequest, on a connection of its own). Dropping a future does
     /// not stop a statement the server is busy with, such as an index
@@ -380,5 +416,19 @@ mod tests {
             "floe/t_cache/r1/copy2"
         );
         assert_eq!(application_name(&["doctor"]), "floe/doctor");
+    }
+
+    #[test]
+    fn reported_server_versions_read_as_server_version_num() {
+        use super::version_num;
+        assert_eq!(
+            version_num("15.10 (Debian 15.10-1.pgdg120+1)"),
+            Some(150010)
+        );
+        assert_eq!(version_num("16.1"), Some(160001));
+        assert_eq!(version_num("17beta2"), Some(170000));
+        assert_eq!(version_num("9.6.24"), Some(90624));
+        assert_eq!(version_num("13.4 on x86_64"), Some(130004));
+        assert_eq!(version_num("unknown"), None);
     }
 }

@@ -450,7 +450,7 @@ async fn refresh(
         },
         StagedRefresh::begin(target, &config.load, plan, &options.run_id),
     );
-    let load = begun?;
+    let mut load = begun?;
     let target_name = format!("{}.{}", target.schema, load.plan().target);
     // Cancelling drops the copy mid-flight: the COPY is abandoned, and the
     // staging table is dropped before the lock is released.

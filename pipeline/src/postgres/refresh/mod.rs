@@ -45,7 +45,7 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use schemas::config::LoadConfig;
 use tokio_postgres::Client;
 
-use super::checksum::RowChecksum;
+use super::checksum::{RowChecksum, StagedColumn};
 use super::copy::{copy_stream, Copied, Encoding};
 use super::encode::CopyEncoder;
 use super::state::FullRefreshed;
@@ -84,6 +84,12 @@ pub struct StagedRefresh<'a> {
     plan: TablePlan,
     session: Session,
     staging: String,
+    /// The staging table's columns as the checksum hashes them, read with
+    /// the table's creation; `None` when the checksum is off or the server
+    /// has no `hash_record_extended` (before 14: the count is still checked).
+    hashed: Option<Vec<StagedColumn>>,
+    /// The verification's session, opened while the rows are copied.
+    helper: Option<Session>,
 }
 
 /// What a committed refresh measured and left.
@@ -109,6 +115,31 @@ impl<'a> StagedRefresh<'a> {
             .connect(&application_name(&[&plan.target, run_id]), load)
             .await?;
         let staging = prepare(&session.client, &plan, run_id).await?;
+        let hashed = match load.verify_checksum {
+            true => {
+                let version = session.server_version().await.map_err(|e| {
+                    PipelineError::postgres(&plan.table, "reading the server version", e)
+                });
+                let hashed = match version {
+                    Ok(v) => staged_columns(&session.client, v, &plan, &staging).await,
+                    Err(e) => Err(e),
+                };
+                match hashed {
+                    Ok(hashed) => hashed,
+                    Err(e) => {
+                        discard(&session.client, &plan, &staging).await;
+                        return Err(e);
+                    }
+                }
+            }
+            false => None,
+        };
+        if load.verify_checksum && hashed.is_none() {
+            tracing::warn!(
+                table = %plan.table,
+                "verifying the row count only: the content checksum needs PostgreSQL 14 or newer"
+            );
+        }
         Ok(StagedRefresh {
             target,
             load,
@@ -116,6 +147,8 @@ impl<'a> StagedRefresh<'a> {
             plan,
             session,
             staging,
+            hashed,
+            helper: None,
         })
     }
 
@@ -130,26 +163,17 @@ impl<'a> StagedRefresh<'a> {
 
     /// Streams the transform's rows into the staging table on
     /// `load.copy_streams` sessions, hashing them for the verification.
+    ///
+    /// The verification's session is opened beside the copy, so the index
+    /// build starts as soon as the rows are in.
     pub async fn copy(
-        &self,
+        &mut self,
         stream: SendableRecordBatchStream,
         encoder: CopyEncoder,
         progress: &AtomicU64,
     ) -> Result<Copied, PipelineError> {
         let plan = &self.plan;
-        let checksum = match self.load.verify_checksum {
-            true => match staged_columns(&self.session.client, plan, &self.staging).await? {
-                Some(columns) => Some(RowChecksum::new(&columns)),
-                None => {
-                    tracing::warn!(
-                        table = %plan.table,
-                        "verifying the row count only: the content checksum needs PostgreSQL 14 or newer"
-                    );
-                    None
-                }
-            },
-            false => None,
-        };
+        let checksum = self.hashed.as_deref().map(RowChecksum::new);
         // Further COPY streams, each a session of its own into the same staging table.
         let mut streams = Vec::with_capacity(self.load.copy_streams.saturating_sub(1));
         for k in 1..self.load.copy_streams {
@@ -166,16 +190,22 @@ impl<'a> StagedRefresh<'a> {
         let clients: Vec<Arc<Client>> = std::iter::once(Arc::clone(&self.session.client))
             .chain(streams.iter().map(|s| Arc::clone(&s.client)))
             .collect();
-        copy_stream(
-            &clients,
-            plan,
-            &self.staging,
-            stream,
-            Encoding { encoder, checksum },
-            self.load.max_in_flight_bytes,
-            progress,
-        )
-        .await
+        let helper = self.connect_helper();
+        let (copied, helper) = tokio::join!(
+            copy_stream(
+                &clients,
+                plan,
+                &self.staging,
+                stream,
+                Encoding { encoder, checksum },
+                self.load.max_in_flight_bytes,
+                progress,
+            ),
+            helper
+        );
+        let copied = copied?;
+        self.helper = Some(helper?);
+        Ok(copied)
     }
 
     /// Verifies what [`StagedRefresh::copy`] staged and swaps it in (see the
@@ -186,15 +216,16 @@ impl<'a> StagedRefresh<'a> {
     /// cancel between its attempts stops it with the old table kept; a
     /// commit whose answer is lost is looked up in `floe.sync_state`).
     pub async fn commit(
-        self,
+        mut self,
         copied: &Copied,
         allow_shrink: bool,
         cancel: &Cancel,
         state: &FullRefreshed,
     ) -> Result<Committed, PipelineError> {
+        let table = self.plan.table.clone();
         let verified = tokio::select! {
             r = self.verify(copied, allow_shrink, cancel) => r,
-            _ = cancel.cancelled() => Err(PipelineError::Cancelled { table: self.plan.table.clone() }),
+            _ = cancel.cancelled() => Err(PipelineError::Cancelled { table }),
         };
         let result = match verified {
             Ok(verified) => self.swap_in(verified, cancel, state).await,
@@ -213,6 +244,16 @@ impl<'a> StagedRefresh<'a> {
         result
     }
 
+    /// The verification's session.
+    async fn connect_helper(&self) -> Result<Session, PipelineError> {
+        self.target
+            .connect(
+                &application_name(&[&self.plan.target, self.run_id, "verify"]),
+                self.load,
+            )
+            .await
+    }
+
     /// Drops the staging table: the target is as it was.
     pub async fn abort(self) {
         discard(&self.session.client, &self.plan, &self.staging).await;
@@ -220,21 +261,19 @@ impl<'a> StagedRefresh<'a> {
 
     /// Builds the indexes beside the verification, then the shrink guard.
     async fn verify(
-        &self,
+        &mut self,
         copied: &Copied,
         allow_shrink: bool,
         cancel: &Cancel,
     ) -> Result<Verified, PipelineError> {
+        // A second session (opened during the copy) builds part of the
+        // indexes and then verifies the staged rows, beside the first's
+        // (longer) index build.
+        let helper = match self.helper.take() {
+            Some(h) => h,
+            None => self.connect_helper().await?,
+        };
         let (plan, staging) = (&self.plan, self.staging.as_str());
-        // A second session builds part of the indexes and then verifies
-        // the staged rows, beside the first's (longer) index build.
-        let helper = self
-            .target
-            .connect(
-                &application_name(&[&plan.target, self.run_id, "verify"]),
-                self.load,
-            )
-            .await?;
         // It also counts the live table for the shrink guard, off the critical path.
         let beside = async {
             let verified = verify(
@@ -242,7 +281,7 @@ impl<'a> StagedRefresh<'a> {
                 plan,
                 staging,
                 copied.rows,
-                copied.checksum.as_deref(),
+                self.hashed.as_deref().zip(copied.checksum.as_deref()),
             )
             .await;
             let live = match allow_shrink {
@@ -268,7 +307,6 @@ impl<'a> StagedRefresh<'a> {
             verify = ?times.beside,
             "indexes built; staged rows verified"
         );
-        drop(helper);
         let final_count = verified?;
         if cancel.is_cancelled() {
             return Err(PipelineError::Cancelled {
@@ -297,7 +335,7 @@ impl<'a> StagedRefresh<'a> {
         } = verified;
         let swap_started = Instant::now();
         let swapped = swap(
-            &self.session.client,
+            &self.session,
             &self.plan,
             &self.staging,
             &carried,

@@ -390,15 +390,11 @@ pub async fn build<T>(
 /// PostgreSQL 14, which has no `hash_record_extended` (the count is still checked).
 pub async fn staged_columns(
     client: &Client,
+    server_version: i32,
     plan: &TablePlan,
     staging: &str,
 ) -> Result<Option<Vec<checksum::StagedColumn>>, PipelineError> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(pg(plan, "reading the server version"))?
-        .get(0);
-    if version < 140_000 {
+    if server_version < 140_000 {
         return Ok(None);
     }
     Ok(Some(client
@@ -423,24 +419,22 @@ pub async fn staged_columns(
 }
 
 /// Checks the staged table holds what floe sent: `rows_read` rows and, if
-/// given, content with floe's checksum. Meant for [`build`]'s second
-/// session, beside the index builds. Returns the staged row count.
+/// given, content with floe's checksum (over `columns`, as
+/// [`staged_columns`] read them). Meant for [`build`]'s second session,
+/// beside the index builds. Returns the staged row count.
 pub async fn verify(
     client: &Client,
     plan: &TablePlan,
     staging: &str,
     rows_read: u64,
-    checksum: Option<&str>,
+    checksum: Option<(&[checksum::StagedColumn], &str)>,
 ) -> Result<u64, PipelineError> {
     let table = plan.qualified(staging);
     // One scan: the count, and the checksum when there is one to compare.
     let (staged, staged_sum) = match checksum {
-        Some(_) => {
-            let columns = staged_columns(client, plan, staging)
-                .await?
-                .unwrap_or_default();
+        Some((columns, _)) => {
             let row = client
-                .query_one(&checksum::sql(&table, &columns), &[])
+                .query_one(&checksum::sql(&table, columns), &[])
                 .await
                 .map_err(pg(plan, "computing the staged rows' checksum"))?;
             let answer: String = row.get(1);
@@ -465,7 +459,7 @@ pub async fn verify(
             staged,
         });
     }
-    if let (Some(sent), Some(staged_sum)) = (checksum, staged_sum) {
+    if let (Some((_, sent)), Some(staged_sum)) = (checksum, staged_sum) {
         if staged_sum != sent {
             return Err(PipelineError::ChecksumMismatch {
                 table: plan.table.clone(),

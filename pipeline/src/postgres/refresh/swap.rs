@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use super::carry::{self, Carried};
 use super::steps::{pg, TablePlan};
+use crate::postgres::Session;
 use crate::run::Cancel;
 use crate::PipelineError;
 
@@ -36,18 +37,18 @@ const AUTOVACUUM_MARGIN: Duration = Duration::from_millis(250);
 /// because Postgres cancels an autovacuum only for a lock request that has
 /// waited that long. Readers then queue behind the swap that long, once.
 pub async fn swap(
-    client: &Client,
+    session: &Session,
     plan: &TablePlan,
     staging: &str,
     carried: &Carried,
     also: &[String],
     cancel: &Cancel,
 ) -> Result<(), PipelineError> {
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
+    let client = session.client.as_ref();
+    let version = session
+        .server_version()
         .await
-        .map_err(pg(plan, "reading the server version"))?
-        .get(0);
+        .map_err(pg(plan, "reading the server version"))?;
     let block = swap_block(plan, staging, carried, version);
     let started = Instant::now();
     let mut attempt: u32 = 1;
