@@ -144,14 +144,18 @@ pub async fn run_table(
     let incremental = options.incremental && options.replay.is_none();
     // The table's lock first: before the run is recorded as running and
     // before anything is read, so two processes never both query the source.
-    let lock = TableLock::acquire(
-        target,
-        &config.load,
-        name,
-        &table_cfg.target,
-        &options.run_id,
-    )
-    .await;
+    // (The record's session opens beside it: a connection is the slowest
+    // round trip of a run's start.)
+    let (lock, mut record) = tokio::join!(
+        TableLock::acquire(
+            target,
+            &config.load,
+            name,
+            &table_cfg.target,
+            &options.run_id,
+        ),
+        record::Record::open(config, target, name, &options.run_id),
+    );
     if let (Err(PipelineError::Busy { .. }), true) = (&lock, options.skip_if_busy) {
         tracing::debug!(table = name, "held by another floe process: skipped");
         return TableReport {
@@ -170,24 +174,23 @@ pub async fn run_table(
             changes: None,
         };
     }
-    let record = record::Record::start(
-        config,
-        target,
-        name,
-        &options.run_id,
-        match incremental {
-            true => RunMode::Incremental,
-            false => source.mode(),
-        },
-        &source.describe(),
-    )
-    .await;
+    let recorded_mode = match incremental {
+        true => RunMode::Incremental,
+        false => source.mode(),
+    };
+    // Holding the table's lock: a `running` record of another run is a dead
+    // run's (marked beside this run's own record, on the lock's session).
+    let abandoned = async {
+        if let Ok(lock) = &lock {
+            let target_name = format!("{}.{}", target.schema, table_cfg.target);
+            mark_abandoned(lock.client(), name, &target_name, &options.run_id).await;
+        }
+    };
+    let described = source.describe();
+    tokio::join!(record.start(recorded_mode, &described), abandoned);
     let (mode, reason, result) = match lock {
         Err(e) => (source.mode(), None, Err(e)),
         Ok(lock) => {
-            // Holding the table's lock: a `running` record of another run is a dead run's.
-            let target_name = format!("{}.{}", target.schema, table_cfg.target);
-            mark_abandoned(lock.client(), name, &target_name, &options.run_id).await;
             let loaded = match incremental {
                 true => match incremental::run(config, name, target, options, &geometry, progress)
                     .await
@@ -310,6 +313,12 @@ async fn load_table(
     geometry: &GeometryOptions,
     progress: &AtomicU64,
 ) -> Result<Loaded, PipelineError> {
+    // The transform's session (~5 ms of registering functions) is made on
+    // another thread while the check's round trips go.
+    let making = tokio::task::spawn_blocking({
+        let (batch_size, geometry) = (config.load.batch_size, geometry.clone());
+        move || plan::context_for(batch_size, geometry)
+    });
     // What the swap could not carry over is refused before the source is read.
     refresh::refuse_what_cannot_be_carried(
         lock.client(),
@@ -319,7 +328,11 @@ async fn load_table(
         config.load.dependent_matviews,
     )
     .await?;
-    let ctx = plan::context(config, geometry.clone());
+    let ctx = match making.await {
+        Ok(ctx) => ctx,
+        // (Only if that thread panicked; made here it panics the same way.)
+        Err(_) => plan::context(config, geometry.clone()),
+    };
     let clock = Arc::new(StageClock::default());
     let opening = Instant::now();
     let Opened {

@@ -28,8 +28,13 @@ pub struct Planned {
 
 /// The DataFusion session a table's transform runs in.
 pub fn context(config: &Config, geometry: GeometryOptions) -> SessionContext {
+    context_for(config.load.batch_size, geometry)
+}
+
+/// [`context`] from what it needs, for a thread of its own.
+pub fn context_for(batch_size: usize, geometry: GeometryOptions) -> SessionContext {
     operators::session_context(&TransformOptions {
-        batch_size: config.load.batch_size,
+        batch_size,
         geometry,
     })
 }

@@ -18,16 +18,16 @@ pub(super) struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// Opens the bookkeeping session and records the run as `running`; a
-    /// target that cannot take the record only costs a warning (the load
-    /// itself will report why it cannot connect).
-    pub(super) async fn start(
+    /// Opens the bookkeeping session and makes sure `floe.sync_runs` is
+    /// there, writing nothing yet: done beside taking the table's lock, so
+    /// a run skipped as busy leaves no record. A target that cannot take
+    /// the record only costs a warning (the load itself will report why it
+    /// cannot connect).
+    pub(super) async fn open(
         config: &'a Config,
         target: &'a Target,
         name: &'a str,
         run_id: &'a str,
-        mode: RunMode,
-        source: &str,
     ) -> Record<'a> {
         let mut record = Record {
             config,
@@ -36,21 +36,39 @@ impl<'a> Record<'a> {
             run_id,
             session: None,
         };
-        let t = &config.tables[name];
         let Ok(session) = record.connect().await else {
             return record;
         };
-        let target_name = format!("{}.{}", target.schema, t.target);
-        let recorded = async {
-            runs::ensure(&session.client).await?;
-            runs::start(&session.client, run_id, name, &target_name, mode, source).await
-        }
-        .await;
-        match recorded {
+        match runs::ensure(&session.client).await {
             Ok(()) => record.session = Some(session),
             Err(e) => tracing::warn!(table = name, "cannot record the run in floe.sync_runs: {e}"),
         }
         record
+    }
+
+    /// Records the run as `running` (call holding the table's lock).
+    pub(super) async fn start(&mut self, mode: RunMode, source: &str) {
+        let Some(session) = &self.session else {
+            return;
+        };
+        let t = &self.config.tables[self.name];
+        let target_name = format!("{}.{}", self.target.schema, t.target);
+        if let Err(e) = runs::start(
+            &session.client,
+            self.run_id,
+            self.name,
+            &target_name,
+            mode,
+            source,
+        )
+        .await
+        {
+            tracing::warn!(
+                table = self.name,
+                "cannot record the run in floe.sync_runs: {e}"
+            );
+            self.session = None;
+        }
     }
 
     /// Records how the run ended. The bookkeeping connection may have died
