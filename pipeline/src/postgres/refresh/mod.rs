@@ -65,7 +65,8 @@ pub use swap::swap;
 ///
 /// - [`StagedRefresh::begin`], called holding the table's
 ///   [`crate::postgres::table_lock::TableLock`], drops staging tables
-///   crashed runs left and creates this run's staging table.
+///   crashed runs left and creates this run's staging table (dropped
+///   again if `begin` fails after creating it).
 /// - [`StagedRefresh::copy`] streams rows into staging: accepted, never
 ///   visible to readers.
 /// - [`StagedRefresh::commit`] builds the indexes with the verification
@@ -92,6 +93,27 @@ pub struct StagedRefresh<'a> {
     helper: Option<Session>,
 }
 
+/// The staging table's columns as the checksum hashes them; `None`
+/// (with a warning) before PostgreSQL 14, where only the count is checked.
+async fn hashed_columns(
+    session: &Session,
+    plan: &TablePlan,
+    staging: &str,
+) -> Result<Option<Vec<StagedColumn>>, PipelineError> {
+    let version = session
+        .server_version()
+        .await
+        .map_err(|e| PipelineError::postgres(&plan.table, "reading the server version", e))?;
+    let hashed = staged_columns(&session.client, version, plan, staging).await?;
+    if hashed.is_none() {
+        tracing::warn!(
+            table = %plan.table,
+            "verifying the row count only: the content checksum needs PostgreSQL 14 or newer"
+        );
+    }
+    Ok(hashed)
+}
+
 /// What a committed refresh measured and left.
 #[derive(Debug, Clone, Copy)]
 pub struct Committed {
@@ -115,31 +137,18 @@ impl<'a> StagedRefresh<'a> {
             .connect(&application_name(&[&plan.target, run_id]), load)
             .await?;
         let staging = prepare(&session.client, &plan, run_id).await?;
+        // What the checksum hashes is read now, beside the transform's first batch.
         let hashed = match load.verify_checksum {
-            true => {
-                let version = session.server_version().await.map_err(|e| {
-                    PipelineError::postgres(&plan.table, "reading the server version", e)
-                });
-                let hashed = match version {
-                    Ok(v) => staged_columns(&session.client, v, &plan, &staging).await,
-                    Err(e) => Err(e),
-                };
-                match hashed {
-                    Ok(hashed) => hashed,
-                    Err(e) => {
-                        discard(&session.client, &plan, &staging).await;
-                        return Err(e);
-                    }
-                }
-            }
-            false => None,
+            true => hashed_columns(&session, &plan, &staging).await,
+            false => Ok(None),
         };
-        if load.verify_checksum && hashed.is_none() {
-            tracing::warn!(
-                table = %plan.table,
-                "verifying the row count only: the content checksum needs PostgreSQL 14 or newer"
-            );
-        }
+        let hashed = match hashed {
+            Ok(hashed) => hashed,
+            Err(e) => {
+                discard(&session.client, &plan, &staging).await;
+                return Err(e);
+            }
+        };
         Ok(StagedRefresh {
             target,
             load,
