@@ -440,21 +440,39 @@ fn print_text(r: &Report) {
 
 /// Runs one `floe run`, timing it and sampling its peak RSS (VmHWM, a
 /// high-water mark, so a peak between samples is not missed).
+///
+/// The time ends when the process does: a thread of its own waits for it
+/// (draining its output), so the 10 ms between samples never adds to a
+/// run's time, as it did when the sampling loop also noticed the exit.
 pub(super) fn measure(cmd: &mut Command) -> Result<Sample> {
     let started = Instant::now();
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("starting floe run")?;
     let status_path = format!("/proc/{}/status", child.id());
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        // The receiver outlives the waiter (joined below).
+        let _ = done_tx.send(Instant::now());
+        out
+    });
     let mut peak = 0u64;
-    while child.try_wait()?.is_none() {
+    let ended = loop {
         peak = peak.max(vm_hwm(&status_path).unwrap_or(0));
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let out = child.wait_with_output()?;
+        match done.recv_timeout(Duration::from_millis(10)) {
+            Ok(at) => break at,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Instant::now(),
+        }
+    };
+    let seconds = ended.duration_since(started).as_secs_f64();
+    let out = match waiter.join() {
+        Ok(out) => out.context("waiting for floe run")?,
+        Err(_) => bail!("the thread waiting for floe run panicked"),
+    };
     if !out.status.success() {
         bail!(
             "floe run failed: {}{}",
