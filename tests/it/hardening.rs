@@ -99,6 +99,94 @@ async fn a_target_of_the_longest_allowed_name_with_two_indexes_on_one_column_loa
     assert_eq!(indexes.len(), 4);
 }
 
+/// floe watch skips a table another floe is loading. The run's record
+/// session connects beside the table's lock, but its `running` row is
+/// written only once the lock is held: a skipped run leaves no row, no
+/// session, and the table as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_skipped_as_busy_leaves_no_record_no_session_and_the_table() {
+    let config = shipped_config();
+    let url = fresh_db("busy_skip").await;
+    let client = connect(&url).await;
+    assert_success(&run(&config, "transformers", &url, Some(grid_dir())).await);
+    let loaded: i64 = client
+        .query_one("SELECT count(*) FROM transformers_cache", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // Another floe's lock on the table (its key, as floe takes it).
+    let holder = connect(&url).await;
+    holder
+        .query_one(
+            "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+            &[&"floe:public.transformers_cache"],
+        )
+        .await
+        .unwrap();
+    let target = pipeline::postgres::Target::resolve(&config.target.with_url(&url)).unwrap();
+    let options = pipeline::run::RunOptions {
+        run_id: pipeline::run::new_run_id(),
+        parquet_dir: Some(grid_dir().to_path_buf()),
+        skip_if_busy: true,
+        ..Default::default()
+    };
+    let skipped = pipeline::run::run_table(
+        &config,
+        "transformers",
+        &target,
+        &options,
+        &std::sync::atomic::AtomicU64::new(0),
+    )
+    .await;
+    assert_eq!(skipped.status, "skipped", "{:?}", skipped.error);
+    let rows = |run_id: String| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM floe.sync_runs WHERE run_id = $1",
+                    &[&run_id],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        rows(options.run_id.clone()).await,
+        0,
+        "the skipped run wrote no record"
+    );
+    assert_eq!(
+        crate::incremental::floe_sessions(&client).await,
+        0,
+        "the skipped run's sessions are gone"
+    );
+    let kept: i64 = client
+        .query_one("SELECT count(*) FROM transformers_cache", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, loaded, "the table as it was");
+
+    // Once the other floe is done, the next run loads and is recorded.
+    drop(holder);
+    let next = run(&config, "transformers", &url, Some(grid_dir())).await;
+    assert_success(&next);
+    let statuses: Vec<String> = client
+        .query(
+            "SELECT status FROM floe.sync_runs WHERE table_name = 'transformers' ORDER BY started_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(statuses, ["success", "success"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_run_of_a_busy_table_fails_at_once_without_touching_snowflake_or_the_first() {
     let emulator = Emulator::start(EmulatorConfig {
