@@ -16,7 +16,7 @@ use crate::postgres::refresh::{self, TablePlan};
 use crate::postgres::{application_name, Target};
 use crate::run::plan::{self, Planned};
 use crate::run::Cancel;
-use crate::source::{SourceData, TableSource};
+use crate::source::{Connected, SourceData, TableSource};
 use crate::PipelineError;
 
 /// A table's COPY data, encoded once and kept in memory.
@@ -38,7 +38,9 @@ async fn planned(
 ) -> Result<Planned, PipelineError> {
     let ctx = plan::context(config, operators::GeometryOptions::default());
     let source = TableSource::resolve(&config.tables[name], None, Some(dir));
-    let opened = source.open(name, config, &ctx, &Cancel::default()).await?;
+    let opened = source
+        .open(name, config, &ctx, &Cancel::default(), Connected::none())
+        .await?;
     let provider = match opened.data {
         SourceData::Provider(p) => p,
         SourceData::Stream(schema, stream) => {

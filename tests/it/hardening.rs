@@ -99,6 +99,49 @@ async fn a_target_of_the_longest_allowed_name_with_two_indexes_on_one_column_loa
     assert_eq!(indexes.len(), 4);
 }
 
+/// What the swap could not carry over is refused before Snowflake is
+/// queried. The login is made beside that check (it reads nothing): a
+/// refused run logs in and out, runs no query and leaves no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_run_logs_out_of_snowflake_without_a_query() {
+    let emulator = Emulator::start(EmulatorConfig::new(grid_dir(), "floe", "pw"))
+        .await
+        .expect("emulator starts");
+    let mut config = shipped_config();
+    config.snowflake = emulator_login(emulator.port(), "floe", "pw");
+    let url = fresh_db("refused_login").await;
+    let client = connect(&url).await;
+    assert_success(&run(&config, "transformers", &url, None).await);
+    client
+        .batch_execute(
+            "CREATE MATERIALIZED VIEW transformer_count AS SELECT count(*) AS n FROM transformers_cache",
+        )
+        .await
+        .unwrap();
+    let before = emulator.stats();
+
+    let refused = run(&config, "transformers", &url, None).await;
+    let e = refused.error.expect("refused");
+    assert!(e.contains("materialized view transformer_count"), "{e}");
+    let after = emulator.stats();
+    assert_eq!(
+        (after.queries, after.metadata_queries),
+        (before.queries, before.metadata_queries),
+        "no query ran in Snowflake"
+    );
+    assert_eq!(
+        after.logins - before.logins,
+        after.logouts - before.logouts,
+        "every login was logged out"
+    );
+    assert_eq!(after.live_sessions, 0);
+    assert!(staging_tables(&client).await.is_empty());
+
+    // Allowed to recompute the view, the next run loads.
+    config.load.dependent_matviews = schemas::config::DependentMatviews::Refresh;
+    assert_success(&run(&config, "transformers", &url, None).await);
+}
+
 /// floe watch skips a table another floe is loading. The run's record
 /// session connects beside the table's lock, but its `running` row is
 /// written only once the lock is held: a skipped run leaves no row, no

@@ -319,15 +319,28 @@ async fn load_table(
         let (batch_size, geometry) = (config.load.batch_size, geometry.clone());
         move || plan::context_for(batch_size, geometry)
     });
-    // What the swap could not carry over is refused before the source is read.
-    refresh::refuse_what_cannot_be_carried(
-        lock.client(),
-        name,
-        target,
-        &config.tables[name].target,
-        config.load.dependent_matviews,
-    )
-    .await?;
+    // What the swap could not carry over is refused before the source is
+    // read; Snowflake's login (which reads nothing) goes beside that check.
+    let (refused, connected) = tokio::join!(
+        refresh::refuse_what_cannot_be_carried(
+            lock.client(),
+            name,
+            target,
+            &config.tables[name].target,
+            config.load.dependent_matviews,
+        ),
+        source.connect(config),
+    );
+    if let Err(e) = refused {
+        if let Ok(connected) = connected {
+            connected.close().await;
+        }
+        return Err(e);
+    }
+    let connected = connected.map_err(|e| PipelineError::Source {
+        table: name.to_string(),
+        source: e,
+    })?;
     let ctx = match making.await {
         Ok(ctx) => ctx,
         // (Only if that thread panicked; made here it panics the same way.)
@@ -340,7 +353,9 @@ async fn load_table(
         described,
         point,
         guard,
-    } = source.open(name, config, &ctx, &options.cancel).await?;
+    } = source
+        .open(name, config, &ctx, &options.cancel, connected)
+        .await?;
     let source_open = opening.elapsed().as_secs_f64();
     // What the run reads is snapshotted on its way to the transform (a
     // replay reads a snapshot, so it writes none).

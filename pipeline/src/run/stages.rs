@@ -16,8 +16,9 @@ use crate::postgres::copy::CopyTimes;
 /// side by side; so the stages do not add up to the run's wall time.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stages {
-    /// Opening the source: Snowflake's login and query (until its first
-    /// result arrives), a Flight `DoGet`, a parquet file's metadata.
+    /// Opening the source: Snowflake's query (until its first result
+    /// arrives; the login is made beside the run's precheck, before this),
+    /// a Flight `DoGet`, a parquet file's metadata.
     pub source_open: f64,
     /// Waiting on the source's stream (reading, downloading, decoding);
     /// `None` when DataFusion reads parquet inside the transform.

@@ -110,6 +110,36 @@ pub struct Opened {
     pub guard: SourceGuard,
 }
 
+/// What a source needs before it is read, made ahead: a Snowflake session
+/// logged in (a login reads nothing and runs no warehouse), so its round
+/// trips overlap the run's precheck. The other sources need nothing.
+/// Dropped unused, the session is logged out.
+pub struct Connected(Option<SnowflakeSession>);
+
+impl Connected {
+    /// Nothing made ahead: [`TableSource::open`] logs in itself.
+    pub fn none() -> Connected {
+        Connected(None)
+    }
+
+    /// Logs out a session that will not be used (the run stopped first).
+    pub async fn close(mut self) {
+        if let Some(session) = self.0.take() {
+            session.logout().await;
+        }
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { session.logout().await });
+            }
+        }
+    }
+}
+
 impl<'a> TableSource<'a> {
     pub fn resolve(
         t: &TableConfig,
@@ -152,7 +182,19 @@ impl<'a> TableSource<'a> {
         }
     }
 
-    /// Opens the source. A Snowflake query runs here (until its first
+    /// Makes what the source needs before it is read ([`Connected`]): for
+    /// Snowflake, the login; for the others, nothing.
+    pub async fn connect(&self, config: &Config) -> Result<Connected, SourceError> {
+        match self {
+            TableSource::Snowflake { .. } => Ok(Connected(Some(
+                SnowflakeSession::login(&config.snowflake).await?,
+            ))),
+            _ => Ok(Connected::none()),
+        }
+    }
+
+    /// Opens the source (with what [`TableSource::connect`] made, or
+    /// [`Connected::none`]). A Snowflake query runs here (until its first
     /// result); cancelling aborts it on the server and logs out.
     pub async fn open(
         &self,
@@ -160,6 +202,7 @@ impl<'a> TableSource<'a> {
         config: &Config,
         ctx: &SessionContext,
         cancel: &Cancel,
+        mut connected: Connected,
     ) -> Result<Opened, PipelineError> {
         let failed = |e: SourceError| PipelineError::Source {
             table: name.to_string(),
@@ -231,9 +274,12 @@ impl<'a> TableSource<'a> {
                 query,
                 changes_from,
             } => {
-                let session = SnowflakeSession::login(&config.snowflake)
-                    .await
-                    .map_err(|e| failed(e.into()))?;
+                let session = match connected.0.take() {
+                    Some(session) => session,
+                    None => SnowflakeSession::login(&config.snowflake)
+                        .await
+                        .map_err(|e| failed(e.into()))?,
+                };
                 let session = Arc::new(session);
                 let ticket = QueryTicket::new(query);
                 // From here on the guard aborts and logs out whatever happens.
