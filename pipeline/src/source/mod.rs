@@ -8,6 +8,7 @@
 
 pub mod complete;
 pub mod parquet;
+mod parquet_file;
 mod prefetch;
 pub mod snowflake;
 

@@ -1,9 +1,11 @@
 //! Parquet as a source, and any stream of batches as a table read once.
 //!
 //! Every source is a DataFusion `TableProvider` registered as `source`, so a
-//! transform reads the same whichever it is. Parquet is read through
+//! transform reads the same whichever it is. Parquet's schema comes from
 //! DataFusion's listing table (a file, a directory or a glob), keeping field
-//! metadata so Snowflake type tags and JSON/geometry tags survive.
+//! metadata so Snowflake type tags and JSON/geometry tags survive; a single
+//! local file is then read page by page ([`ParquetFile`]), anything else
+//! through the listing table.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use super::parquet_file::ParquetFile;
 use super::prefetch::Prefetched;
 
 /// Why parquet could not be opened: one line that says what to fix.
@@ -56,8 +59,8 @@ pub enum ParquetOpenError {
 /// two batches.
 const PREFETCH_BATCHES: usize = 2;
 
-/// Opens parquet at `path` (file, directory or glob) as a table provider,
-/// decoded ahead of whatever reads it.
+/// Opens parquet at `path` (file, directory, glob or URL) as a table
+/// provider, decoded ahead of whatever reads it.
 pub async fn parquet(
     ctx: &SessionContext,
     path: &str,
@@ -82,6 +85,13 @@ pub async fn parquet(
         })?;
     if schema.fields().is_empty() {
         return Err(ParquetOpenError::NoFiles { path: path_of() });
+    }
+    if !is_glob && Path::new(path).is_file() {
+        return Ok(Arc::new(ParquetFile::new(
+            Path::new(path),
+            schema,
+            PREFETCH_BATCHES,
+        )));
     }
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
