@@ -145,6 +145,8 @@ pub async fn ceiling(
         .take(config.load.copy_streams)
         .collect();
     let helper = &others[others.len() - 1];
+    // PostGIS loaded in the helper before the clock, as floe's is during its COPY.
+    refresh::load_postgis(&helper.client, &plan.table, &plan.schema, &plan.target).await?;
     let staging = refresh::prepare(client, plan, run_id).await?;
     let result = async {
         let started = Instant::now();

@@ -320,16 +320,20 @@ async fn load_table(
         move || plan::context_for(batch_size, geometry)
     });
     // What the swap could not carry over is refused before the source is
-    // read; Snowflake's login (which reads nothing) goes beside that check.
-    let (refused, connected) = tokio::join!(
+    // read; Snowflake's login (which reads nothing) and the load's Postgres
+    // session (which the staging table needs, not the plan) go beside that
+    // check.
+    let table_target = &config.tables[name].target;
+    let (refused, connected, session) = tokio::join!(
         refresh::refuse_what_cannot_be_carried(
             lock.client(),
             name,
             target,
-            &config.tables[name].target,
+            table_target,
             config.load.dependent_matviews,
         ),
         source.connect(config),
+        StagedRefresh::connect(target, &config.load, name, table_target, &options.run_id),
     );
     if let Err(e) = refused {
         if let Ok(connected) = connected {
@@ -337,6 +341,16 @@ async fn load_table(
         }
         return Err(e);
     }
+    let session = match session {
+        Ok(session) => session,
+        Err(e) => {
+            if let Ok(connected) = connected {
+                connected.close().await;
+            }
+            return Err(e);
+        }
+    };
+    // (A failed login drops the session: its connection closes.)
     let connected = connected.map_err(|e| PipelineError::Source {
         table: name.to_string(),
         source: e,
@@ -398,6 +412,7 @@ async fn load_table(
                 ctx: &ctx,
                 provider,
                 point,
+                session,
             };
             refresh(config, name, target, options, load, progress).await
         }
@@ -444,6 +459,8 @@ struct Load<'a> {
     ctx: &'a datafusion::execution::context::SessionContext,
     provider: Arc<dyn datafusion::catalog::TableProvider>,
     point: Option<SourcePoint>,
+    /// The load's Postgres session, from [`StagedRefresh::connect`].
+    session: crate::postgres::Session,
 }
 
 /// Plans the transform over the source and loads it through the staged
@@ -461,6 +478,7 @@ async fn refresh(
         ctx,
         provider,
         point,
+        session,
     } = source;
     let plan::Planned { df, plan, encoder } =
         plan::plan_table(config, name, &target.schema, ctx, provider).await?;
@@ -476,7 +494,7 @@ async fn refresh(
                 _ = options.cancel.cancelled() => Err(cancelled()),
             }
         },
-        StagedRefresh::begin(target, &config.load, plan, &options.run_id),
+        StagedRefresh::begin(session, target, &config.load, plan, &options.run_id),
     );
     let mut load = begun?;
     let target_name = format!("{}.{}", target.schema, load.plan().target);

@@ -55,18 +55,19 @@ use crate::PipelineError;
 pub use carry::{read as read_carried, Carried};
 pub use precheck::refuse_what_cannot_be_carried;
 pub use steps::{
-    build, current_count, discard, prepare, staged_columns, verify, BuildTimes, TablePlan,
-    STAGING_COMMENT, STAGING_MARK,
+    build, current_count, discard, load_postgis, prepare, staged_columns, verify, BuildTimes,
+    TablePlan, STAGING_COMMENT, STAGING_MARK,
 };
 pub use swap::swap;
 
 /// The load seam, as a full refresh through a staging table (the other way
 /// to load a table is [`crate::postgres::apply::InPlaceApply`]). What a caller may rely on:
 ///
-/// - [`StagedRefresh::begin`], called holding the table's
-///   [`crate::postgres::table_lock::TableLock`], drops staging tables
-///   crashed runs left and creates this run's staging table (dropped
-///   again if `begin` fails after creating it).
+/// - [`StagedRefresh::connect`] opens the load's session (it needs no plan,
+///   so a run opens it while it plans); [`StagedRefresh::begin`], called
+///   holding the table's [`crate::postgres::table_lock::TableLock`], drops
+///   staging tables crashed runs left and creates this run's staging table
+///   on it (dropped again if `begin` fails after creating it).
 /// - [`StagedRefresh::copy`] streams rows into staging: accepted, never
 ///   visible to readers.
 /// - [`StagedRefresh::commit`] builds the indexes with the verification
@@ -126,16 +127,32 @@ pub struct Committed {
 }
 
 impl<'a> StagedRefresh<'a> {
-    /// Connects, locks the table, cleans up, creates the staging table.
+    /// The load's session for `table` (its config name), whose target is
+    /// `table_target` in `target`'s schema, with PostGIS loaded when the
+    /// target has geometry (see [`load_postgis`]).
+    pub async fn connect(
+        target: &Target,
+        load: &LoadConfig,
+        table: &str,
+        table_target: &str,
+        run_id: &str,
+    ) -> Result<Session, PipelineError> {
+        let session = target
+            .connect(&application_name(&[table_target, run_id]), load)
+            .await?;
+        load_postgis(&session.client, table, &target.schema, table_target).await?;
+        Ok(session)
+    }
+
+    /// Cleans up and creates the staging table on `session` (from
+    /// [`StagedRefresh::connect`]), the caller holding the table's lock.
     pub async fn begin(
+        session: Session,
         target: &'a Target,
         load: &'a LoadConfig,
         plan: TablePlan,
         run_id: &'a str,
     ) -> Result<StagedRefresh<'a>, PipelineError> {
-        let session = target
-            .connect(&application_name(&[&plan.target, run_id]), load)
-            .await?;
         let staging = prepare(&session.client, &plan, run_id).await?;
         // What the checksum hashes is read now, beside the transform's first batch.
         let hashed = match load.verify_checksum {
@@ -254,13 +271,19 @@ impl<'a> StagedRefresh<'a> {
     }
 
     /// The verification's session.
+    /// The verification's session, PostGIS loaded for the GiST build it
+    /// may run (see [`load_postgis`]).
     async fn connect_helper(&self) -> Result<Session, PipelineError> {
-        self.target
+        let plan = &self.plan;
+        let session = self
+            .target
             .connect(
-                &application_name(&[&self.plan.target, self.run_id, "verify"]),
+                &application_name(&[&plan.target, self.run_id, "verify"]),
                 self.load,
             )
-            .await
+            .await?;
+        load_postgis(&session.client, &plan.table, &plan.schema, &plan.target).await?;
+        Ok(session)
     }
 
     /// Drops the staging table: the target is as it was.
