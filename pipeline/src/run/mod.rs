@@ -36,7 +36,7 @@ pub use stages::Stages;
 use crate::incremental::{Changes, Fallback};
 use crate::postgres::apply::NotApplied;
 use crate::postgres::copy::CopyTimes;
-use crate::postgres::refresh::{self, StagedRefresh};
+use crate::postgres::refresh::{self, OpeningSession, StagedRefresh};
 use crate::postgres::runs::{self, Outcome, RunMode, RunStatus};
 use crate::postgres::state::{FullRefreshed, SourcePoint};
 use crate::postgres::table_lock::TableLock;
@@ -319,12 +319,13 @@ async fn load_table(
         let (batch_size, geometry) = (config.load.batch_size, geometry.clone());
         move || plan::context_for(batch_size, geometry)
     });
-    // What the swap could not carry over is refused before the source is
-    // read; Snowflake's login (which reads nothing) and the load's Postgres
-    // session (which the staging table needs, not the plan) go beside that
-    // check.
+    // The load's Postgres session (which the staging table needs, not the
+    // plan) opens on a task of its own while the run checks and plans.
     let table_target = &config.tables[name].target;
-    let (refused, connected, session) = tokio::join!(
+    let session = OpeningSession::start(target, &config.load, name, table_target, &options.run_id);
+    // What the swap could not carry over is refused before the source is
+    // read; Snowflake's login (which reads nothing) goes beside that check.
+    let (refused, connected) = tokio::join!(
         refresh::refuse_what_cannot_be_carried(
             lock.client(),
             name,
@@ -333,7 +334,6 @@ async fn load_table(
             config.load.dependent_matviews,
         ),
         source.connect(config),
-        StagedRefresh::connect(target, &config.load, name, table_target, &options.run_id),
     );
     if let Err(e) = refused {
         if let Ok(connected) = connected {
@@ -341,16 +341,6 @@ async fn load_table(
         }
         return Err(e);
     }
-    let session = match session {
-        Ok(session) => session,
-        Err(e) => {
-            if let Ok(connected) = connected {
-                connected.close().await;
-            }
-            return Err(e);
-        }
-    };
-    // (A failed login drops the session: its connection closes.)
     let connected = connected.map_err(|e| PipelineError::Source {
         table: name.to_string(),
         source: e,
@@ -459,8 +449,8 @@ struct Load<'a> {
     ctx: &'a datafusion::execution::context::SessionContext,
     provider: Arc<dyn datafusion::catalog::TableProvider>,
     point: Option<SourcePoint>,
-    /// The load's Postgres session, from [`StagedRefresh::connect`].
-    session: crate::postgres::Session,
+    /// The load's Postgres session, being opened.
+    session: OpeningSession,
 }
 
 /// Plans the transform over the source and loads it through the staged
@@ -494,7 +484,10 @@ async fn refresh(
                 _ = options.cancel.cancelled() => Err(cancelled()),
             }
         },
-        StagedRefresh::begin(session, target, &config.load, plan, &options.run_id),
+        async {
+            let session = session.session().await?;
+            StagedRefresh::begin(session, target, &config.load, plan, &options.run_id).await
+        },
     );
     let mut load = begun?;
     let target_name = format!("{}.{}", target.schema, load.plan().target);

@@ -115,6 +115,57 @@ async fn hashed_columns(
     Ok(hashed)
 }
 
+/// The load's session being opened on a task of its own
+/// ([`StagedRefresh::connect`]), so a run plans while Postgres connects and
+/// loads PostGIS. Dropped before [`OpeningSession::session`], the task is
+/// aborted and the session, if it was made, closed.
+pub struct OpeningSession {
+    task: tokio::task::JoinHandle<Result<Session, PipelineError>>,
+    target: String,
+}
+
+impl OpeningSession {
+    pub fn start(
+        target: &Target,
+        load: &LoadConfig,
+        table: &str,
+        table_target: &str,
+        run_id: &str,
+    ) -> Self {
+        let (target, load) = (target.clone(), load.clone());
+        let (table, table_target, run_id) = (
+            table.to_string(),
+            table_target.to_string(),
+            run_id.to_string(),
+        );
+        let display = target.display().to_string();
+        let task = tokio::spawn(async move {
+            StagedRefresh::connect(&target, &load, &table, &table_target, &run_id).await
+        });
+        OpeningSession {
+            task,
+            target: display,
+        }
+    }
+
+    /// Waits for the session.
+    pub async fn session(mut self) -> Result<Session, PipelineError> {
+        match (&mut self.task).await {
+            Ok(opened) => opened,
+            Err(e) => Err(PipelineError::Connect {
+                target: self.target.clone(),
+                message: format!("the task opening the session failed: {e}"),
+            }),
+        }
+    }
+}
+
+impl Drop for OpeningSession {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// What a committed refresh measured and left.
 #[derive(Debug, Clone, Copy)]
 pub struct Committed {
