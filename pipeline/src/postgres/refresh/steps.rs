@@ -136,7 +136,7 @@ pub(super) fn pg<'a>(
 /// table needs it.
 ///
 /// Why: a backend loads PostGIS (with GEOS and PROJ) the first time it
-/// meets a geometry type modifier: 7–16 ms here, which the staging table's
+/// meets a geometry type modifier: 8–16 ms here, which the staging table's
 /// `CREATE TABLE` would otherwise pay on the run's way to its COPY. Printing
 /// the target's geometry and geography column types calls PostGIS's
 /// type-modifier output, which loads it; a target without such columns, or
