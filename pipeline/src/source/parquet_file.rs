@@ -79,12 +79,14 @@ impl TableProvider for ParquetFile {
             None => Arc::clone(&self.schema),
         };
         let pages = Pages {
-            path: self.path.clone(),
-            file_schema: Arc::clone(&self.schema),
-            projected: Arc::clone(&projected),
-            projection: projection.cloned(),
-            batch_size: state.config().batch_size(),
-            limit,
+            scan: Scan {
+                path: self.path.clone(),
+                file_schema: Arc::clone(&self.schema),
+                projected: Arc::clone(&projected),
+                projection: projection.cloned(),
+                batch_size: state.config().batch_size(),
+                limit,
+            },
             batches: self.batches,
         };
         Ok(Arc::new(StreamingTableExec::try_new(
@@ -98,41 +100,28 @@ impl TableProvider for ParquetFile {
     }
 }
 
-/// One scan of the file.
+/// One scan of the file, read `batches` batches ahead.
 struct Pages {
-    path: PathBuf,
-    /// The file's whole schema, which the reader is given.
-    file_schema: SchemaRef,
-    projected: SchemaRef,
-    projection: Option<Vec<usize>>,
-    batch_size: usize,
-    limit: Option<usize>,
+    scan: Scan,
     batches: usize,
 }
 
 impl fmt::Debug for Pages {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Pages({})", self.path.display())
+        write!(f, "Pages({})", self.scan.path.display())
     }
 }
 
 impl PartitionStream for Pages {
     fn schema(&self) -> &SchemaRef {
-        &self.projected
+        &self.scan.projected
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let mut builder =
-            RecordBatchReceiverStream::builder(Arc::clone(&self.projected), self.batches);
+            RecordBatchReceiverStream::builder(Arc::clone(&self.scan.projected), self.batches);
         let tx = builder.tx();
-        let scan = Scan {
-            path: self.path.clone(),
-            file_schema: Arc::clone(&self.file_schema),
-            projected: Arc::clone(&self.projected),
-            projection: self.projection.clone(),
-            batch_size: self.batch_size,
-            limit: self.limit,
-        };
+        let scan = self.scan.clone();
         builder.spawn_blocking(move || {
             let path = scan.path.display().to_string();
             let read = scan.read(|batch| tx.blocking_send(Ok(batch)).is_ok());
@@ -147,7 +136,9 @@ impl PartitionStream for Pages {
 }
 
 /// What a read needs, moved onto its thread.
+#[derive(Clone)]
 struct Scan {
+    /// The file, and its whole schema, which the reader is given.
     path: PathBuf,
     file_schema: SchemaRef,
     projected: SchemaRef,
