@@ -217,16 +217,7 @@ async fn a_run_skipped_as_busy_leaves_no_record_no_session_and_the_table() {
     drop(holder);
     let next = run(&config, "transformers", &url, Some(grid_dir())).await;
     assert_success(&next);
-    let statuses: Vec<String> = client
-        .query(
-            "SELECT status FROM floe.sync_runs WHERE table_name = 'transformers' ORDER BY started_at",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let statuses = run_statuses(&client, "transformers").await;
     assert_eq!(statuses, ["success", "success"]);
 }
 
@@ -293,16 +284,7 @@ async fn a_second_run_of_a_busy_table_fails_at_once_without_touching_snowflake_o
 
     let first = first.await.unwrap();
     assert_success(&first);
-    let statuses: Vec<String> = client
-        .query(
-            "SELECT status FROM floe.sync_runs WHERE table_name = 'transformers' ORDER BY status",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let statuses = run_statuses(&client, "transformers").await;
     assert_eq!(
         statuses,
         ["failed", "success"],

@@ -128,6 +128,20 @@ pub async fn staging_tables(client: &Client) -> Vec<String> {
         .collect()
 }
 
+/// The statuses of a table's runs in `floe.sync_runs`, sorted.
+pub async fn run_statuses(client: &Client, table: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT status FROM floe.sync_runs WHERE table_name = $1 ORDER BY status",
+            &[&table],
+        )
+        .await
+        .expect("read sync_runs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Order-independent fingerprint of a table's content.
 pub async fn fingerprint(client: &Client, table: &str) -> (i64, String) {
     let row = client

@@ -321,7 +321,6 @@ impl<'a> StagedRefresh<'a> {
         result
     }
 
-    /// The verification's session.
     /// The verification's session, PostGIS loaded for the GiST build it
     /// may run (see [`load_postgis`]).
     async fn connect_helper(&self) -> Result<Session, PipelineError> {
