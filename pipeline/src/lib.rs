@@ -29,6 +29,7 @@ pub mod retry;
 pub mod run;
 pub mod snapshot;
 pub mod source;
+mod task;
 pub mod watch;
 
 pub use error::PipelineError;

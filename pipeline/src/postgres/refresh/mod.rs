@@ -51,6 +51,7 @@ use super::encode::CopyEncoder;
 use super::state::FullRefreshed;
 use super::{application_name, Session, Target};
 use crate::run::Cancel;
+use crate::task::AbortOnDrop;
 use crate::PipelineError;
 pub use carry::{read as read_carried, Carried};
 pub use precheck::refuse_what_cannot_be_carried;
@@ -120,7 +121,7 @@ async fn hashed_columns(
 /// loads PostGIS. Dropped before [`OpeningSession::session`], the task is
 /// aborted and the session, if it was made, closed.
 pub struct OpeningSession {
-    task: tokio::task::JoinHandle<Result<Session, PipelineError>>,
+    task: AbortOnDrop<Result<Session, PipelineError>>,
     target: String,
 }
 
@@ -139,7 +140,7 @@ impl OpeningSession {
             run_id.to_string(),
         );
         let display = target.display().to_string();
-        let task = tokio::spawn(async move {
+        let task = AbortOnDrop::spawn(async move {
             StagedRefresh::connect(&target, &load, &table, &table_target, &run_id).await
         });
         OpeningSession {
@@ -149,20 +150,14 @@ impl OpeningSession {
     }
 
     /// Waits for the session.
-    pub async fn session(mut self) -> Result<Session, PipelineError> {
-        match (&mut self.task).await {
+    pub async fn session(self) -> Result<Session, PipelineError> {
+        match self.task.join().await {
             Ok(opened) => opened,
             Err(e) => Err(PipelineError::Connect {
-                target: self.target.clone(),
+                target: self.target,
                 message: format!("the task opening the session failed: {e}"),
             }),
         }
-    }
-}
-
-impl Drop for OpeningSession {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

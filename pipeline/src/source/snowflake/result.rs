@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::transport::{backoff, http_err, transient};
 use super::{parameter, SnowflakeError, SnowflakeSession};
 use crate::budget::{ByteBudget, Reserved};
+use crate::task::AbortOnDrop;
 
 /// Attempts per chunk before the query fails.
 const CHUNK_ATTEMPTS: u32 = 6;
@@ -169,14 +170,14 @@ impl SnowflakeSession {
                     async move {
                         // Reserve the chunk's decoded size before fetching it.
                         let permit = budget.reserve(chunk.uncompressed_size).await;
-                        AbortOnDrop(tokio::spawn(async move {
+                        AbortOnDrop::spawn(async move {
                             let permit = permit
                                 .map_err(|_| SnowflakeError::Http("download cancelled".into()))?;
                             let batches =
                                 download_chunk(&http, &headers, &chunk, i, &rowtype, &schema)
                                     .await?;
                             Ok((batches, permit))
-                        }))
+                        })
                     }
                 })
                 .map(|task| async move {
@@ -212,22 +213,6 @@ impl SnowflakeSession {
             total,
             found: format!("but floe read {read}"),
         })
-    }
-}
-
-/// A task aborted when its handle is dropped: dropping the result stream
-/// stops the downloads.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> AbortOnDrop<T> {
-    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
-        (&mut self.0).await
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
