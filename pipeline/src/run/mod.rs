@@ -5,11 +5,13 @@
 //! the table's watermark in place (`incremental`), or does a full refresh
 //! instead and says why.
 //!
-//! The rooms: [`plan`] (the one planning path), [`stages`] (time by stage),
+//! The rooms: [`plan`] (the one planning path), `ahead` (the transform
+//! started before the load needs it), [`stages`] (time by stage),
 //! [`report`] (what the run says, and its id), `record` (its `sync_runs`
 //! row), [`cancel`]. Where rows come from is [`crate::source`]; how they
 //! land is the load seam, [`crate::postgres::refresh::StagedRefresh`].
 
+mod ahead;
 pub mod cancel;
 mod incremental;
 pub mod plan;
@@ -22,9 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::dataframe::DataFrame;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 use operators::GeometryOptions;
 use schemas::config::Config;
@@ -42,8 +41,9 @@ use crate::postgres::state::{FullRefreshed, SourcePoint};
 use crate::postgres::table_lock::TableLock;
 use crate::postgres::Target;
 use crate::snapshot::{SnapshotStatus, SnapshotWriter};
-use crate::source::{Opened, SourceData, SourceError, TableSource};
+use crate::source::{Opened, SourceData, SourceError, SourceGuard, TableSource};
 use crate::PipelineError;
+use ahead::{Early, Started};
 use stages::{AfterCopy, StageClock};
 
 /// Per-run choices that are not in the config file.
@@ -142,6 +142,10 @@ pub async fn run_table(
         options.parquet_dir.as_deref(),
     );
     let incremental = options.incremental && options.replay.is_none();
+    // A local parquet file is opened, planned and started while the run
+    // takes the lock and checks (see `ahead::Early`); nothing of it is
+    // written before the precheck passes.
+    let early = Early::start(config, name, &source, &target.schema, &geometry, options);
     // The table's lock first: before the run is recorded as running and
     // before anything is read, so two processes never both query the source.
     // (The record's session opens beside it: a connection is the slowest
@@ -210,6 +214,7 @@ pub async fn run_table(
                         }
                         let full = load_table(
                             config, name, target, options, &lock, &source, &geometry, progress,
+                            None,
                         )
                         .await;
                         (RunMode::Full, Some(reason), full)
@@ -220,7 +225,7 @@ pub async fn run_table(
                     source.mode(),
                     None,
                     load_table(
-                        config, name, target, options, &lock, &source, &geometry, progress,
+                        config, name, target, options, &lock, &source, &geometry, progress, early,
                     )
                     .await,
                 ),
@@ -299,9 +304,9 @@ pub async fn run_table(
     report
 }
 
-/// Opens the source, snapshots what it reads, and runs the staged refresh;
-/// the source is closed (a Snowflake query aborted, its session logged out)
-/// however the load ends.
+/// Opens the source (unless `early` did), snapshots what it reads, and runs
+/// the staged refresh; the source is closed (a Snowflake query aborted, its
+/// session logged out) however the load ends.
 #[allow(clippy::too_many_arguments)]
 async fn load_table(
     config: &Config,
@@ -312,95 +317,118 @@ async fn load_table(
     source: &TableSource<'_>,
     geometry: &GeometryOptions,
     progress: &AtomicU64,
+    early: Option<Early>,
 ) -> Result<Loaded, PipelineError> {
-    // The transform's session (~5 ms of registering functions) is made on
-    // another thread while the check's round trips go.
-    let making = tokio::task::spawn_blocking({
-        let (batch_size, geometry) = (config.load.batch_size, geometry.clone());
-        move || plan::context_for(batch_size, geometry)
-    });
     // The load's Postgres session (which the staging table needs, not the
     // plan) opens on a task of its own while the run checks and plans.
     let table_target = &config.tables[name].target;
     let session = OpeningSession::start(target, &config.load, name, table_target, &options.run_id);
-    // What the swap could not carry over is refused before the source is
-    // read; Snowflake's login (which reads nothing) goes beside that check.
-    let (refused, connected) = tokio::join!(
-        refresh::refuse_what_cannot_be_carried(
-            lock.client(),
-            name,
-            target,
-            table_target,
-            config.load.dependent_matviews,
-        ),
-        source.connect(config),
+    let precheck = refresh::refuse_what_cannot_be_carried(
+        lock.client(),
+        name,
+        target,
+        table_target,
+        config.load.dependent_matviews,
     );
-    if let Err(e) = refused {
-        if let Ok(connected) = connected {
-            connected.close().await;
-        }
-        return Err(e);
-    }
-    let connected = connected.map_err(|e| PipelineError::Source {
-        table: name.to_string(),
-        source: e,
-    })?;
-    let ctx = match making.await {
-        Ok(ctx) => ctx,
-        // (Only if that thread panicked; made here it panics the same way.)
-        Err(_) => plan::context(config, geometry.clone()),
-    };
     let clock = Arc::new(StageClock::default());
-    let opening = Instant::now();
-    let Opened {
-        data,
-        described,
-        point,
-        guard,
-    } = source
-        .open(name, config, &ctx, &options.cancel, connected)
-        .await?;
-    let source_open = opening.elapsed().as_secs_f64();
-    // What the run reads is snapshotted on its way to the transform (a
-    // replay reads a snapshot, so it writes none).
-    let snapshotting = options.snapshots.as_ref().zip(described.manifest());
-    let source_err = |e: SourceError| PipelineError::Source {
-        table: name.to_string(),
-        source: e,
-    };
     let mut writer = None;
-    let provider = match (data, snapshotting) {
-        (SourceData::Provider(p), None) => Ok(p),
-        (data, snapshotting) => {
-            async {
-                let (schema, stream) = data.into_stream(&ctx).await.map_err(source_err)?;
-                let stream = clock.time_source(stream);
-                let stream = match snapshotting {
-                    Some((snapshots, manifest_source)) => {
-                        let w = SnapshotWriter::start(
-                            snapshots.location.snapshot(name, &options.run_id),
-                            name,
-                            &options.run_id,
-                            manifest_source,
-                            Arc::clone(&schema),
-                            snapshots.options,
-                        );
-                        let teed = clock.time_snapshot(w.tee(stream).into_stream().boxed());
-                        writer = Some(w);
-                        teed
-                    }
-                    None => stream,
-                };
-                crate::source::one_shot(schema, stream).map_err(|e| source_err(e.into()))
+    let (ctx, source_open, described, point, guard, started) = match early {
+        Some(early) => {
+            // Opened and planned from the run's start: only the check is
+            // left to wait for (a refusal drops what was started).
+            precheck.await?;
+            let ahead = early.ready(name).await?;
+            let (point, guard) = (None, SourceGuard::none());
+            (
+                ahead.ctx,
+                ahead.source_open,
+                ahead.described,
+                point,
+                guard,
+                Ok(ahead.started),
+            )
+        }
+        None => {
+            // The transform's session (~5 ms of registering functions) is
+            // made on another thread while the check's round trips go.
+            let making = tokio::task::spawn_blocking({
+                let (batch_size, geometry) = (config.load.batch_size, geometry.clone());
+                move || plan::context_for(batch_size, geometry)
+            });
+            // What the swap could not carry over is refused before the
+            // source is read; Snowflake's login (which reads nothing) goes
+            // beside that check.
+            let (refused, connected) = tokio::join!(precheck, source.connect(config));
+            if let Err(e) = refused {
+                if let Ok(connected) = connected {
+                    connected.close().await;
+                }
+                return Err(e);
             }
-            .await
+            let connected = connected.map_err(|e| PipelineError::Source {
+                table: name.to_string(),
+                source: e,
+            })?;
+            let ctx = match making.await {
+                Ok(ctx) => ctx,
+                // (Only if that thread panicked; made here it panics the same way.)
+                Err(_) => plan::context(config, geometry.clone()),
+            };
+            let opening = Instant::now();
+            let Opened {
+                data,
+                described,
+                point,
+                guard,
+            } = source
+                .open(name, config, &ctx, &options.cancel, connected)
+                .await?;
+            let source_open = opening.elapsed().as_secs_f64();
+            // What the run reads is snapshotted on its way to the transform
+            // (a replay reads a snapshot, so it writes none).
+            let snapshotting = options.snapshots.as_ref().zip(described.manifest());
+            let source_err = |e: SourceError| PipelineError::Source {
+                table: name.to_string(),
+                source: e,
+            };
+            let provider = match (data, snapshotting) {
+                (SourceData::Provider(p), None) => Ok(p),
+                (data, snapshotting) => {
+                    async {
+                        let (schema, stream) = data.into_stream(&ctx).await.map_err(source_err)?;
+                        let stream = clock.time_source(stream);
+                        let stream = match snapshotting {
+                            Some((snapshots, manifest_source)) => {
+                                let w = SnapshotWriter::start(
+                                    snapshots.location.snapshot(name, &options.run_id),
+                                    name,
+                                    &options.run_id,
+                                    manifest_source,
+                                    Arc::clone(&schema),
+                                    snapshots.options,
+                                );
+                                let teed = clock.time_snapshot(w.tee(stream).into_stream().boxed());
+                                writer = Some(w);
+                                teed
+                            }
+                            None => stream,
+                        };
+                        crate::source::one_shot(schema, stream).map_err(|e| source_err(e.into()))
+                    }
+                    .await
+                }
+            };
+            let started = match provider {
+                Ok(p) => ahead::start(config, name, &target.schema, &ctx, p).await,
+                Err(e) => Err(e),
+            };
+            (ctx, source_open, described, point, guard, started)
         }
     };
-    let result = match provider {
-        Ok(provider) => {
+    let result = match started {
+        Ok(started) => {
             let load = Load {
-                ctx: &ctx,
-                provider,
+                started,
                 point,
                 session,
             };
@@ -443,65 +471,52 @@ struct Refreshed {
     after: AfterCopy,
 }
 
-/// What [`refresh`] loads: the source as DataFusion reads it, and the
-/// watermark (with the source's fingerprint) to record with the rows.
-struct Load<'a> {
-    ctx: &'a datafusion::execution::context::SessionContext,
-    provider: Arc<dyn datafusion::catalog::TableProvider>,
+/// What [`refresh`] loads: the transform, started, and the watermark (with
+/// the source's fingerprint) to record with the rows.
+struct Load {
+    started: Started,
     point: Option<SourcePoint>,
     /// The load's Postgres session, being opened.
     session: OpeningSession,
 }
 
-/// Plans the transform over the source and loads it through the staged
-/// refresh: begin (lock, stage) → copy → commit (verify, guard, swap and
-/// the watermark).
+/// Loads the started transform through the staged refresh: begin (lock,
+/// stage) → copy → commit (verify, guard, swap and the watermark).
 async fn refresh(
     config: &Config,
     name: &str,
     target: &Target,
     options: &RunOptions,
-    source: Load<'_>,
+    source: Load,
     progress: &AtomicU64,
 ) -> Result<Refreshed, PipelineError> {
     let Load {
-        ctx,
-        provider,
+        started: Started {
+            plan,
+            encoder,
+            first,
+        },
         point,
         session,
     } = source;
-    let plan::Planned { df, plan, encoder } =
-        plan::plan_table(config, name, &target.schema, ctx, provider).await?;
     let cancelled = || PipelineError::Cancelled {
         table: name.to_string(),
     };
-    // The transform's first batch is made while the staging table is
-    // created: neither waits on the other (see `first_batch_ahead`).
-    let (started, begun) = tokio::join!(
-        async {
-            tokio::select! {
-                r = first_batch_ahead(df, name) => r,
-                _ = options.cancel.cancelled() => Err(cancelled()),
-            }
-        },
-        async {
-            let session = session.session().await?;
-            StagedRefresh::begin(session, target, &config.load, plan, &options.run_id).await
-        },
-    );
-    let mut load = begun?;
+    // The first batch is still being made on its task: the staging table
+    // is created and the COPY opened meanwhile (see `ahead`).
+    let session = session.session().await?;
+    let mut load =
+        StagedRefresh::begin(session, target, &config.load, plan, &options.run_id).await?;
     let target_name = format!("{}.{}", target.schema, load.plan().target);
+    let (stream, ahead) = first.into_stream();
     // Cancelling drops the copy mid-flight: the COPY is abandoned, and the
     // staging table is dropped before the lock is released.
-    let copied = match started {
-        Ok((stream, ahead)) => tokio::select! {
-            r = load.copy(stream, encoder, progress) => r.map(|mut c| {
-                c.times.pulling += ahead;
-                c
-            }),
-            _ = options.cancel.cancelled() => Err(cancelled()),
-        },
-        Err(e) => Err(e),
+    let copied = tokio::select! {
+        r = load.copy(stream, encoder, progress) => r.map(|mut c| {
+            c.times.pulling += ahead;
+            c
+        }),
+        _ = options.cancel.cancelled() => Err(cancelled()),
     };
     let copied = match copied {
         Ok(c) => c,
@@ -531,33 +546,6 @@ async fn refresh(
         copy_times: copied.times,
         after,
     })
-}
-
-/// Starts the transform and waits for its first batch (or error), handing
-/// back the whole stream and the seconds that took.
-///
-/// Why: a run's first batch costs the most (opening the file, reading a
-/// row group, starting the geometry functions' thread pool), and creating
-/// the staging table is Postgres's work alone; made side by side, a
-/// 153,592-row topology load from parquet takes 0.015–0.05 s less of its
-/// ~1.55 s (autovacuum on / off; BENCHMARKS). An error in that batch comes
-/// out of the stream, where the COPY reports it like any other.
-async fn first_batch_ahead(
-    df: DataFrame,
-    table: &str,
-) -> Result<(SendableRecordBatchStream, f64), PipelineError> {
-    let mut stream = df
-        .execute_stream()
-        .await
-        .map_err(|e| PipelineError::transform(table, e))?;
-    let pulling = Instant::now();
-    let first = stream.next().await;
-    let schema = stream.schema();
-    let whole = futures::stream::iter(first).chain(stream);
-    Ok((
-        Box::pin(RecordBatchStreamAdapter::new(schema, whole)),
-        pulling.elapsed().as_secs_f64(),
-    ))
 }
 
 /// Marks other runs of `target_name` still `running` as abandoned: call

@@ -418,6 +418,11 @@ impl SourceData {
 pub struct SourceGuard(Option<(Arc<SnowflakeSession>, QueryTicket)>);
 
 impl SourceGuard {
+    /// A source with no remote work to end (a local file).
+    pub fn none() -> SourceGuard {
+        SourceGuard(None)
+    }
+
     /// Logs out; after a failed load, first asks the server to stop the
     /// query (a failed sink or Ctrl-C).
     pub async fn close(mut self, failed: bool) {
