@@ -292,3 +292,46 @@ async fn to_geography_reads_every_snowflake_output_format_to_one_ewkb() {
     assert!(g.value.contains("POLYGON((-96 32"), "{g:?}");
     assert!(query(&ctx, "SELECT to_geography(42) AS g").await.is_err());
 }
+
+#[tokio::test]
+async fn points_and_lines_made_on_one_thread_keep_every_row_in_its_place() {
+    // 5,000 rows in one batch (five pieces' worth, made without splitting),
+    // every 1,000th with a NULL coordinate
+    let xs: Vec<Option<f64>> = (0..5_000)
+        .map(|i| (i % 1_000 != 999).then_some(i as f64))
+        .collect();
+    let table = RecordBatch::try_from_iter([(
+        "x",
+        std::sync::Arc::new(Float64Array::from(xs)) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    let (ctx, _) = ctx(OnInvalidGeometry::Error);
+    ctx.register_batch("t", table).unwrap();
+    let b = query(
+        &ctx,
+        "SELECT st_setsrid(st_makeline(st_point(x, 10.0), st_point(x + 0.5, 11.0)), 4326) AS g FROM t",
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.num_rows(), 5_000);
+    let g = geom_column(&b, 0);
+    for i in 0..5_000 {
+        assert_eq!(g.is_null(i), i % 1_000 == 999, "row {i}");
+        if g.is_null(i) {
+            continue;
+        }
+        assert_eq!(ewkb::read_header(g.value(i)).unwrap().srid, Some(4326));
+        match ewkb::to_geo(g.value(i)).unwrap() {
+            geo::Geometry::LineString(l) => {
+                let pts: Vec<_> = l.coords().map(|c| (c.x, c.y)).collect();
+                let x = i as f64;
+                assert_eq!(
+                    pts,
+                    vec![(x, 10.0), (x + 0.5, 11.0)],
+                    "row {i} in its place"
+                );
+            }
+            other => panic!("row {i}: {other:?}"),
+        }
+    }
+}
