@@ -127,20 +127,6 @@ impl Function {
         }
     }
 
-    /// Whether a batch's rows are spread over the cores ([`pieces`]).
-    /// Building a point or a two-point line, or restamping a SRID, costs
-    /// tens of nanoseconds a row: handing pieces to other threads costs
-    /// about as much, and where Postgres shares the host those threads take
-    /// the core its COPY runs on (a 153,592-row topology load's COPY ran
-    /// 8–15 ms shorter with them on one thread; BENCHMARKS.md). Parsing
-    /// and geodesic measures cost microseconds a row, and gain.
-    fn parallel(self) -> bool {
-        !matches!(
-            self,
-            Function::Point | Function::MakeLine | Function::SetSrid
-        )
-    }
-
     /// Required arguments, then optional trailing ones.
     fn args(self) -> (&'static [Arg], &'static [Arg]) {
         use Arg::*;
@@ -318,7 +304,6 @@ impl ScalarUDFImpl for GeoUdf {
         let mut ctx = Ctx {
             function: f.name(),
             options: &self.options,
-            parallel: f.parallel(),
         };
         let out = match f {
             Function::Point => constructors::point(&arrays, rows, &mut ctx)?,
@@ -348,8 +333,6 @@ pub(crate) struct Invalid {
 pub(crate) struct Ctx<'a> {
     function: &'static str,
     options: &'a GeometryOptions,
-    /// Pieces of the batch on all cores, or the whole batch on this thread.
-    parallel: bool,
 }
 
 impl Ctx<'_> {
@@ -372,7 +355,7 @@ impl Ctx<'_> {
     /// Builds a geometry column: `f` appends row `i`'s EWKB to the piece's
     /// value buffer and says whether there is a value (`Ok(false)` is NULL;
     /// whatever it appended then, or on error, is dropped). Pieces of the
-    /// batch run on all cores (see [`pieces`]) if the function gains by it.
+    /// batch run on all cores (see [`pieces`]).
     ///
     /// The EWKB is written where the array keeps it, not into a scratch
     /// buffer copied after: building footprints' polygons are copied enough
@@ -383,45 +366,43 @@ impl Ctx<'_> {
         f: impl Fn(usize, &mut Vec<u8>) -> std::result::Result<bool, Invalid> + Sync,
     ) -> Result<ArrayRef> {
         let function = self.function;
-        let piece = |range: std::ops::Range<usize>| -> Result<(BinaryArray, Rejected)> {
-            let first = range.start;
-            let mut values: Vec<u8> = Vec::with_capacity(range.len() * 32);
-            let mut offsets: Vec<i32> = Vec::with_capacity(range.len() + 1);
-            offsets.push(0);
-            let mut nulls = NullBufferBuilder::new(range.len());
-            let mut bad = Vec::new();
-            for i in range {
-                let start = values.len();
-                match f(i, &mut values) {
-                    Ok(true) => nulls.append_non_null(),
-                    Ok(false) => {
-                        values.truncate(start);
-                        nulls.append_null();
+        let parts: Vec<Result<(BinaryArray, Rejected)>> = pieces(rows)
+            .into_par_iter()
+            .map(|range| {
+                let mut values: Vec<u8> = Vec::with_capacity(range.len() * 32);
+                let mut offsets: Vec<i32> = Vec::with_capacity(range.len() + 1);
+                offsets.push(0);
+                let mut nulls = NullBufferBuilder::new(range.len());
+                let mut bad = Vec::new();
+                for i in range {
+                    let start = values.len();
+                    match f(i, &mut values) {
+                        Ok(true) => nulls.append_non_null(),
+                        Ok(false) => {
+                            values.truncate(start);
+                            nulls.append_null();
+                        }
+                        Err(invalid) => {
+                            values.truncate(start);
+                            bad.push((i, invalid));
+                            nulls.append_null();
+                        }
                     }
-                    Err(invalid) => {
-                        values.truncate(start);
-                        bad.push((i, invalid));
-                        nulls.append_null();
-                    }
+                    let end = i32::try_from(values.len()).map_err(|_| {
+                        DataFusionError::Execution(format!(
+                            "{function}: more than 2 GiB of geometry in {PIECE_ROWS} rows"
+                        ))
+                    })?;
+                    offsets.push(end);
                 }
-                let end = i32::try_from(values.len()).map_err(|_| {
-                    DataFusionError::Execution(format!(
-                        "{function}: more than 2 GiB of geometry in rows {first}..={i} of a batch"
-                    ))
-                })?;
-                offsets.push(end);
-            }
-            let array = BinaryArray::try_new(
-                OffsetBuffer::new(ScalarBuffer::from(offsets)),
-                Buffer::from_vec(values),
-                nulls.finish(),
-            )?;
-            Ok((array, bad))
-        };
-        let parts: Vec<Result<(BinaryArray, Rejected)>> = match self.parallel {
-            true => pieces(rows).into_par_iter().map(piece).collect(),
-            false => vec![piece(0..rows)],
-        };
+                let array = BinaryArray::try_new(
+                    OffsetBuffer::new(ScalarBuffer::from(offsets)),
+                    Buffer::from_vec(values),
+                    nulls.finish(),
+                )?;
+                Ok((array, bad))
+            })
+            .collect();
         let mut arrays: Vec<BinaryArray> = Vec::with_capacity(parts.len());
         for part in parts {
             let (array, bad) = part?;
@@ -442,30 +423,29 @@ impl Ctx<'_> {
     }
 
     /// Builds a Float64 column from per-row results (`Ok(None)` is NULL),
-    /// pieces of the batch on all cores if the function gains by it.
+    /// pieces of the batch on all cores.
     pub(crate) fn float(
         &mut self,
         rows: usize,
         f: impl Fn(usize) -> std::result::Result<Option<f64>, Invalid> + Sync,
     ) -> Result<ArrayRef> {
-        let piece = |range: std::ops::Range<usize>| {
-            let mut values = Vec::with_capacity(range.len());
-            let mut bad = Vec::new();
-            for i in range {
-                match f(i) {
-                    Ok(v) => values.push(v),
-                    Err(invalid) => {
-                        values.push(None);
-                        bad.push((i, invalid));
+        let parts: Vec<(Vec<Option<f64>>, Rejected)> = pieces(rows)
+            .into_par_iter()
+            .map(|range| {
+                let mut values = Vec::with_capacity(range.len());
+                let mut bad = Vec::new();
+                for i in range {
+                    match f(i) {
+                        Ok(v) => values.push(v),
+                        Err(invalid) => {
+                            values.push(None);
+                            bad.push((i, invalid));
+                        }
                     }
                 }
-            }
-            (values, bad)
-        };
-        let parts: Vec<(Vec<Option<f64>>, Rejected)> = match self.parallel {
-            true => pieces(rows).into_par_iter().map(piece).collect(),
-            false => vec![piece(0..rows)],
-        };
+                (values, bad)
+            })
+            .collect();
         let mut builder = Float64Builder::with_capacity(rows);
         for (values, bad) in parts {
             for (i, invalid) in bad {

@@ -294,8 +294,8 @@ async fn to_geography_reads_every_snowflake_output_format_to_one_ewkb() {
 }
 
 #[tokio::test]
-async fn points_and_lines_made_on_one_thread_keep_every_row_in_its_place() {
-    // 5,000 rows in one batch (five pieces' worth, made without splitting),
+async fn points_and_lines_made_across_cores_keep_every_row_in_its_place() {
+    // 5,000 rows in one batch (five pieces, made in parallel),
     // every 1,000th with a NULL coordinate
     let xs: Vec<Option<f64>> = (0..5_000)
         .map(|i| (i % 1_000 != 999).then_some(i as f64))
