@@ -147,7 +147,7 @@ pub async fn run_table(
     // written before the precheck passes.
     let early = Early::start(config, name, &source, &target.schema, &geometry, options);
     // The table's lock first: before the run is recorded as running and
-    // before anything is read, so two processes never both query the source.
+    // before the source is queried, so two processes never both query it.
     // (The record's session opens beside it: a connection is the slowest
     // round trip of a run's start.)
     let (lock, mut record) = tokio::join!(
