@@ -16,7 +16,7 @@ use crate::postgres::refresh::{self, TablePlan};
 use crate::postgres::{application_name, Target};
 use crate::run::plan::{self, Planned};
 use crate::run::Cancel;
-use crate::source::{Connected, SourceData, TableSource};
+use crate::source::{Connected, TableSource};
 use crate::PipelineError;
 
 /// A table's COPY data, encoded once and kept in memory.
@@ -41,15 +41,7 @@ async fn planned(
     let opened = source
         .open(name, config, &ctx, &Cancel::default(), Connected::none())
         .await?;
-    let provider = match opened.data {
-        SourceData::Provider(p) => p,
-        SourceData::Stream(schema, stream) => {
-            crate::source::one_shot(schema, stream).map_err(|e| PipelineError::Source {
-                table: name.to_string(),
-                source: e.into(),
-            })?
-        }
-    };
+    let provider = opened.data.into_provider(name)?;
     plan::plan_table(config, name, schema, &ctx, provider).await
 }
 

@@ -28,7 +28,7 @@ use super::plan::{self, Planned};
 use super::{Cancel, RunOptions};
 use crate::postgres::encode::CopyEncoder;
 use crate::postgres::refresh::TablePlan;
-use crate::source::{Connected, Described, Opened, SourceData, TableSource};
+use crate::source::{Connected, Described, Opened, TableSource};
 use crate::task::AbortOnDrop;
 use crate::PipelineError;
 
@@ -217,15 +217,7 @@ async fn early(
         .open(name, config, &ctx, cancel, Connected::none())
         .await?;
     let source_open = opening.elapsed().as_secs_f64();
-    let provider = match data {
-        SourceData::Provider(p) => p,
-        SourceData::Stream(schema, stream) => {
-            crate::source::one_shot(schema, stream).map_err(|e| PipelineError::Source {
-                table: name.to_string(),
-                source: e.into(),
-            })?
-        }
-    };
+    let provider = data.into_provider(name)?;
     let started = start(config, name, schema, &ctx, provider).await?;
     Ok(Ahead {
         ctx,

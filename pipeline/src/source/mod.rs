@@ -389,6 +389,20 @@ impl Described {
 }
 
 impl SourceData {
+    /// The rows as a provider the transform reads once (a stream is
+    /// wrapped; see [`one_shot`]), for table `table`'s errors.
+    pub fn into_provider(self, table: &str) -> Result<Arc<dyn TableProvider>, PipelineError> {
+        match self {
+            SourceData::Provider(p) => Ok(p),
+            SourceData::Stream(schema, stream) => {
+                one_shot(schema, stream).map_err(|e| PipelineError::Source {
+                    table: table.to_string(),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+
     /// The rows as one stream (a provider is executed through `ctx`).
     pub async fn into_stream(
         self,
