@@ -146,6 +146,19 @@ pub async fn run_table(
     // takes the lock and checks (see `ahead::Early`); nothing of it is
     // written before the precheck passes.
     let early = Early::start(config, name, &source, &target.schema, &geometry, options);
+    // A full refresh's load session opens now too: connecting and loading
+    // PostGIS there is the longest wait of a run's start, and it reads
+    // nothing the lock guards. A run that does not get the lock drops it
+    // (the task aborted, the session closed).
+    let session = (!incremental).then(|| {
+        OpeningSession::start(
+            target,
+            &config.load,
+            name,
+            &table_cfg.target,
+            &options.run_id,
+        )
+    });
     // The table's lock first: before the run is recorded as running and
     // before the source is queried, so two processes never both query it.
     // (The record's session opens beside it: a connection is the slowest
@@ -193,7 +206,10 @@ pub async fn run_table(
     let described = source.describe();
     tokio::join!(record.start(recorded_mode, &described), abandoned);
     let (mode, reason, result) = match lock {
-        Err(e) => (source.mode(), None, Err(e)),
+        Err(e) => {
+            drop(session);
+            (source.mode(), None, Err(e))
+        }
         Ok(lock) => {
             let loaded = match incremental {
                 true => match incremental::run(config, name, target, options, &geometry, progress)
@@ -214,7 +230,7 @@ pub async fn run_table(
                         }
                         let full = load_table(
                             config, name, target, options, &lock, &source, &geometry, progress,
-                            None,
+                            None, None,
                         )
                         .await;
                         (RunMode::Full, Some(reason), full)
@@ -226,6 +242,7 @@ pub async fn run_table(
                     None,
                     load_table(
                         config, name, target, options, &lock, &source, &geometry, progress, early,
+                        session,
                     )
                     .await,
                 ),
@@ -304,9 +321,10 @@ pub async fn run_table(
     report
 }
 
-/// Opens the source (unless `early` did), snapshots what it reads, and runs
-/// the staged refresh; the source is closed (a Snowflake query aborted, its
-/// session logged out) however the load ends.
+/// Opens the source (unless `early` did) and the load's session (unless
+/// `session` is opening), snapshots what it reads, and runs the staged
+/// refresh; the source is closed (a Snowflake query aborted, its session
+/// logged out) however the load ends.
 #[allow(clippy::too_many_arguments)]
 async fn load_table(
     config: &Config,
@@ -318,11 +336,15 @@ async fn load_table(
     geometry: &GeometryOptions,
     progress: &AtomicU64,
     early: Option<Early>,
+    session: Option<OpeningSession>,
 ) -> Result<Loaded, PipelineError> {
     // The load's Postgres session (which the staging table needs, not the
-    // plan) opens on a task of its own while the run checks and plans.
+    // plan) opens on a task of its own while the run checks and plans,
+    // unless it is opening already.
     let table_target = &config.tables[name].target;
-    let session = OpeningSession::start(target, &config.load, name, table_target, &options.run_id);
+    let session = session.unwrap_or_else(|| {
+        OpeningSession::start(target, &config.load, name, table_target, &options.run_id)
+    });
     let precheck = refresh::refuse_what_cannot_be_carried(
         lock.client(),
         name,
