@@ -72,13 +72,19 @@ fn main() -> ExitCode {
             Command::ServeFlight(args) => cmd::serve_flight::run(args).await,
         }
     });
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // The command has finished its work and its output (stdout is flushed
+    // as the process exits). Its runtime's idle threads are not waited for:
+    // each would trim its heap on the way out, ~4 ms at the end of a
+    // one-table run.
+    runtime.shutdown_background();
+    code
 }
 
 fn init_tracing(verbose: u8) {
