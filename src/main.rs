@@ -81,8 +81,8 @@ fn main() -> ExitCode {
     };
     // The command has finished its work and its output (stdout is flushed
     // as the process exits). Its runtime's idle threads are not waited for:
-    // each would trim its heap on the way out, ~4 ms at the end of a
-    // one-table run.
+    // each would trim its heap on the way out, a millisecond or more at the
+    // end of a one-table run (BENCHMARKS.md).
     runtime.shutdown_background();
     code
 }
