@@ -5,7 +5,7 @@ use tokio::task::{JoinError, JoinHandle};
 /// A spawned task aborted when its handle is dropped: work started ahead
 /// of need (a result's chunk downloads, a table's first batch) stops when
 /// the run that wanted it does, instead of running on detached.
-pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(JoinHandle<T>);
 
 impl<T> AbortOnDrop<T> {
     pub(crate) fn spawn<F>(future: F) -> AbortOnDrop<T>

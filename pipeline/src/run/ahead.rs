@@ -200,16 +200,7 @@ async fn early(
     geometry: GeometryOptions,
     cancel: &Cancel,
 ) -> Result<Ahead, PipelineError> {
-    // The transform's session (~5 ms of registering functions) on a thread
-    // of its own, as `load_table` makes it.
-    let making = tokio::task::spawn_blocking({
-        let (batch_size, geometry) = (config.load.batch_size, geometry.clone());
-        move || plan::context_for(batch_size, geometry)
-    });
-    let ctx = match making.await {
-        Ok(ctx) => ctx,
-        Err(_) => plan::context(config, geometry),
-    };
+    let ctx = plan::context_ahead(config, &geometry).await;
     let opening = Instant::now();
     let Opened {
         data, described, ..

@@ -371,12 +371,8 @@ async fn load_table(
             )
         }
         None => {
-            // The transform's session (~5 ms of registering functions) is
-            // made on another thread while the check's round trips go.
-            let making = tokio::task::spawn_blocking({
-                let (batch_size, geometry) = (config.load.batch_size, geometry.clone());
-                move || plan::context_for(batch_size, geometry)
-            });
+            // The transform's session is made while the check's round trips go.
+            let making = plan::context_ahead(config, geometry);
             // What the swap could not carry over is refused before the
             // source is read; Snowflake's login (which reads nothing) goes
             // beside that check.
@@ -391,11 +387,7 @@ async fn load_table(
                 table: name.to_string(),
                 source: e,
             })?;
-            let ctx = match making.await {
-                Ok(ctx) => ctx,
-                // (Only if that thread panicked; made here it panics the same way.)
-                Err(_) => plan::context(config, geometry.clone()),
-            };
+            let ctx = making.await;
             let opening = Instant::now();
             let Opened {
                 data,

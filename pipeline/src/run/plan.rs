@@ -39,6 +39,28 @@ pub fn context_for(batch_size: usize, geometry: GeometryOptions) -> SessionConte
     })
 }
 
+/// [`context`] made on a blocking thread from now on (~5 ms of registering
+/// functions), so the caller's round trips go meanwhile; the future gives
+/// it (made on the caller's thread instead if that thread panicked, where
+/// it panics the same way). Boxed: a run's future holds it across awaits.
+pub fn context_ahead(
+    config: &Config,
+    geometry: &GeometryOptions,
+) -> futures::future::BoxFuture<'static, SessionContext> {
+    let batch_size = config.load.batch_size;
+    let making = tokio::task::spawn_blocking({
+        let geometry = geometry.clone();
+        move || context_for(batch_size, geometry)
+    });
+    let geometry = geometry.clone();
+    Box::pin(async move {
+        match making.await {
+            Ok(ctx) => ctx,
+            Err(_) => context_for(batch_size, geometry),
+        }
+    })
+}
+
 /// Registers `provider` as `source` and plans the table's transform over it.
 pub async fn transform(
     ctx: &SessionContext,

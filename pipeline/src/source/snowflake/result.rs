@@ -154,7 +154,7 @@ impl SnowflakeSession {
         let budget = ByteBudget::new(self.budget);
         let (http, prefetch) = (self.http.clone(), self.prefetch);
         let rowtype = Arc::new(rowtype);
-        let downloader = tokio::spawn(async move {
+        let downloader = AbortOnDrop::spawn(async move {
             // Budget is reserved strictly in chunk order (so a later chunk can
             // never hold what an earlier one needs); each download then runs as
             // its own task, so inflating and decoding use every core.
@@ -196,12 +196,11 @@ impl SnowflakeSession {
                 }
             }
         });
-        let abort = AbortOnDrop(downloader);
-        let rest = stream::unfold((rx, abort), |(mut rx, abort)| async move {
+        let rest = stream::unfold((rx, downloader), |(mut rx, downloader)| async move {
             let item = rx.recv().await?;
             // The permit is released as the chunk is handed over.
             let item = item.map(|(batches, _permit)| stream::iter(batches.into_iter().map(Ok)));
-            Some((item, (rx, abort)))
+            Some((item, (rx, downloader)))
         })
         .flat_map(|item| match item {
             Ok(batches) => batches.boxed(),
