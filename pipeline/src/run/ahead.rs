@@ -91,6 +91,10 @@ impl FirstBatch {
                 let first = stream.next().await;
                 let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
                 made_in.store(nanos, Ordering::Relaxed);
+                tracing::debug!(
+                    ms = nanos as f64 / 1e6,
+                    "the transform's first batch is made"
+                );
                 (first, stream)
             }
         });

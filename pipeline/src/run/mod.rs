@@ -35,6 +35,7 @@ pub use stages::Stages;
 use crate::incremental::{Changes, Fallback};
 use crate::postgres::apply::NotApplied;
 use crate::postgres::copy::CopyTimes;
+use crate::postgres::encode::CopyEncoder;
 use crate::postgres::refresh::{self, OpeningSession, StagedRefresh};
 use crate::postgres::runs::{self, Outcome, RunMode, RunStatus};
 use crate::postgres::state::{FullRefreshed, SourcePoint};
@@ -43,7 +44,7 @@ use crate::postgres::Target;
 use crate::snapshot::{SnapshotStatus, SnapshotWriter};
 use crate::source::{Opened, SourceData, SourceError, SourceGuard, TableSource};
 use crate::PipelineError;
-use ahead::{Early, Started};
+use ahead::{Ahead, Early, FirstBatch, Started};
 use stages::{AfterCopy, StageClock};
 
 /// Per-run choices that are not in the config file.
@@ -354,20 +355,36 @@ async fn load_table(
     );
     let clock = Arc::new(StageClock::default());
     let mut writer = None;
-    let (ctx, source_open, described, point, guard, started) = match early {
+    let (ctx, source_open, described, point, guard, staged) = match early {
         Some(early) => {
-            // Opened and planned from the run's start: only the check is
-            // left to wait for (a refusal drops what was started).
-            precheck.await?;
-            let ahead = early.ready(name).await?;
-            let (point, guard) = (None, SourceGuard::none());
+            // Opened and planned from the run's start: the staging table is
+            // made beside the check, which holds back only the COPY (a
+            // refusal drops the staging table and what was started).
+            let staging = async {
+                let Ahead {
+                    ctx,
+                    described,
+                    source_open,
+                    started,
+                } = early.ready(name).await?;
+                let staged = stage(config, target, options, session, started).await?;
+                Ok::<_, PipelineError>((ctx, source_open, described, staged))
+            };
+            let (checked, staging) = tokio::join!(precheck, staging);
+            if let Err(e) = checked {
+                if let Ok((.., staged)) = staging {
+                    staged.load.abort().await;
+                }
+                return Err(e);
+            }
+            let (ctx, source_open, described, staged) = staging?;
             (
-                ahead.ctx,
-                ahead.source_open,
-                ahead.described,
-                point,
-                guard,
-                Ok(ahead.started),
+                ctx,
+                source_open,
+                described,
+                None,
+                SourceGuard::none(),
+                Ok(staged),
             )
         }
         None => {
@@ -432,22 +449,19 @@ async fn load_table(
                     .await
                 }
             };
-            let started = match provider {
-                Ok(p) => ahead::start(config, name, &target.schema, &ctx, p).await,
+            let staged = match provider {
+                Ok(p) => match ahead::start(config, name, &target.schema, &ctx, p).await {
+                    Ok(started) => stage(config, target, options, session, started).await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
-            (ctx, source_open, described, point, guard, started)
+            (ctx, source_open, described, point, guard, staged)
         }
     };
-    let result = match started {
-        Ok(started) => {
-            let load = Load {
-                started,
-                point,
-                session,
-            };
-            refresh(config, name, target, options, load, progress).await
-        }
+    let result = match staged {
+        // (Boxed: the load's future is the largest, and every caller's would hold it.)
+        Ok(staged) => Box::pin(refresh(name, options, Load { staged, point }, progress)).await,
         Err(e) => Err(e),
     };
     guard.close(result.is_err()).await;
@@ -485,43 +499,66 @@ struct Refreshed {
     after: AfterCopy,
 }
 
-/// What [`refresh`] loads: the transform, started, and the watermark (with
-/// the source's fingerprint) to record with the rows.
-struct Load {
-    started: Started,
-    point: Option<SourcePoint>,
-    /// The load's Postgres session, being opened.
-    session: OpeningSession,
+/// A started transform with its staging table made: what is left is the
+/// COPY. Dropped unused, the transform is aborted, but the staging table
+/// stays until [`StagedRefresh::abort`] (or the next run) drops it.
+struct Staged<'a> {
+    load: StagedRefresh<'a>,
+    encoder: CopyEncoder,
+    first: FirstBatch,
 }
 
-/// Loads the started transform through the staged refresh: begin (lock,
-/// stage) → copy → commit (verify, guard, swap and the watermark).
+/// Makes the staging table for `started`'s plan on the load's session,
+/// while the transform's first batch is still being made on its task (see
+/// `ahead`).
+async fn stage<'a>(
+    config: &'a Config,
+    target: &'a Target,
+    options: &'a RunOptions,
+    session: OpeningSession,
+    started: Started,
+) -> Result<Staged<'a>, PipelineError> {
+    let Started {
+        plan,
+        encoder,
+        first,
+    } = started;
+    let session = session.session().await?;
+    let load = StagedRefresh::begin(session, target, &config.load, plan, &options.run_id).await?;
+    Ok(Staged {
+        load,
+        encoder,
+        first,
+    })
+}
+
+/// What [`refresh`] loads: the staged transform, and the watermark (with
+/// the source's fingerprint) to record with the rows.
+struct Load<'a> {
+    staged: Staged<'a>,
+    point: Option<SourcePoint>,
+}
+
+/// Loads the staged transform: copy → commit (verify, guard, swap and the
+/// watermark).
 async fn refresh(
-    config: &Config,
     name: &str,
-    target: &Target,
     options: &RunOptions,
-    source: Load,
+    source: Load<'_>,
     progress: &AtomicU64,
 ) -> Result<Refreshed, PipelineError> {
     let Load {
-        started: Started {
-            plan,
+        staged: Staged {
+            mut load,
             encoder,
             first,
         },
         point,
-        session,
     } = source;
     let cancelled = || PipelineError::Cancelled {
         table: name.to_string(),
     };
-    // The first batch is still being made on its task: the staging table
-    // is created and the COPY opened meanwhile (see `ahead`).
-    let session = session.session().await?;
-    let mut load =
-        StagedRefresh::begin(session, target, &config.load, plan, &options.run_id).await?;
-    let target_name = format!("{}.{}", target.schema, load.plan().target);
+    let target_name = format!("{}.{}", load.plan().schema, load.plan().target);
     let (stream, ahead) = first.into_stream();
     // Cancelling drops the copy mid-flight: the COPY is abandoned, and the
     // staging table is dropped before the lock is released.

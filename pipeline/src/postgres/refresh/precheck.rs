@@ -3,10 +3,30 @@
 
 use schemas::config::DependentMatviews;
 use schemas::pg::quote_qualified;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::postgres::Target;
 use crate::PipelineError;
+
+/// Whether anything could be in the way, from the target's own row and
+/// the two catalogs every refusal below shows up in: a kind other than a
+/// plain table, an owner other than floe's role, inheritance either way,
+/// or any normal dependency on the table or its row type (a view's rule,
+/// another table's foreign key, a function's body, a child table). False
+/// means [`REFUSALS_SQL`] would find nothing; true only that it may.
+///
+/// Most targets have nothing in the way, and the full search costs a fresh
+/// session ~5 ms of planning and catalog loading (10 on two busy cores), on
+/// the path to the COPY; this look costs about a quarter of that.
+const MAY_REFUSE_SQL: &str = "\
+SELECT c.relkind <> 'r' \
+    OR c.relowner IS DISTINCT FROM to_regrole(quote_ident(current_user))::oid \
+    OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid) \
+    OR EXISTS (SELECT 1 FROM pg_depend d WHERE d.deptype = 'n' \
+               AND ((d.refclassid = 'pg_class'::regclass AND d.refobjid = c.oid) \
+                    OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype))) \
+FROM pg_class c WHERE c.oid = to_regclass($1)";
 
 /// Each row: an object in the way, and what would let the refresh run.
 const REFUSALS_SQL: &str = "\
@@ -84,10 +104,24 @@ pub async fn refuse_what_cannot_be_carried(
 ) -> Result<(), PipelineError> {
     let target = quote_qualified(&target.schema, target_table);
     let matviews = matviews.as_str();
-    let rows = client
-        .query(REFUSALS_SQL, &[&target, &matviews])
+    let failed = |e| PipelineError::postgres(table, "looking for what depends on the target", e);
+    // (Each statement is sent whole with its parameters' types: one round
+    // trip, where preparing it first would take two.)
+    let may_refuse = client
+        .query_typed_opt(MAY_REFUSE_SQL, &[(&target, Type::TEXT)])
         .await
-        .map_err(|e| PipelineError::postgres(table, "looking for what depends on the target", e))?;
+        .map_err(failed)?
+        .is_some_and(|row| row.get::<_, bool>(0));
+    if !may_refuse {
+        return Ok(());
+    }
+    let rows = client
+        .query_typed(
+            REFUSALS_SQL,
+            &[(&target, Type::TEXT), (&matviews, Type::TEXT)],
+        )
+        .await
+        .map_err(failed)?;
     if rows.is_empty() {
         return Ok(());
     }
