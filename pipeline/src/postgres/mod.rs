@@ -19,6 +19,7 @@ use std::time::Duration;
 use schemas::config::{LoadConfig, TargetConfig};
 use schemas::pg::quote_ident;
 use tokio::task::JoinHandle;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::describe_pg_error;
@@ -259,17 +260,61 @@ pub(crate) async fn table_exists(
 }
 
 /// Runs `create_sql` unless `table` exists, tolerating a concurrent run
-/// doing the same. Only DDL when needed: it takes locks, and it is what a
-/// troubled database (slow DDL, a full disk) fails first.
+/// doing the same, and adds the `added` columns (name, type) an older floe
+/// created it without. Only DDL when needed: it takes locks, and it is what
+/// a troubled database (slow DDL, a full disk) fails first. One round trip
+/// when nothing is missing: every run asks, on the way to its COPY.
 pub(crate) async fn ensure_table(
     client: &Client,
     table: &str,
     create_sql: &str,
+    added: &[(&str, &str)],
 ) -> Result<(), tokio_postgres::Error> {
-    if table_exists(client, table).await? {
-        return Ok(());
+    let names: Vec<&str> = added.iter().map(|(n, _)| *n).collect();
+    let row = client
+        .query_typed_one(
+            "SELECT to_regclass($1) IS NOT NULL, ARRAY(SELECT attname::text FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attname = ANY($2) AND NOT attisdropped)",
+            &[(&table, Type::TEXT), (&names, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    let present: Vec<String> = match row.get(0) {
+        true => row.get(1),
+        false => {
+            create_if_missing(client, create_sql).await?;
+            // (As made here, or by a concurrent older floe.)
+            present_columns(client, table, &names).await?
+        }
+    };
+    for (name, ty) in added {
+        if !present.iter().any(|p| p == name) {
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {ty}",
+                    quote_ident(name)
+                ))
+                .await?;
+        }
     }
-    create_if_missing(client, create_sql).await
+    Ok(())
+}
+
+/// Which of `names` are columns of `table`.
+async fn present_columns(
+    client: &Client,
+    table: &str,
+    names: &[&str],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .query_typed(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
+             AND attname = ANY($2) AND NOT attisdropped",
+            &[(&table, Type::TEXT), (&names, Type::TEXT_ARRAY)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Runs a `CREATE … IF NOT EXISTS`. Two sessions racing on one (two
@@ -292,37 +337,6 @@ pub(crate) async fn create_if_missing(
         }
         other => other,
     }
-}
-
-/// Adds to `table` the `columns` (name, type) an older floe created it
-/// without; DDL only when one is missing.
-pub(crate) async fn ensure_columns(
-    client: &Client,
-    table: &str,
-    columns: &[(&str, &str)],
-) -> Result<(), tokio_postgres::Error> {
-    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
-    let present: Vec<String> = client
-        .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
-             AND attname = ANY($2) AND NOT attisdropped",
-            &[&table, &names],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for (name, ty) in columns {
-        if !present.iter().any(|p| p == name) {
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {ty}",
-                    quote_ident(name)
-                ))
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 /// Connection attempts while the server is (re)starting: about 2 s in all.

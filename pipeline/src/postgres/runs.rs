@@ -7,6 +7,7 @@
 //! `abandoned`.
 
 use serde::Serialize;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::incremental::{Changes, Fallback};
@@ -113,8 +114,7 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
 
 /// Creates the bookkeeping table, tolerating a concurrent run doing the same.
 pub async fn ensure(client: &Client) -> Result<(), tokio_postgres::Error> {
-    super::ensure_table(client, "floe.sync_runs", CREATE_SQL).await?;
-    super::ensure_columns(client, "floe.sync_runs", ADDED_COLUMNS).await
+    super::ensure_table(client, "floe.sync_runs", CREATE_SQL, ADDED_COLUMNS).await
 }
 
 /// Records that `run_id` started loading `target` (schema-qualified).
@@ -128,10 +128,16 @@ pub async fn start(
 ) -> Result<(), tokio_postgres::Error> {
     let mode = mode.as_str();
     client
-        .execute(
+        .query_typed(
             "INSERT INTO floe.sync_runs (run_id, table_name, target, mode, source, status) \
              VALUES ($1, $2, $3, $4, $5, 'running')",
-            &[&run_id, &table, &target, &mode, &source],
+            &[
+                (&run_id, Type::TEXT),
+                (&table, Type::TEXT),
+                (&target, Type::TEXT),
+                (&mode, Type::TEXT),
+                (&source, Type::TEXT),
+            ],
         )
         .await
         .map(drop)
@@ -144,14 +150,15 @@ pub async fn mark_abandoned(
     target: &str,
     run_id: &str,
 ) -> Result<u64, tokio_postgres::Error> {
-    client
-        .execute(
+    let marked = client
+        .query_typed(
             "UPDATE floe.sync_runs SET status = 'abandoned', finished_at = clock_timestamp(), \
              error = coalesce(error, 'the run ended without recording a result (crash or kill); found by run ' || $2) \
-             WHERE target = $1 AND status = 'running' AND run_id <> $2",
-            &[&target, &run_id],
+             WHERE target = $1 AND status = 'running' AND run_id <> $2 RETURNING run_id",
+            &[(&target, Type::TEXT), (&run_id, Type::TEXT)],
         )
-        .await
+        .await?;
+    Ok(marked.len() as u64)
 }
 
 /// How a run ended, as recorded.

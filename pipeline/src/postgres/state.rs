@@ -28,8 +28,7 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[("source_fingerprint", "text"), ("chang
 
 /// Creates the state table if missing (or adds what an older one lacks).
 pub async fn ensure(client: &Client) -> Result<(), tokio_postgres::Error> {
-    super::ensure_table(client, "floe.sync_state", CREATE_SQL).await?;
-    super::ensure_columns(client, "floe.sync_state", ADDED_COLUMNS).await
+    super::ensure_table(client, "floe.sync_state", CREATE_SQL, ADDED_COLUMNS).await
 }
 
 /// Where a table's rows stand in Snowflake: the point they are current up

@@ -1,6 +1,7 @@
 //! The table's lock: one floe run per target table at a time.
 
 use schemas::config::LoadConfig;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::{application_name, Session, Target};
@@ -41,9 +42,9 @@ impl TableLock {
         let key = lock_key(&target.schema, target_table);
         let locked: bool = session
             .client
-            .query_one(
+            .query_typed_one(
                 "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&key],
+                &[(&key, Type::TEXT)],
             )
             .await
             .map_err(|e| PipelineError::postgres(table, "taking the table's advisory lock", e))?

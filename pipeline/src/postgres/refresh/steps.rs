@@ -7,6 +7,7 @@ use std::time::Duration;
 use schemas::config::{DependentMatviews, IndexConfig};
 pub use schemas::pg::STAGING_MARK;
 use schemas::pg::{fitted_name, name_hash, quote_ident, quote_qualified, PgColumn};
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::postgres::checksum;
@@ -190,14 +191,14 @@ pub async fn prepare(
     // crashed run: one floe made (its comment says so) with exactly the
     // staging name's shape. Nothing else is dropped, whatever its name.
     let orphans = client
-        .query(
+        .query_typed(
             "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relkind = 'r' AND starts_with(c.relname, $2) \
              AND starts_with(obj_description(c.oid, 'pg_class'), $3)",
             &[
-                &plan.schema,
-                &format!("{}{}", plan.target, STAGING_MARK),
-                &STAGING_COMMENT,
+                (&plan.schema, Type::TEXT),
+                (&format!("{}{}", plan.target, STAGING_MARK), Type::TEXT),
+                (&STAGING_COMMENT, Type::TEXT),
             ],
         )
         .await
@@ -216,10 +217,10 @@ pub async fn prepare(
     let staging = plan.staging_name(run_id);
     // The replacement lives where the table lives.
     let tablespace: Option<String> = client
-        .query_one(
+        .query_typed_one(
             "SELECT (SELECT t.spcname::text FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace \
                      WHERE c.oid = to_regclass($1))",
-            &[&plan.qualified(&plan.target)],
+            &[(&plan.qualified(&plan.target), Type::TEXT)],
         )
         .await
         .map_err(pg(plan, "reading the target's tablespace"))?
@@ -427,7 +428,7 @@ pub async fn staged_columns(
         return Ok(None);
     }
     Ok(Some(client
-        .query(
+        .query_typed(
             // A domain hashes as its base type; text is hashed as stored, which
             // is what floe sent when the database stores UTF-8 (or raw bytes).
             "SELECT a.attname::text, coalesce(b.typname, t.typname)::text, t.typsend::text, \
@@ -435,7 +436,7 @@ pub async fn staged_columns(
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_type b ON t.typtype = 'd' AND b.oid = t.typbasetype \
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            &[&plan.qualified(staging)],
+            &[(&plan.qualified(staging), Type::TEXT)],
         )
         .await
         .map_err(pg(plan, "reading the staging table's columns"))?
