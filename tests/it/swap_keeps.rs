@@ -339,55 +339,41 @@ async fn inheritance_either_way_and_a_partitioned_target_are_refused_before_load
     let (dir, config, url, client) = loaded_points("swap_keeps_inheritance").await;
     let before = fingerprint(&client, "points_cache").await;
     more_points(dir.path(), 1_200);
-    let refused = |r: pipeline::run::TableReport| {
-        assert_eq!(r.rows_synced, 0);
-        let e = r.error.expect("refused");
-        assert!(e.contains("floe replaces plain tables only"), "{e}");
-        e
-    };
-
-    // A table inheriting from the cache
-    client
-        .batch_execute("CREATE TABLE more_points () INHERITS (points_cache)")
-        .await
-        .unwrap();
-    let e = refused(run(&config, "t", &url, None).await);
-    assert!(
-        e.contains("table inheritance (more_points inherits from points_cache)"),
-        "{e}"
-    );
-    assert_eq!(fingerprint(&client, "points_cache").await, before);
-    assert!(staging_tables(&client).await.is_empty());
-
-    // The cache inheriting from another table
-    client
-        .batch_execute(
+    let parted = parquet_config(&dir.path().join("points.parquet"), "parted_points", POINTS);
+    for (what, sql, config, named) in [
+        (
+            "a table inheriting from the cache",
+            "CREATE TABLE more_points () INHERITS (points_cache)",
+            &config,
+            "table inheritance (more_points inherits from points_cache)",
+        ),
+        (
+            "the cache inheriting from another table",
             "DROP TABLE more_points; CREATE TABLE all_points (id bigint); \
              ALTER TABLE points_cache INHERIT all_points",
-        )
-        .await
-        .unwrap();
-    let e = refused(run(&config, "t", &url, None).await);
-    assert!(
-        e.contains("table inheritance (points_cache inherits from all_points)"),
-        "{e}"
-    );
-    assert_eq!(fingerprint(&client, "points_cache").await, before);
-    assert!(staging_tables(&client).await.is_empty());
-
-    // A partitioned table where the cache goes
-    client
-        .batch_execute(
+            &config,
+            "table inheritance (points_cache inherits from all_points)",
+        ),
+        (
+            "a partitioned table where the cache goes",
             "CREATE TABLE parted_points (id bigint, location text, geom geometry(Point, 4326)) \
              PARTITION BY RANGE (id); \
              CREATE TABLE parted_points_all PARTITION OF parted_points DEFAULT",
-        )
-        .await
-        .unwrap();
-    let parted = parquet_config(&dir.path().join("points.parquet"), "parted_points", POINTS);
-    let e = refused(run(&parted, "t", &url, None).await);
-    assert!(e.contains("partitioned table parted_points"), "{e}");
-    assert!(staging_tables(&client).await.is_empty());
+            &parted,
+            "partitioned table parted_points",
+        ),
+    ] {
+        client.batch_execute(sql).await.unwrap();
+        let r = run(config, "t", &url, None).await;
+        assert_eq!(r.rows_synced, 0, "{what}");
+        let e = r.error.expect("refused");
+        assert!(
+            e.contains(named) && e.contains("floe replaces plain tables only"),
+            "{what}: {e}"
+        );
+        assert_eq!(fingerprint(&client, "points_cache").await, before, "{what}");
+        assert!(staging_tables(&client).await.is_empty(), "{what}");
+    }
 
     // Once the cache stands alone again, it loads.
     client
