@@ -219,3 +219,96 @@ async fn a_killed_run_is_marked_abandoned_by_the_next_and_floe_status_shows_it()
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn bookkeeping_tables_an_older_floe_made_gain_the_columns_added_since() {
+    // GIVEN floe.sync_runs and floe.sync_state as the first floe made them,
+    // each with a row of its own
+    let url = fresh_db("runs_older_tables").await;
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE EXTENSION IF NOT EXISTS postgis; CREATE SCHEMA floe; \
+             CREATE TABLE floe.sync_runs (run_id text NOT NULL, table_name text NOT NULL, \
+                 target text NOT NULL, mode text NOT NULL, source text, \
+                 started_at timestamptz NOT NULL DEFAULT clock_timestamp(), finished_at timestamptz, \
+                 rows_read bigint, rows_written bigint, final_count bigint, checksum text, \
+                 status text NOT NULL, error text, PRIMARY KEY (run_id, table_name)); \
+             INSERT INTO floe.sync_runs (run_id, table_name, target, mode, status, finished_at) \
+                 VALUES ('old-run', 'old', 'public.old_cache', 'full', 'success', now()); \
+             CREATE TABLE floe.sync_state (target text PRIMARY KEY, table_name text NOT NULL, \
+                 watermark timestamptz, last_full_refresh timestamptz NOT NULL, run_id text NOT NULL, \
+                 updated_at timestamptz NOT NULL DEFAULT clock_timestamp()); \
+             INSERT INTO floe.sync_state (target, table_name, last_full_refresh, run_id) \
+                 VALUES ('public.old_cache', 'old', now(), 'old-run')",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("points.parquet");
+    points_parquet(&file, 1_000, None);
+    let config = parquet_config(&file, "points_cache", POINTS);
+
+    // WHEN a run loads a table
+    let r = run(&config, "t", &url, None).await;
+
+    // THEN it succeeds, both tables have every column, and the old rows stay
+    assert_success(&r);
+    let columns = |table: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass \
+                     AND attnum > 0 AND NOT attisdropped ORDER BY attname",
+                    &[&table],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    let runs = columns("floe.sync_runs").await;
+    for added in [
+        "reason",
+        "rows_inserted",
+        "rows_updated",
+        "rows_deleted",
+        "window_start",
+        "window_end",
+    ] {
+        assert!(runs.iter().any(|c| c == added), "{added} in {runs:?}");
+    }
+    let state = columns("floe.sync_state").await;
+    for added in ["source_fingerprint", "change_token"] {
+        assert!(state.iter().any(|c| c == added), "{added} in {state:?}");
+    }
+    let recorded = recorded(&client, "public.points_cache").await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].status, "success");
+    assert_eq!(recorded[0].final_count, Some(1_000));
+    let kept: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM floe.sync_runs WHERE run_id = 'old-run') \
+                  + (SELECT count(*) FROM floe.sync_state WHERE run_id = 'old-run')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 2);
+    let swapped: i64 = client
+        .query_one(
+            "SELECT count(*) FROM floe.sync_state WHERE target = 'public.points_cache'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        swapped, 1,
+        "the swap recorded its state in the upgraded table"
+    );
+}

@@ -282,7 +282,7 @@ pub(crate) async fn ensure_table(
         true => row.get(1),
         false => {
             create_if_missing(client, create_sql).await?;
-            // (As made here, or by a concurrent older floe.)
+            // (Made here, or a moment ago by another run, perhaps of an older floe.)
             present_columns(client, table, &names).await?
         }
     };
