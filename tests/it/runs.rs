@@ -289,24 +289,17 @@ async fn bookkeeping_tables_an_older_floe_made_gain_the_columns_added_since() {
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert_eq!(recorded[0].status, "success");
     assert_eq!(recorded[0].final_count, Some(1_000));
-    let kept: i64 = client
+    let row = client
         .query_one(
             "SELECT (SELECT count(*) FROM floe.sync_runs WHERE run_id = 'old-run') \
-                  + (SELECT count(*) FROM floe.sync_state WHERE run_id = 'old-run')",
+                  + (SELECT count(*) FROM floe.sync_state WHERE run_id = 'old-run'), \
+                    (SELECT count(*) FROM floe.sync_state WHERE target = 'public.points_cache')",
             &[],
         )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(kept, 2);
-    let swapped: i64 = client
-        .query_one(
-            "SELECT count(*) FROM floe.sync_state WHERE target = 'public.points_cache'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    let (kept, swapped): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(kept, 2, "the older floe's rows stay");
     assert_eq!(
         swapped, 1,
         "the swap recorded its state in the upgraded table"
