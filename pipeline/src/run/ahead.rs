@@ -137,8 +137,9 @@ impl FirstBatch {
 /// A local parquet source opened, planned and started from the run's
 /// start, on a task of its own, while the run takes the table's lock,
 /// records itself and runs its precheck. A file read early is read by no
-/// one else and costs no query, and nothing of it reaches Postgres before
-/// the precheck passes. Dropped (the table busy, the run refused or
+/// one else and costs no query, and no row of it reaches Postgres before
+/// the precheck passes (its staging table is made beside the check, and
+/// dropped if the run is refused). Dropped (the table busy, the run refused or
 /// cancelled), the task is aborted.
 ///
 /// Only for full refreshes of a local parquet file without a snapshot: a

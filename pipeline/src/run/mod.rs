@@ -144,7 +144,7 @@ pub async fn run_table(
     );
     let incremental = options.incremental && options.replay.is_none();
     // A local parquet file is opened, planned and started while the run
-    // takes the lock and checks (see `ahead::Early`); nothing of it is
+    // takes the lock and checks (see `ahead::Early`); no row of it is
     // written before the precheck passes.
     let early = Early::start(config, name, &source, &target.schema, &geometry, options);
     // A full refresh's load session opens now too: connecting and loading
