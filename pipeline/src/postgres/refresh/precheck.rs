@@ -18,7 +18,7 @@ use crate::PipelineError;
 ///
 /// Most targets have nothing in the way, and the full search costs a fresh
 /// session ~5 ms of planning and catalog loading (10 on two busy cores), on
-/// the path to the COPY; this look costs about a quarter of that.
+/// the path to the COPY; this look costs a third to a half of that.
 const MAY_REFUSE_SQL: &str = "\
 SELECT c.relkind <> 'r' \
     OR c.relowner IS DISTINCT FROM to_regrole(quote_ident(current_user))::oid \
