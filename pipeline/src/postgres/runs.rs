@@ -192,31 +192,31 @@ pub async fn finish(
     let count = |f: fn(&Changes) -> u64| changes.map(|c| f(c) as i64);
     let point = |f: fn(&Changes) -> i64| changes.map(f);
     client
-        .execute(
+        .query_typed(
             "UPDATE floe.sync_runs SET status = $3, finished_at = clock_timestamp(), \
              source = coalesce($4, source), rows_read = $5, rows_written = $6, final_count = $7, \
              checksum = $8, error = $9, mode = $10, reason = $11, rows_inserted = $12, \
              rows_updated = $13, rows_deleted = $14, \
-             window_start = to_timestamp($15::int8::numeric / 1e9), \
-             window_end = to_timestamp($16::int8::numeric / 1e9) \
+             window_start = to_timestamp($15::numeric / 1e9), \
+             window_end = to_timestamp($16::numeric / 1e9) \
              WHERE run_id = $1 AND table_name = $2",
             &[
-                &run_id,
-                &table,
-                &status,
-                &outcome.source,
-                &n(outcome.rows_read),
-                &n(outcome.rows_written),
-                &n(outcome.final_count),
-                &outcome.checksum,
-                &outcome.error,
-                &outcome.mode.as_str(),
-                &outcome.reason.map(Fallback::as_str),
-                &count(|c| c.inserted),
-                &count(|c| c.updated),
-                &count(|c| c.deleted),
-                &point(|c| c.window.start_ns),
-                &point(|c| c.window.end_ns),
+                (&run_id, Type::TEXT),
+                (&table, Type::TEXT),
+                (&status, Type::TEXT),
+                (&outcome.source, Type::TEXT),
+                (&n(outcome.rows_read), Type::INT8),
+                (&n(outcome.rows_written), Type::INT8),
+                (&n(outcome.final_count), Type::INT8),
+                (&outcome.checksum, Type::TEXT),
+                (&outcome.error, Type::TEXT),
+                (&outcome.mode.as_str(), Type::TEXT),
+                (&outcome.reason.map(Fallback::as_str), Type::TEXT),
+                (&count(|c| c.inserted), Type::INT8),
+                (&count(|c| c.updated), Type::INT8),
+                (&count(|c| c.deleted), Type::INT8),
+                (&point(|c| c.window.start_ns), Type::INT8),
+                (&point(|c| c.window.end_ns), Type::INT8),
             ],
         )
         .await

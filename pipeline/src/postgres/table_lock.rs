@@ -73,9 +73,9 @@ impl TableLock {
         let _ = self
             .session
             .client
-            .execute(
+            .query_typed(
                 "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
-                &[&key],
+                &[(&key, Type::TEXT)],
             )
             .await;
     }

@@ -206,10 +206,10 @@ pub async fn run_table(
     };
     let described = source.describe();
     tokio::join!(record.start(recorded_mode, &described), abandoned);
-    let (mode, reason, result) = match lock {
+    let (mode, reason, result, lock) = match lock {
         Err(e) => {
             drop(session);
-            (source.mode(), None, Err(e))
+            (source.mode(), None, Err(e), None)
         }
         Ok(lock) => {
             let loaded = match incremental {
@@ -248,8 +248,8 @@ pub async fn run_table(
                     .await,
                 ),
             };
-            lock.release().await;
-            loaded
+            let (mode, reason, result) = loaded;
+            (mode, reason, result, Some(lock))
         }
     };
     let invalid_geometries = geometry.invalid_count.load(Ordering::Relaxed);
@@ -300,25 +300,32 @@ pub async fn run_table(
         },
     };
     let loaded = result.as_ref().ok();
-    record
-        .finish(&Outcome {
-            status: report.status,
-            mode,
-            reason,
-            changes: loaded.and_then(|l| l.changes.as_ref().map(|(c, _)| c)),
-            source: loaded.and_then(|l| l.source.as_deref()),
-            rows_read: loaded.map(|l| l.rows),
-            // An incremental run writes only the rows it inserts or updates.
-            rows_written: loaded.map(|l| {
-                l.changes
-                    .as_ref()
-                    .map_or(l.final_count, |(c, _)| c.inserted + c.updated)
-            }),
-            final_count: report.final_count,
-            checksum: loaded.and_then(|l| l.checksum.as_deref()),
-            error: report.error.as_deref(),
-        })
-        .await;
+    // The lock goes back as the record is completed (each on its own
+    // session, one round trip each). A run taking the table in between
+    // would mark this record abandoned, and the completion overwrite that.
+    let release = async {
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+    };
+    let outcome = Outcome {
+        status: report.status,
+        mode,
+        reason,
+        changes: loaded.and_then(|l| l.changes.as_ref().map(|(c, _)| c)),
+        source: loaded.and_then(|l| l.source.as_deref()),
+        rows_read: loaded.map(|l| l.rows),
+        // An incremental run writes only the rows it inserts or updates.
+        rows_written: loaded.map(|l| {
+            l.changes
+                .as_ref()
+                .map_or(l.final_count, |(c, _)| c.inserted + c.updated)
+        }),
+        final_count: report.final_count,
+        checksum: loaded.and_then(|l| l.checksum.as_deref()),
+        error: report.error.as_deref(),
+    };
+    tokio::join!(release, record.finish(&outcome));
     report
 }
 
