@@ -6,9 +6,7 @@
 //! before the first 8,192 rows exist, while the COPY waits, and held while
 //! the group is decoded. parquet's own reader over a `File` reads each page
 //! as the decoder reaches it, so the first batch waits for one page of each
-//! column, and memory holds pages, not a row group. The columns are split
-//! between two readers on threads of their own (see [`READERS`]), so the
-//! first batch's pages are decoded on both cores.
+//! column, and memory holds pages, not a row group.
 //!
 //! Only a single local file is read this way; directories, globs and
 //! object store URLs go through DataFusion's listing table.
@@ -16,25 +14,20 @@
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
-use arrow::array::ArrayRef;
 use arrow::datatypes::SchemaRef;
-use arrow::error::ArrowError;
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::stream::RecordBatchReceiverStream;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-};
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
 /// The parquet file at `path`, read with `schema` (the one DataFusion's
@@ -43,9 +36,8 @@ use parquet::arrow::ProjectionMask;
 ///
 /// The contract: a scan yields the file's rows in file order, with the
 /// projected columns of `schema` in the projection's order, at most the
-/// session's batch size a batch, decoded on threads of their own (two, each
-/// a share of the columns, one batch apart at most) at most `batches`
-/// batches ahead of the reader; a read error ends the stream with
+/// session's batch size a batch, decoded on a thread of its own at most
+/// `batches` batches ahead of the reader; a read error ends the stream with
 /// that error, naming the file; dropping the stream stops the read. Filters
 /// are not pushed down (DataFusion applies them above the scan).
 #[derive(Debug)]
@@ -155,168 +147,56 @@ struct Scan {
     limit: Option<usize>,
 }
 
-/// How many threads decode a file's columns, each a share of them. The
-/// run's first row waits for the first batch, and the first batch for each
-/// column's dictionary page and first data page decompressed and decoded
-/// whole (~24 ms for topology's 19 columns on one core here, while the
-/// other core idles); two threads halve that wait. Past the start the
-/// decode runs ahead of the COPY either way.
-const READERS: usize = 2;
-
-/// What a column weighs in the split: its first row group's bytes as
-/// decoded, up to the pages its first batch decodes (a dictionary page and
-/// a data page, which writers cap at 1 MiB each by default).
-const FIRST_PAGES: i64 = 2 << 20;
-
 impl Scan {
     /// Decodes the file, handing each batch to `send` until it returns
     /// false (the reader is gone).
     fn read(&self, mut send: impl FnMut(RecordBatch) -> bool) -> Result<()> {
         let file = File::open(&self.path)?;
         let options = ArrowReaderOptions::new().with_schema(Arc::clone(&self.file_schema));
-        let metadata = ArrowReaderMetadata::load(&file, options)?;
-        // The columns read, in file order (the reader yields them so).
-        let chosen: Vec<usize> = match &self.projection {
-            None => (0..self.file_schema.fields().len()).collect(),
+        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)?;
+        // The reader yields the chosen columns in file order; `order` maps
+        // each projected column to its place in that.
+        let (mask, order) = match &self.projection {
+            None => (ProjectionMask::all(), None),
             Some(p) => {
                 let mut sorted = p.clone();
                 sorted.sort_unstable();
                 sorted.dedup();
-                sorted
+                let order: Vec<usize> = p
+                    .iter()
+                    .map(|c| sorted.binary_search(c).unwrap_or_default())
+                    .collect();
+                (
+                    ProjectionMask::roots(builder.parquet_schema(), sorted),
+                    Some(order),
+                )
             }
         };
-        let shares = split(&metadata, &chosen, READERS);
-        // Where each projected column is: which share, which place in it.
-        let place = |c: usize| {
-            shares
-                .iter()
-                .enumerate()
-                .find_map(|(k, share)| share.binary_search(&c).ok().map(|at| (k, at)))
-        };
-        let places: Vec<(usize, usize)> = match &self.projection {
-            None => chosen.iter().filter_map(|&c| place(c)).collect(),
-            Some(p) => p.iter().filter_map(|&c| place(c)).collect(),
-        };
-        let mut readers = Vec::with_capacity(shares.len());
-        for share in &shares {
-            // Each reader its own open file: parquet seeks, then reads, and
-            // handles cloned from one file share its position.
-            let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                File::open(&self.path)?,
-                metadata.clone(),
-            );
-            let mask = ProjectionMask::roots(builder.parquet_schema(), share.iter().copied());
-            builder = builder
-                .with_projection(mask)
-                .with_batch_size(self.batch_size);
-            if let Some(limit) = self.limit {
-                builder = builder.with_limit(limit);
-            }
-            readers.push(builder.build()?);
+        let mut builder = builder
+            .with_projection(mask)
+            .with_batch_size(self.batch_size);
+        if let Some(limit) = self.limit {
+            builder = builder.with_limit(limit);
         }
-        let mut readers = readers.into_iter();
-        let Some(first) = readers.next() else {
-            return Ok(());
-        };
-        std::thread::scope(|scope| {
-            // The other shares, each on a thread of its own, a batch ahead.
-            let others: Vec<Receiver<std::result::Result<RecordBatch, ArrowError>>> = readers
-                .map(|reader| {
-                    let (tx, rx) = sync_channel(1);
-                    scope.spawn(move || {
-                        for batch in reader {
-                            if tx.send(batch).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                    rx
-                })
-                .collect();
-            let read = (|| -> Result<()> {
-                for batch in first {
-                    let mut parts = vec![batch?];
-                    let rows = parts[0].num_rows();
-                    for other in &others {
-                        let part = match other.recv() {
-                            Ok(part) => part?,
-                            Err(_) => return Err(self.disagree()),
-                        };
-                        if part.num_rows() != rows {
-                            return Err(self.disagree());
-                        }
-                        parts.push(part);
-                    }
-                    let columns = places
-                        .iter()
-                        .map(|&(k, at)| Arc::clone(parts[k].column(at)))
-                        .collect();
-                    if !send(self.batch(columns, rows)?) {
-                        return Ok(());
-                    }
-                }
-                match others.iter().any(|other| other.recv().is_ok()) {
-                    true => Err(self.disagree()),
-                    false => Ok(()),
-                }
-            })();
-            // (Dropped, the channels stop the other threads at their next batch.)
-            drop(others);
-            read
-        })
-    }
-
-    /// A batch of the planned schema, field metadata and all; a type the
-    /// reader could not give is an error here, not later.
-    fn batch(&self, columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
-        Ok(RecordBatch::try_new_with_options(
-            Arc::clone(&self.projected),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(rows)),
-        )?)
-    }
-
-    /// The shares' readers out of step: a fault of the reader, never of the file.
-    fn disagree(&self) -> DataFusionError {
-        DataFusionError::Internal(format!(
-            "the column readers of {} disagree on a batch's rows",
-            self.path.display()
-        ))
-    }
-}
-
-/// Splits the `chosen` columns (file order) into at most `shares` shares of
-/// about equal weight ([`FIRST_PAGES`]), each in file order; none empty,
-/// but for the one share of a scan that reads no column (`count(*)`).
-fn split(metadata: &ArrowReaderMetadata, chosen: &[usize], shares: usize) -> Vec<Vec<usize>> {
-    let parquet = metadata.metadata();
-    let schema = parquet.file_metadata().schema_descr();
-    let mut weight = vec![0i64; schema.root_schema().get_fields().len()];
-    if let Some(group) = parquet.row_groups().first() {
-        let leaves = group.columns().iter().take(schema.num_columns());
-        for (leaf, column) in leaves.enumerate() {
-            if let Some(w) = weight.get_mut(schema.get_column_root_idx(leaf)) {
-                *w += column.uncompressed_size();
+        for batch in builder.build()? {
+            let batch = batch?;
+            let columns = match &order {
+                None => batch.columns().to_vec(),
+                Some(order) => order.iter().map(|&k| Arc::clone(batch.column(k))).collect(),
+            };
+            // The planned schema, field metadata and all; a type the
+            // reader could not give is an error here, not later.
+            let batch = RecordBatch::try_new_with_options(
+                Arc::clone(&self.projected),
+                columns,
+                &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+            )?;
+            if !send(batch) {
+                break;
             }
         }
+        Ok(())
     }
-    let weigh = |c: usize| weight.get(c).copied().unwrap_or(0).clamp(1, FIRST_PAGES);
-    let mut heaviest_first = chosen.to_vec();
-    heaviest_first.sort_by_key(|&c| std::cmp::Reverse(weigh(c)));
-    let mut out: Vec<(i64, Vec<usize>)> =
-        vec![(0, Vec::new()); shares.clamp(1, chosen.len().max(1))];
-    for c in heaviest_first {
-        if let Some(lightest) = out.iter_mut().min_by_key(|(w, _)| *w) {
-            lightest.0 += weigh(c);
-            lightest.1.push(c);
-        }
-    }
-    out.into_iter()
-        .map(|(_, mut share)| {
-            share.sort_unstable();
-            share
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -424,8 +304,8 @@ mod tests {
     }
 
     /// A file damaged after its footer was read fails the read with an
-    /// error naming it, not with fewer rows, whichever column (and so
-    /// whichever of the readers) meets the damage, early or late in the file.
+    /// error naming it, not with fewer rows, whichever column meets the
+    /// damage, early or late in the file.
     #[tokio::test]
     async fn a_damaged_page_fails_the_read_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
