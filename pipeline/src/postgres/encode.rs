@@ -14,7 +14,7 @@
 //! The encoder is sans-IO: it only appends bytes, which makes it testable
 //! byte for byte and benchmarkable without a database.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryViewArray, BooleanArray, Decimal128Array, GenericBinaryArray,
@@ -509,10 +509,25 @@ fn check_json(i: usize, v: &[u8]) -> Result<(), RowError> {
             format!("not valid JSON for jsonb: {e}"),
         ));
     }
-    if memchr::memmem::find(v, b"\\u0000").is_some() {
+    if escapes_nul(v) {
         return Err(RowError::new(i, show_text(v), "jsonb cannot hold \\u0000"));
     }
     Ok(())
+}
+
+/// Finds `\u0000`; made once (building a finder per value cost more than
+/// the search).
+static NUL_ESCAPE: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"\\u0000"));
+
+/// Whether valid JSON text `v` escapes a NUL (`\u0000`), which jsonb
+/// refuses. `\\u0000` is an escaped backslash and the text `u0000`, which
+/// jsonb holds: an escape's backslash follows an even number of backslashes.
+fn escapes_nul(v: &[u8]) -> bool {
+    NUL_ESCAPE.find_iter(v).any(|at| {
+        let before = v[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+        before % 2 == 0
+    })
 }
 
 fn check_geometry(

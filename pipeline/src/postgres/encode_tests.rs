@@ -219,6 +219,28 @@ fn values_postgres_would_reject_are_caught() {
     let e = encode(&json, &[PgType::Jsonb]).unwrap_err();
     assert!(e.row == 2 && e.reason.contains("JSON"), "{e}");
 
+    // As PostgreSQL 15 answers `'<text>'::jsonb`: an escaped NUL is refused
+    // in a value or a key; an escaped backslash before `u0000` is text.
+    for (text, refused) in [
+        (r#"{"a":"\\u0000"}"#, false),
+        (r#"{"a":"\\\\u0000 x"}"#, false),
+        (r#"{"a":"\u0000"}"#, true),
+        (r#"{"a":"\\\u0000"}"#, true),
+        (r#"{"\u0000":1}"#, true),
+    ] {
+        let b = batch(vec![(
+            "j",
+            Arc::new(StringArray::from(vec!["{}", text])) as ArrayRef,
+        )]);
+        match encode(&b, &[PgType::Jsonb]) {
+            Err(e) => assert!(
+                refused && e.row == 2 && e.reason.contains("u0000"),
+                "{text}: {e}"
+            ),
+            Ok(_) => assert!(!refused, "{text} was taken"),
+        }
+    }
+
     let small = batch(vec![(
         "n",
         Arc::new(Int64Array::from(vec![1, 40_000])) as ArrayRef,
