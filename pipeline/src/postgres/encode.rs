@@ -515,8 +515,8 @@ fn check_json(i: usize, v: &[u8]) -> Result<(), RowError> {
     Ok(())
 }
 
-/// Finds `\u0000`; made once (building a finder per value cost more than
-/// the search).
+/// Finds `\u0000`; made once (built per value, it took 1.5% of floe's CPU
+/// in a profile of a topology run).
 static NUL_ESCAPE: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"\\u0000"));
 

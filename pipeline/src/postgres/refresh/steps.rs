@@ -170,9 +170,9 @@ pub async fn prepare(
     plan: &TablePlan,
     run_id: &str,
 ) -> Result<String, PipelineError> {
-    // Five questions of the catalog, none depending on another's answer,
-    // sent together: the session answers them in order, one round trip in
-    // all instead of one each on the way to the COPY.
+    // Five statements, none depending on another's result, sent together:
+    // the session answers them in order, one round trip in all (when
+    // nothing is missing) instead of one each on the way to the COPY.
     let postgis = async {
         match plan.columns.iter().any(|c| c.ty.needs_postgis()) {
             true => {
