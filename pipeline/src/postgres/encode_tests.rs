@@ -219,14 +219,25 @@ fn values_postgres_would_reject_are_caught() {
     let e = encode(&json, &[PgType::Jsonb]).unwrap_err();
     assert!(e.row == 2 && e.reason.contains("JSON"), "{e}");
 
-    // As PostgreSQL 15 answers `'<text>'::jsonb`: an escaped NUL is refused
-    // in a value or a key; an escaped backslash before `u0000` is text.
+    // As PostgreSQL 15 answers `'<text>'::jsonb`: an escaped NUL and half a
+    // surrogate pair are refused, in a value or a key; an escaped backslash
+    // before `u0000` or `ud800` is text.
     for (text, refused) in [
         (r#"{"a":"\\u0000"}"#, false),
         (r#"{"a":"\\\\u0000 x"}"#, false),
         (r#"{"a":"\u0000"}"#, true),
         (r#"{"a":"\\\u0000"}"#, true),
         (r#"{"\u0000":1}"#, true),
+        (r#""\ud83d\ude00""#, false),
+        (r#""\\\ud83d\ude00""#, false),
+        (r#""\\ud800""#, false),
+        (r#""tab\t, quote \" and \u00e9""#, false),
+        (r#""a\ud800b""#, true),
+        (r#""\ud800\u0041""#, true),
+        (r#""\ud83d\\ude00""#, true),
+        (r#"{"\udc00":1}"#, true),
+        (r#""\ud800\ud800""#, true),
+        (r#""\ud800""#, true),
     ] {
         let b = batch(vec![(
             "j",
@@ -234,7 +245,7 @@ fn values_postgres_would_reject_are_caught() {
         )]);
         match encode(&b, &[PgType::Jsonb]) {
             Err(e) => assert!(
-                refused && e.row == 2 && e.reason.contains("u0000"),
+                refused && e.row == 2 && e.reason.contains("jsonb"),
                 "{text}: {e}"
             ),
             Ok(_) => assert!(!refused, "{text} was taken"),
