@@ -62,6 +62,48 @@ async fn only_staging_tables_floe_left_are_dropped_and_no_target_can_look_like_o
     assert_eq!(comment, None);
 }
 
+/// A cache in a schema of its own (`target.schema`): the first run makes
+/// the schema, the next replaces the table there and drops what a crashed
+/// run left there, and nothing lands in `public`.
+#[tokio::test]
+async fn a_target_schema_of_its_own_is_made_then_loaded_again_dropping_a_crashed_run_s_table() {
+    let url = fresh_db("own_schema").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("points.parquet");
+    points_parquet(&file, 1_000, None);
+    let mut config = parquet_config(&file, "points_cache", POINTS);
+    config.target.schema = "grid maps".to_string();
+    assert_success(&run(&config, "t", &url, None).await);
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE \"grid maps\".points_cache__floe_dead1234 (id bigint); \
+             COMMENT ON TABLE \"grid maps\".points_cache__floe_dead1234 \
+               IS 'floe staging table of run 20261201T000000Z-dead1234'",
+        )
+        .await
+        .unwrap();
+    assert_success(&run(&config, "t", &url, None).await);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM \"grid maps\".points_cache").await,
+        1_000
+    );
+    assert!(
+        staging_tables(&client).await.is_empty(),
+        "the crashed run's staging table is gone"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relname LIKE 'points_cache%'"
+        )
+        .await,
+        0,
+        "nothing in public"
+    );
+}
+
 #[tokio::test]
 async fn a_target_of_the_longest_allowed_name_with_two_indexes_on_one_column_loads_again_and_again()
 {
