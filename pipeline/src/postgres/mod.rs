@@ -19,7 +19,7 @@ use std::time::Duration;
 use schemas::config::{LoadConfig, TargetConfig};
 use schemas::pg::quote_ident;
 use tokio::task::JoinHandle;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::describe_pg_error;
@@ -271,21 +271,23 @@ pub(crate) async fn ensure_table(
     added: &[(&str, &str)],
 ) -> Result<(), tokio_postgres::Error> {
     let names: Vec<&str> = added.iter().map(|(n, _)| *n).collect();
-    let row = client
-        .query_typed_one(
+    // Whether the table exists, and which of the added columns it has.
+    let params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&table, Type::TEXT), (&names, Type::TEXT_ARRAY)];
+    let look = || {
+        client.query_typed_one(
             "SELECT to_regclass($1) IS NOT NULL, ARRAY(SELECT attname::text FROM pg_attribute \
              WHERE attrelid = to_regclass($1) AND attname = ANY($2) AND NOT attisdropped)",
-            &[(&table, Type::TEXT), (&names, Type::TEXT_ARRAY)],
+            &params,
         )
-        .await?;
-    let present: Vec<String> = match row.get(0) {
-        true => row.get(1),
-        false => {
-            create_if_missing(client, create_sql).await?;
-            // (Made here, or a moment ago by another run, perhaps of an older floe.)
-            present_columns(client, table, &names).await?
-        }
     };
+    let mut row = look().await?;
+    if !row.get::<_, bool>(0) {
+        create_if_missing(client, create_sql).await?;
+        // (Made here, or a moment ago by another run, perhaps of an older floe.)
+        row = look().await?;
+    }
+    let present: Vec<String> = row.get(1);
     for (name, ty) in added {
         if !present.iter().any(|p| p == name) {
             client
@@ -297,24 +299,6 @@ pub(crate) async fn ensure_table(
         }
     }
     Ok(())
-}
-
-/// Which of `names` are columns of `table`.
-async fn present_columns(
-    client: &Client,
-    table: &str,
-    names: &[&str],
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    Ok(client
-        .query_typed(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
-             AND attname = ANY($2) AND NOT attisdropped",
-            &[(&table, Type::TEXT), (&names, Type::TEXT_ARRAY)],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
 }
 
 /// Runs a `CREATE … IF NOT EXISTS`. Two sessions racing on one (two
