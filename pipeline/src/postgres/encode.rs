@@ -29,7 +29,6 @@ use arrow::datatypes::{
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::array_value_to_string;
 use bytes::BytesMut;
-use schemas::geometry::GeometryKind;
 use schemas::pg::{PgColumn, PgType};
 
 /// The 19-byte binary COPY header: signature, flags, no extension area.
@@ -489,102 +488,7 @@ impl ColumnWriter for Prepared<'_> {
     }
 }
 
-fn check_text(i: usize, v: &[u8]) -> Result<(), RowError> {
-    match memchr::memchr(0, v) {
-        None => Ok(()),
-        Some(at) => Err(RowError::new(
-            i,
-            show_text(v),
-            format!("text contains a NUL byte at offset {at}, which Postgres does not allow"),
-        )),
-    }
-}
-
-fn check_json(i: usize, v: &[u8]) -> Result<(), RowError> {
-    check_text(i, v)?;
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(v) {
-        return Err(RowError::new(
-            i,
-            show_text(v),
-            format!("not valid JSON for jsonb: {e}"),
-        ));
-    }
-    if let Some(reason) = bad_escape(v) {
-        return Err(RowError::new(i, show_text(v), reason));
-    }
-    Ok(())
-}
-
-/// Why jsonb would refuse valid JSON text `v` for one of its `\u` escapes,
-/// as PostgreSQL does: an escaped NUL, or half of a UTF-16 surrogate pair
-/// without the other half. (`\\u0000` is an escaped backslash and the text
-/// `u0000`, which jsonb holds.)
-fn bad_escape(v: &[u8]) -> Option<String> {
-    // Valid JSON: every `\u` has four hex digits.
-    let unit = |at: usize| {
-        v.get(at..at + 4)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u16::from_str_radix(h, 16).ok())
-    };
-    let half = |unit: u16| {
-        format!("\\u{unit:04X} is half of a UTF-16 surrogate pair without the other half, which jsonb refuses")
-    };
-    let mut at = 0;
-    while let Some(k) = v.get(at..).and_then(|rest| memchr::memchr(b'\\', rest)) {
-        let escape = at + k;
-        if v.get(escape + 1) != Some(&b'u') {
-            at = escape + 2;
-            continue;
-        }
-        let code = unit(escape + 2)?;
-        at = escape + 6;
-        match code {
-            0 => return Some("jsonb cannot hold \\u0000".to_string()),
-            0xD800..=0xDBFF => match v.get(at..at + 2) == Some(b"\\u") {
-                true if matches!(unit(at + 2), Some(0xDC00..=0xDFFF)) => at += 6,
-                _ => return Some(half(code)),
-            },
-            0xDC00..=0xDFFF => return Some(half(code)),
-            _ => {}
-        }
-    }
-    None
-}
-
-fn check_geometry(
-    kind: GeometryKind,
-    srid: Option<i32>,
-) -> impl Fn(usize, &[u8]) -> Result<(), RowError> {
-    move |i, v| {
-        let h = operators::ewkb::read_header(v)
-            .map_err(|r| RowError::new(i, operators::error::show_bytes(v), r))?;
-        let bad = |reason: String| RowError::new(i, operators::error::show_bytes(v), reason);
-        let got = h.kind().map(|k| k.name()).unwrap_or("unknown");
-        if kind != GeometryKind::Geometry && h.code != kind.wkb_code() {
-            return Err(bad(format!(
-                "geometry type {got} does not match column type {kind}"
-            )));
-        }
-        if h.has_z || h.has_m {
-            return Err(bad(format!(
-                "{got} has Z or M coordinates; the column is 2D"
-            )));
-        }
-        if let Some(want) = srid.filter(|s| *s != 0) {
-            let have = h.srid.unwrap_or(0);
-            if have != want {
-                return Err(bad(format!(
-                    "geometry SRID {have} does not match column SRID {want} (use st_setsrid)"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn show_text(v: &[u8]) -> String {
-    operators::error::show_value(&String::from_utf8_lossy(v))
-}
+use checks::{check_geometry, check_json, check_numeric_fits, check_text};
 
 /// Picks the writer for an (already prepared) array and its Postgres type.
 fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 'a>, RowError> {
@@ -756,41 +660,6 @@ fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 
     })
 }
 
-/// Checks a decimal against `numeric(p,s)`: Postgres rounds extra fraction
-/// digits but rejects a value whose integer part has more than p-s digits.
-fn check_numeric_fits(
-    i: usize,
-    value: i128,
-    scale: u32,
-    typmod: Option<(u8, i8)>,
-    show: impl Fn() -> String,
-) -> Result<(), RowError> {
-    let Some((p, s)) = typmod else { return Ok(()) };
-    let int_part = value.unsigned_abs() / 10u128.pow(scale);
-    let int_digits = if int_part == 0 {
-        0
-    } else {
-        int_part.ilog10() + 1
-    };
-    let allowed = (p as i32 - s as i32).max(0) as u32;
-    // Rounding to s digits can carry into a new integer digit (9.995 → 10.00).
-    let carries = scale > s as u32 && {
-        let pow = 10u128.pow(scale - s as u32);
-        let rounded = (value.unsigned_abs() + pow / 2) / pow / 10u128.pow(s as u32);
-        rounded != int_part
-    };
-    if int_digits > allowed || (carries && int_digits + 1 > allowed) {
-        return Err(RowError::new(
-            i,
-            show(),
-            format!(
-                "does not fit numeric({p},{s}): at most {allowed} digits before the decimal point"
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// `f` as an exact decimal (unscaled digits, scale): rounded to the column's
 /// scale when it has one (as Postgres would), else the shortest decimal that
 /// round-trips. `None` when that needs more than 38 digits.
@@ -864,6 +733,8 @@ fn write_numeric(out: &mut Vec<u8>, value: i128, scale: u32) {
         out.extend_from_slice(&d.to_be_bytes());
     }
 }
+
+mod checks;
 
 #[cfg(test)]
 #[path = "encode_tests.rs"]

@@ -5,6 +5,7 @@ use arrow::array::{
     StringViewArray, TimestampNanosecondArray,
 };
 use arrow::datatypes::{Field, Schema};
+use schemas::geometry::GeometryKind;
 
 use super::*;
 
