@@ -17,8 +17,8 @@ fn main() {
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     let keep_pie = std::env::var_os("FLOE_LINK_PIE").is_some_and(|v| v != "0" && !v.is_empty());
-    // `-no-pie` is the GNU toolchain's driver flag; musl targets link
-    // statically already, and other platforms have their own loaders.
+    // Measured only for the GNU toolchain's dynamically linked
+    // executables; other targets keep their defaults.
     if os == "linux" && env == "gnu" && !keep_pie {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
