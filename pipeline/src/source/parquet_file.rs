@@ -233,12 +233,9 @@ fn cheapest_first(metadata: &ParquetMetaData, mask: &ProjectionMask) -> Option<V
             .sum()
     };
     let groups = metadata.row_groups();
-    let costs: Vec<i64> = groups.iter().map(dictionary_bytes).collect();
-    let (cheapest, cost) = costs
-        .iter()
-        .enumerate()
-        .min_by_key(|(k, cost)| (**cost, *k))?;
-    if cheapest == 0 || *cost >= costs[0] {
+    // (`min_by_key` keeps the first of equals: a tie keeps file order.)
+    let cheapest = (0..groups.len()).min_by_key(|&k| dictionary_bytes(&groups[k]))?;
+    if cheapest == 0 {
         return None;
     }
     Some(
