@@ -138,6 +138,34 @@ async fn a_failure_midway_leaves_the_old_table_intact() {
     );
     assert_eq!(fingerprint(&client, "points_cache").await, before);
 
+    // A NULL key at row 12000 (the transform makes it), caught by the
+    // encoder in the COPY's second batch.
+    let keys = dir.path().join("keys.parquet");
+    points_parquet(&keys, 20_000, None);
+    let r = run(
+        &parquet_config(
+            &keys,
+            "points_cache",
+            &POINTS.replace(
+                "SELECT id,",
+                "SELECT CASE WHEN id = 12000 THEN NULL ELSE id END AS id,",
+            ),
+        ),
+        "t",
+        &url,
+        None,
+    )
+    .await;
+    let e = r.error.unwrap();
+    assert!(
+        e.contains("points_cache")
+            && e.contains("column id")
+            && e.contains("row 12000")
+            && e.contains("cannot be NULL"),
+        "{e}"
+    );
+    assert_eq!(fingerprint(&client, "points_cache").await, before);
+
     // A duplicate primary key, found by Postgres when the key is built after the load.
     let dup_dir = tempfile::tempdir().unwrap();
     points_parquet(&dup_dir.path().join("a.parquet"), 100, None);

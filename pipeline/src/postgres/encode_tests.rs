@@ -53,9 +53,10 @@ fn words(b: &[u8]) -> Vec<i16> {
 
 #[test]
 fn rows_are_field_count_then_length_prefixed_values() {
+    // (not the key column `id`, which may not be NULL)
     let b = batch(vec![
         (
-            "id",
+            "n",
             Arc::new(Int64Array::from(vec![Some(1), None])) as ArrayRef,
         ),
         (
@@ -154,6 +155,52 @@ fn a_nul_byte_is_named_with_row_and_key() {
         msg.contains("table t") && msg.contains("id=8") && msg.contains("NUL"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_null_key_is_named_and_nothing_is_written() {
+    let b = batch(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![Some(7), None, None])) as ArrayRef,
+        ),
+        (
+            "name",
+            Arc::new(StringArray::from(vec![Some("a"), None, Some("c")])) as ArrayRef,
+        ),
+    ]);
+    let cols = |key: &[&str]| {
+        let columns = vec![
+            PgColumn {
+                name: "id".into(),
+                ty: PgType::Int8,
+                nullable: true,
+            },
+            PgColumn {
+                name: "name".into(),
+                ty: PgType::Text,
+                nullable: true,
+            },
+        ];
+        let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+        CopyEncoder::new("t", &b.schema(), columns, &key).unwrap()
+    };
+    let mut out = BytesMut::from(&b"before"[..]);
+    let e = cols(&["id"]).encode(&b, &mut out).unwrap_err();
+    assert_eq!(
+        (e.column.as_str(), e.row, e.value.as_str()),
+        ("id", 2, "NULL")
+    );
+    assert!(
+        e.to_string().contains("primary-key column cannot be NULL"),
+        "{e}"
+    );
+    assert_eq!(&out[..], b"before", "nothing of the batch is written");
+    // A NULL outside the key is a value like any other; a composite key
+    // names its first NULL column.
+    let e = cols(&["name", "id"]).encode(&b, &mut out).unwrap_err();
+    assert_eq!((e.column.as_str(), e.row), ("name", 2));
+    assert!(cols(&[]).encode(&b, &mut out).is_ok());
 }
 
 #[test]

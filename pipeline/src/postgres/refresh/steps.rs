@@ -69,13 +69,27 @@ impl TablePlan {
         )
     }
 
-    /// `CREATE TABLE` for the staging table: columns only, constraints come
-    /// after the load; in `tablespace` when the target is in one.
+    /// `CREATE TABLE` for the staging table: columns, the primary key's
+    /// `NOT NULL`, and nothing else (the other constraints come after the
+    /// load); in `tablespace` when the target is in one.
+    ///
+    /// Why the key's `NOT NULL` now: the key becomes a constraint after the
+    /// load (`ADD PRIMARY KEY USING INDEX`), which marks its columns `NOT
+    /// NULL` and, unless they already are, scans the whole table to check,
+    /// alone on one core: 15 ms at 153,592 topology rows, 180 ms at 2
+    /// million. Declared here, COPY checks each row as it comes instead, and
+    /// the encoder has already refused a NULL key, naming the row.
     pub(crate) fn create_sql(&self, staging: &str, tablespace: Option<&str>) -> String {
         let cols: Vec<String> = self
             .columns
             .iter()
-            .map(|c| format!("{} {}", quote_ident(&c.name), c.ty.sql()))
+            .map(|c| {
+                let not_null = match self.primary_key.contains(&c.name) {
+                    true => " NOT NULL",
+                    false => "",
+                };
+                format!("{} {}{not_null}", quote_ident(&c.name), c.ty.sql())
+            })
             .collect();
         let tablespace = tablespace
             .map(|t| format!(" TABLESPACE {}", quote_ident(t)))
@@ -559,6 +573,8 @@ pub async fn discard(client: &Client, plan: &TablePlan, staging: &str) {
 
 #[cfg(test)]
 mod tests {
+    use schemas::pg::PgType;
+
     use super::*;
 
     fn plan(primary_key: &[&str], indexes: &[(&str, &str)]) -> TablePlan {
@@ -622,6 +638,23 @@ mod tests {
         assert!(!p.is_staging_name("t_cache__floe_Backup"));
         assert!(!p.is_staging_name("t_cache__floe_backup123"));
         assert!(!p.is_staging_name("t_cache_x__floe_abc"));
+    }
+
+    #[test]
+    fn the_staging_table_declares_only_the_key_not_null() {
+        let mut p = plan(&["part", "id"], &[]);
+        p.columns = ["id", "name", "part"]
+            .iter()
+            .map(|n| PgColumn {
+                name: n.to_string(),
+                ty: PgType::Int8,
+                nullable: true,
+            })
+            .collect();
+        assert_eq!(
+            p.create_sql("s", None),
+            r#"CREATE TABLE "public"."s" ("id" bigint NOT NULL, "name" bigint, "part" bigint NOT NULL)"#
+        );
     }
 
     #[test]
