@@ -122,7 +122,7 @@ impl InPlaceApply {
     pub async fn stage(&mut self, plan: TablePlan) -> Result<(), NotApplied> {
         let client = Arc::clone(&self.session.client);
         let temp = temp_plan(&plan, plan.columns.clone());
-        let keys = temp_plan(&plan, key_columns(&plan));
+        let keys = deleted_plan(&plan);
         client
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS pg_temp.{UPSERTS}, pg_temp.{DELETED}; {}; {}",
@@ -218,13 +218,10 @@ impl InPlaceApply {
         load: &LoadConfig,
     ) -> Result<u64, PipelineError> {
         let plan = self.staged();
-        let keys = temp_plan(plan, key_columns(plan));
-        let encoder = CopyEncoder::new(
-            &plan.target,
-            &stream.schema(),
-            keys.columns.clone(),
-            &plan.primary_key,
-        )?;
+        let keys = deleted_plan(plan);
+        // (No key named: the rows are the keys, and a NULL one is let
+        // through, see `deleted_plan`.)
+        let encoder = CopyEncoder::new(&plan.target, &stream.schema(), keys.columns.clone(), &[])?;
         self.copy_into(&keys, DELETED, stream, encoder, load, &AtomicU64::new(0))
             .await
     }
@@ -388,6 +385,16 @@ fn temp_plan(plan: &TablePlan, columns: Vec<PgColumn>) -> TablePlan {
     }
 }
 
+/// The deleted keys' temporary table: the key columns, in key order, not
+/// declared `NOT NULL` (a NULL key deleted at the source matches no row of
+/// the target, whose key is never NULL: it deletes nothing, as before).
+fn deleted_plan(plan: &TablePlan) -> TablePlan {
+    TablePlan {
+        primary_key: Vec::new(),
+        ..temp_plan(plan, key_columns(plan))
+    }
+}
+
 /// The key columns, in key order.
 fn key_columns(plan: &TablePlan) -> Vec<PgColumn> {
     plan.primary_key
@@ -500,10 +507,16 @@ mod tests {
     fn the_deleted_keys_table_has_the_key_columns_in_key_order() {
         let names: Vec<String> = key_columns(&plan()).into_iter().map(|c| c.name).collect();
         assert_eq!(names, vec!["part", "id"]);
-        let temp = temp_plan(&plan(), key_columns(&plan()));
+        let temp = deleted_plan(&plan());
         assert_eq!(
             temp.copy_sql(DELETED, false),
             "COPY \"pg_temp\".\"floe_deleted\" (\"part\", \"id\") FROM STDIN (FORMAT binary)"
         );
+        assert!(!temp.create_sql(DELETED, None).contains("NOT NULL"));
+        // The upserts' table declares its key as the target does.
+        let upserts = temp_plan(&plan(), plan().columns);
+        assert!(upserts
+            .create_sql(UPSERTS, None)
+            .contains("\"id\" bigint NOT NULL"));
     }
 }
