@@ -116,55 +116,36 @@ async fn a_failure_midway_leaves_the_old_table_intact() {
         20_000,
         Some((12_345, "{\"type\":\"Point\",\"coordinates\":[1,2]}\u{0}")),
     );
-    let r = run(
-        &parquet_config(
-            &nul,
-            "points_cache",
-            &POINTS.replace("st_geomfromgeojson(location)", "st_point(1.0, 2.0, 4326)"),
-        ),
-        "t",
+    fails_naming(
         &url,
-        None,
+        &client,
+        &nul,
+        &POINTS.replace("st_geomfromgeojson(location)", "st_point(1.0, 2.0, 4326)"),
+        &[
+            "points_cache",
+            "column location",
+            "row 12345",
+            "id=12345",
+            "NUL",
+        ],
     )
     .await;
-    let e = r.error.unwrap();
-    assert!(
-        e.contains("points_cache")
-            && e.contains("column location")
-            && e.contains("row 12345")
-            && e.contains("id=12345")
-            && e.contains("NUL"),
-        "{e}"
-    );
-    assert_eq!(fingerprint(&client, "points_cache").await, before);
 
     // A NULL key at row 12000 (the transform makes it), caught by the
     // encoder in the COPY's second batch.
     let keys = dir.path().join("keys.parquet");
     points_parquet(&keys, 20_000, None);
-    let r = run(
-        &parquet_config(
-            &keys,
-            "points_cache",
-            &POINTS.replace(
-                "SELECT id,",
-                "SELECT CASE WHEN id = 12000 THEN NULL ELSE id END AS id,",
-            ),
-        ),
-        "t",
+    fails_naming(
         &url,
-        None,
+        &client,
+        &keys,
+        &POINTS.replace(
+            "SELECT id,",
+            "SELECT CASE WHEN id = 12000 THEN NULL ELSE id END AS id,",
+        ),
+        &["points_cache", "column id", "row 12000", "cannot be NULL"],
     )
     .await;
-    let e = r.error.unwrap();
-    assert!(
-        e.contains("points_cache")
-            && e.contains("column id")
-            && e.contains("row 12000")
-            && e.contains("cannot be NULL"),
-        "{e}"
-    );
-    assert_eq!(fingerprint(&client, "points_cache").await, before);
 
     // A duplicate primary key, found by Postgres when the key is built after the load.
     let dup_dir = tempfile::tempdir().unwrap();
@@ -202,6 +183,30 @@ async fn a_failure_midway_leaves_the_old_table_intact() {
 
 /// The first batch is made while the staging table is created (beside
 /// it, not after): a bad row there must still leave nothing behind.
+/// Loads `file` through `transform` into `points_cache`: the run must fail
+/// with an error naming each of `names`, and leave the table as it was.
+async fn fails_naming(
+    url: &str,
+    client: &tokio_postgres::Client,
+    file: &std::path::Path,
+    transform: &str,
+    names: &[&str],
+) {
+    let before = fingerprint(client, "points_cache").await;
+    let r = run(
+        &parquet_config(file, "points_cache", transform),
+        "t",
+        url,
+        None,
+    )
+    .await;
+    let e = r.error.expect("the run fails");
+    for name in names {
+        assert!(e.contains(name), "{name:?} is not named in: {e}");
+    }
+    assert_eq!(fingerprint(client, "points_cache").await, before);
+}
+
 #[tokio::test]
 async fn a_bad_row_in_the_first_batch_keeps_the_old_table_and_leaves_no_staging() {
     let url = fresh_db("bad_first_batch").await;
