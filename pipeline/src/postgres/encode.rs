@@ -192,23 +192,8 @@ impl CopyEncoder {
     /// and the error names the table, column, row and value.
     pub fn encode(&mut self, batch: &RecordBatch, out: &mut BytesMut) -> Result<(), EncodeError> {
         let n = batch.num_rows();
-        // A key's columns are `NOT NULL` in the table written (see
-        // `TablePlan::create_sql`): a NULL there is named here, not by the
-        // server half-way through the COPY. (A count per column: no cost
-        // when there is none.)
         for &k in &self.key_columns {
-            let first_null = batch
-                .column(k)
-                .logical_nulls()
-                .filter(|nulls| nulls.null_count() > 0)
-                .and_then(|nulls| nulls.iter().position(|valid| !valid));
-            if let Some(row) = first_null {
-                return Err(self.row_error(
-                    batch,
-                    k,
-                    RowError::new(row, "NULL", "a primary-key column cannot be NULL"),
-                ));
-            }
+            check_key(batch.column(k).as_ref()).map_err(|e| self.row_error(batch, k, e))?;
         }
         // Casts made for this batch live here while the writers borrow them.
         let mut owned: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
@@ -506,7 +491,7 @@ impl ColumnWriter for Prepared<'_> {
     }
 }
 
-use checks::{check_geometry, check_json, check_numeric_fits, check_text};
+use checks::{check_geometry, check_json, check_key, check_numeric_fits, check_text};
 
 /// Picks the writer for an (already prepared) array and its Postgres type.
 fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 'a>, RowError> {
