@@ -139,7 +139,7 @@ pub async fn ceiling(
     let helper = &others[others.len() - 1];
     // PostGIS loaded in the helper before the clock, as floe's is during its COPY.
     refresh::load_postgis(&helper.client, &plan.table, &plan.schema, &plan.target).await?;
-    let staging = refresh::prepare(client, plan, run_id).await?;
+    let staging = refresh::prepare(client, plan, run_id).await?.name;
     let result = async {
         let started = Instant::now();
         // As many COPY streams as floe runs, batches dealt out in turn.

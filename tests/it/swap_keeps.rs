@@ -221,6 +221,64 @@ async fn new_rows_that_break_a_constraint_set_on_the_cache_fail_before_the_swap(
 }
 
 #[tokio::test]
+async fn a_null_where_the_cache_is_not_null_fails_naming_the_row_and_the_next_run_loads() {
+    let (dir, config, url, client) = loaded_points("swap_keeps_not_null").await;
+    // GIVEN a DBA made a column of the cache NOT NULL
+    client
+        .batch_execute("ALTER TABLE points_cache ALTER COLUMN location SET NOT NULL")
+        .await
+        .unwrap();
+    let before = fingerprint(&client, "points_cache").await;
+
+    // WHEN the source's next rows have a NULL there, deep in the load
+    more_points(dir.path(), 20_000);
+    let nulls = parquet_config(
+        &dir.path().join("points.parquet"),
+        "points_cache",
+        &POINTS.replace(
+            "SELECT id, location,",
+            "SELECT id, CASE WHEN id = 17000 THEN NULL ELSE location END AS location,",
+        ),
+    );
+    let r = run(&nulls, "t", &url, None).await;
+
+    // THEN the run fails naming the table, column, row and key, and the
+    // cache, the sessions and the record are as a failed run leaves them
+    let e = r
+        .error
+        .expect("a NULL where the cache is NOT NULL fails the run");
+    for name in [
+        "points_cache",
+        "column location",
+        "row 17000",
+        "id=17000",
+        "NOT NULL",
+    ] {
+        assert!(e.contains(name), "{name:?} is not named in: {e}");
+    }
+    assert_eq!(fingerprint(&client, "points_cache").await, before);
+    assert!(staging_tables(&client).await.is_empty());
+    assert_eq!(floe_idle_in_transaction(&client).await, 0);
+    assert_eq!(newest_run_status(&client).await, "failed");
+
+    // AND the next run with the rows whole loads them, the column still NOT NULL
+    assert_success(&run(&config, "t", &url, None).await);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM points_cache").await,
+        20_000
+    );
+    let not_null: bool = client
+        .query_one(
+            "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'points_cache'::regclass AND attname = 'location'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(not_null, "the DBA's NOT NULL is kept");
+}
+
+#[tokio::test]
 async fn views_on_the_cache_are_recreated_with_their_settings_and_answer_from_the_new_rows() {
     let (dir, config, url, client) = loaded_points("swap_keeps_views").await;
     client

@@ -126,8 +126,8 @@ impl InPlaceApply {
         client
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS pg_temp.{UPSERTS}, pg_temp.{DELETED}; {}; {}",
-                temp.create_sql(UPSERTS, None),
-                keys.create_sql(DELETED, None)
+                temp.create_sql(UPSERTS, None, &[]),
+                keys.create_sql(DELETED, None, &[])
             ))
             .await
             .map_err(|e| self.pg("creating the temporary tables", e))?;
@@ -512,11 +512,11 @@ mod tests {
             temp.copy_sql(DELETED, false),
             "COPY \"pg_temp\".\"floe_deleted\" (\"part\", \"id\") FROM STDIN (FORMAT binary)"
         );
-        assert!(!temp.create_sql(DELETED, None).contains("NOT NULL"));
+        assert!(!temp.create_sql(DELETED, None, &[]).contains("NOT NULL"));
         // The upserts' table declares its key as the target does.
         let upserts = temp_plan(&plan(), plan().columns);
         assert!(upserts
-            .create_sql(UPSERTS, None)
+            .create_sql(UPSERTS, None, &[])
             .contains("\"id\" bigint NOT NULL"));
     }
 }

@@ -108,6 +108,9 @@ pub struct CopyEncoder {
     table: String,
     columns: Vec<PgColumn>,
     key_columns: Vec<usize>,
+    /// Columns beyond the key the table written declares `NOT NULL`
+    /// ([`CopyEncoder::refuse_nulls_in`]).
+    not_null_columns: Vec<usize>,
     rows: u64,
     sizes: Vec<usize>,
     cursors: Vec<usize>,
@@ -172,10 +175,24 @@ impl CopyEncoder {
             table: table.to_string(),
             columns,
             key_columns,
+            not_null_columns: Vec::new(),
             rows: 0,
             sizes: Vec::new(),
             cursors: Vec::new(),
         })
+    }
+
+    /// Also refuses a NULL in `columns` (by name; the key's are refused
+    /// already): those the table written declares `NOT NULL`, so such a row
+    /// fails here, named, rather than in the COPY or a later scan.
+    pub fn refuse_nulls_in(&mut self, columns: &[String]) {
+        for name in columns {
+            if let Some(i) = self.columns.iter().position(|c| &c.name == name) {
+                if !self.key_columns.contains(&i) && !self.not_null_columns.contains(&i) {
+                    self.not_null_columns.push(i);
+                }
+            }
+        }
     }
 
     /// Rows encoded so far.
@@ -193,7 +210,12 @@ impl CopyEncoder {
     pub fn encode(&mut self, batch: &RecordBatch, out: &mut BytesMut) -> Result<(), EncodeError> {
         let n = batch.num_rows();
         for &k in &self.key_columns {
-            check_key(batch.column(k).as_ref()).map_err(|e| self.row_error(batch, k, e))?;
+            check_not_null(batch.column(k).as_ref(), NULL_KEY)
+                .map_err(|e| self.row_error(batch, k, e))?;
+        }
+        for &k in &self.not_null_columns {
+            check_not_null(batch.column(k).as_ref(), NULL_IN_NOT_NULL)
+                .map_err(|e| self.row_error(batch, k, e))?;
         }
         // Casts made for this batch live here while the writers borrow them.
         let mut owned: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
@@ -491,7 +513,10 @@ impl ColumnWriter for Prepared<'_> {
     }
 }
 
-use checks::{check_geometry, check_json, check_key, check_numeric_fits, check_text};
+use checks::{
+    check_geometry, check_json, check_not_null, check_numeric_fits, check_text, NULL_IN_NOT_NULL,
+    NULL_KEY,
+};
 
 /// Picks the writer for an (already prepared) array and its Postgres type.
 fn writer<'a>(array: &'a ArrayRef, ty: PgType) -> Result<Box<dyn ColumnWriter + 'a>, RowError> {

@@ -204,6 +204,50 @@ fn a_null_key_is_named_and_nothing_is_written() {
 }
 
 #[test]
+fn a_null_in_a_column_the_target_declares_not_null_is_named_with_its_key() {
+    let b = batch(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from(vec![Some(7), Some(8), Some(9)])) as ArrayRef,
+        ),
+        (
+            "name",
+            Arc::new(StringArray::from(vec![Some("a"), Some("b"), None])) as ArrayRef,
+        ),
+    ]);
+    let columns = vec![
+        PgColumn {
+            name: "id".into(),
+            ty: PgType::Int8,
+            nullable: true,
+        },
+        PgColumn {
+            name: "name".into(),
+            ty: PgType::Text,
+            nullable: true,
+        },
+    ];
+    let mut encoder = CopyEncoder::new("t", &b.schema(), columns, &["id".to_string()]).unwrap();
+    let mut out = BytesMut::new();
+    // Until told, a NULL there is a value like any other.
+    assert!(encoder.encode(&b, &mut out).is_ok());
+    // Names the table does not have are nothing to refuse.
+    encoder.refuse_nulls_in(&["name".to_string(), "gone".to_string()]);
+    let written = out.len();
+    let e = encoder.encode(&b, &mut out).unwrap_err();
+    assert_eq!(
+        (e.column.as_str(), e.row, e.key.as_str(), e.value.as_str()),
+        ("name", 6, ", key (id=9)", "NULL"),
+        "the row counts on from the first batch"
+    );
+    assert!(
+        e.to_string().contains("declares this column NOT NULL"),
+        "{e}"
+    );
+    assert_eq!(out.len(), written, "nothing of the batch is written");
+}
+
+#[test]
 fn values_postgres_would_reject_are_caught() {
     let tiny = batch(vec![(
         "v",

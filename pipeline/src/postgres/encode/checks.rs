@@ -7,21 +7,22 @@ use schemas::geometry::GeometryKind;
 
 use super::RowError;
 
-/// A primary-key column's values: none NULL, as the table written declares
-/// (see `TablePlan::create_sql`). A null count per column and batch: no
-/// cost when there is none.
-pub(super) fn check_key(array: &dyn Array) -> Result<(), RowError> {
+/// Why a primary-key column's NULL is refused.
+pub(super) const NULL_KEY: &str = "a primary-key column cannot be NULL";
+/// Why a NULL in another column the table written declares `NOT NULL` is.
+pub(super) const NULL_IN_NOT_NULL: &str = "the target table declares this column NOT NULL";
+
+/// A column's values: none NULL, as the table written declares (see
+/// `TablePlan::create_sql`), refused for `reason`. A null count per column
+/// and batch: no cost when there is none.
+pub(super) fn check_not_null(array: &dyn Array, reason: &str) -> Result<(), RowError> {
     let first_null = array
         .logical_nulls()
         .filter(|nulls| nulls.null_count() > 0)
         .and_then(|nulls| nulls.iter().position(|valid| !valid));
     match first_null {
         None => Ok(()),
-        Some(row) => Err(RowError::new(
-            row,
-            "NULL",
-            "a primary-key column cannot be NULL",
-        )),
+        Some(row) => Err(RowError::new(row, "NULL", reason)),
     }
 }
 

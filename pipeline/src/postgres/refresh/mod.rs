@@ -57,7 +57,7 @@ pub use carry::{read as read_carried, Carried};
 pub use precheck::refuse_what_cannot_be_carried;
 pub use steps::{
     build, current_count, discard, load_postgis, prepare, staged_columns, verify, BuildTimes,
-    TablePlan, STAGING_COMMENT, STAGING_MARK,
+    Staging, TablePlan, STAGING_COMMENT, STAGING_MARK,
 };
 pub use swap::swap;
 
@@ -87,6 +87,9 @@ pub struct StagedRefresh<'a> {
     plan: TablePlan,
     session: Session,
     staging: String,
+    /// Columns beyond the key the staging table declares `NOT NULL` (the
+    /// target's): the encoder refuses a NULL there too.
+    not_null: Vec<String>,
     /// The staging table's columns as the checksum hashes them, read with
     /// the table's creation; `None` when the checksum is off or the server
     /// has no `hash_record_extended` (before 14: the count is still checked).
@@ -199,7 +202,10 @@ impl<'a> StagedRefresh<'a> {
         plan: TablePlan,
         run_id: &'a str,
     ) -> Result<StagedRefresh<'a>, PipelineError> {
-        let staging = prepare(&session.client, &plan, run_id).await?;
+        let Staging {
+            name: staging,
+            not_null,
+        } = prepare(&session.client, &plan, run_id).await?;
         // What the checksum hashes is read now, beside the transform's first batch.
         let hashed = match load.verify_checksum {
             true => hashed_columns(&session, &plan, &staging).await,
@@ -219,6 +225,7 @@ impl<'a> StagedRefresh<'a> {
             plan,
             session,
             staging,
+            not_null,
             hashed,
             helper: None,
         })
@@ -241,10 +248,11 @@ impl<'a> StagedRefresh<'a> {
     pub async fn copy(
         &mut self,
         stream: SendableRecordBatchStream,
-        encoder: CopyEncoder,
+        mut encoder: CopyEncoder,
         progress: &AtomicU64,
     ) -> Result<Copied, PipelineError> {
         let plan = &self.plan;
+        encoder.refuse_nulls_in(&self.not_null);
         let checksum = self.hashed.as_deref().map(RowChecksum::new);
         // Further COPY streams, each a session of its own into the same staging table.
         let mut streams = Vec::with_capacity(self.load.copy_streams.saturating_sub(1));

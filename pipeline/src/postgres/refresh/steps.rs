@@ -69,25 +69,34 @@ impl TablePlan {
         )
     }
 
-    /// `CREATE TABLE` for the staging table: columns, the primary key's
-    /// `NOT NULL`, and nothing else (the other constraints come after the
+    /// `CREATE TABLE` for the staging table: columns, `NOT NULL` on the
+    /// primary key's and on those of `not_null` (the target's own `NOT NULL`
+    /// columns), and nothing else (the other constraints come after the
     /// load); in `tablespace` when the target is in one.
     ///
-    /// Why the key's `NOT NULL` now: the key becomes a constraint after the
-    /// load (`ADD PRIMARY KEY USING INDEX`), which marks its columns `NOT
-    /// NULL` and, unless they already are, scans the whole table to check,
-    /// alone on one core: 15 ms at 153,592 topology rows, 180 ms at 2
-    /// million. Declared here, COPY checks each row as it comes instead, and
-    /// the encoder has already refused a NULL key, naming the row.
-    pub(crate) fn create_sql(&self, staging: &str, tablespace: Option<&str>) -> String {
+    /// Why `NOT NULL` now: made after the load, on a column not yet `NOT
+    /// NULL` it scans the whole table to check, alone on one core, on the
+    /// way to the swap: the key's constraint (`ADD PRIMARY KEY USING INDEX`
+    /// marks its columns) 15 ms at 153,592 topology rows, 180 ms at 2
+    /// million; four columns a DBA made `NOT NULL` 25 ms at 153,592.
+    /// Declared here, COPY checks each row as it comes instead, and the
+    /// encoder has already refused such a NULL, naming the row
+    /// ([`crate::postgres::encode::CopyEncoder::refuse_nulls_in`]).
+    pub(crate) fn create_sql(
+        &self,
+        staging: &str,
+        tablespace: Option<&str>,
+        not_null: &[String],
+    ) -> String {
         let cols: Vec<String> = self
             .columns
             .iter()
             .map(|c| {
-                let not_null = match self.primary_key.contains(&c.name) {
-                    true => " NOT NULL",
-                    false => "",
-                };
+                let not_null =
+                    match self.primary_key.contains(&c.name) || not_null.contains(&c.name) {
+                        true => " NOT NULL",
+                        false => "",
+                    };
                 format!("{} {}{not_null}", quote_ident(&c.name), c.ty.sql())
             })
             .collect();
@@ -176,14 +185,23 @@ pub async fn load_postgis(
     Ok(())
 }
 
+/// The staging table [`prepare`] made.
+#[derive(Debug, Clone)]
+pub struct Staging {
+    pub name: String,
+    /// Its columns beyond the key declared `NOT NULL` because the target's
+    /// are: what the encoder must refuse a NULL in too.
+    pub not_null: Vec<String>,
+}
+
 /// Prepares a load, the caller holding the table's lock
 /// ([`crate::postgres::table_lock::TableLock`]): PostGIS and schema, cleanup
-/// of orphaned staging tables, and a fresh staging table. Returns its name.
+/// of orphaned staging tables, and a fresh staging table.
 pub async fn prepare(
     client: &Client,
     plan: &TablePlan,
     run_id: &str,
-) -> Result<String, PipelineError> {
+) -> Result<Staging, PipelineError> {
     // Five statements, none depending on another's result, sent together:
     // the session answers them in order, one round trip in all (when
     // nothing is missing) instead of one each on the way to the COPY.
@@ -228,13 +246,16 @@ pub async fn prepare(
             )
             .await
     };
-    // The replacement lives where the table lives.
+    // The replacement lives where the table lives, and its columns are
+    // `NOT NULL` where the table's are (see `TablePlan::create_sql`).
     let target = plan.qualified(&plan.target);
     let tablespace = async {
         client
             .query_typed_one(
                 "SELECT (SELECT t.spcname::text FROM pg_class c \
-                 JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.oid = to_regclass($1))",
+                 JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.oid = to_regclass($1)), \
+                 ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
+                 AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull)",
                 &[(&target, Type::TEXT)],
             )
             .await
@@ -245,9 +266,19 @@ pub async fn prepare(
     schema.map_err(pg(plan, "creating the schema"))?;
     state.map_err(pg(plan, "creating floe.sync_state"))?;
     let orphans = orphans.map_err(pg(plan, "looking for orphaned staging tables"))?;
-    let tablespace: Option<String> = tablespace
-        .map_err(pg(plan, "reading the target's tablespace"))?
-        .get(0);
+    let tablespace = tablespace.map_err(pg(
+        plan,
+        "reading the target's tablespace and NOT NULL columns",
+    ))?;
+    let (tablespace, target_not_null): (Option<String>, Vec<String>) =
+        (tablespace.get(0), tablespace.get(1));
+    let not_null: Vec<String> = plan
+        .columns
+        .iter()
+        .map(|c| &c.name)
+        .filter(|c| target_not_null.contains(c) && !plan.primary_key.contains(c))
+        .cloned()
+        .collect();
     for row in orphans {
         let name: String = row.get(0);
         if !plan.is_staging_name(&name) {
@@ -263,13 +294,16 @@ pub async fn prepare(
     client
         .batch_execute(&format!(
             "{}; COMMENT ON TABLE {} IS '{STAGING_COMMENT}{}'",
-            plan.create_sql(&staging, tablespace.as_deref()),
+            plan.create_sql(&staging, tablespace.as_deref(), &not_null),
             plan.qualified(&staging),
             run_id.replace('\'', "''")
         ))
         .await
         .map_err(pg(plan, "creating the staging table"))?;
-    Ok(staging)
+    Ok(Staging {
+        name: staging,
+        not_null,
+    })
 }
 
 /// How a staging table's comment starts (then the run id): what marks the
@@ -641,7 +675,7 @@ mod tests {
     }
 
     #[test]
-    fn the_staging_table_declares_only_the_key_not_null() {
+    fn the_staging_table_declares_only_the_key_and_the_targets_not_null_columns_not_null() {
         let mut p = plan(&["part", "id"], &[]);
         p.columns = ["id", "name", "part"]
             .iter()
@@ -652,8 +686,14 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            p.create_sql("s", None),
+            p.create_sql("s", None, &[]),
             r#"CREATE TABLE "public"."s" ("id" bigint NOT NULL, "name" bigint, "part" bigint NOT NULL)"#
+        );
+        // The target's own NOT NULL columns are declared too; a name the
+        // plan does not write adds nothing.
+        assert_eq!(
+            p.create_sql("s", Some("fast"), &["name".into(), "gone".into()]),
+            r#"CREATE TABLE "public"."s" ("id" bigint NOT NULL, "name" bigint NOT NULL, "part" bigint NOT NULL) TABLESPACE "fast""#
         );
     }
 
