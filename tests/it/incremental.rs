@@ -407,6 +407,59 @@ async fn a_duplicate_key_or_a_window_emptying_the_table_is_refused_and_nothing_i
 }
 
 #[tokio::test]
+async fn a_null_upserted_where_the_cache_is_not_null_is_named_and_nothing_is_applied() {
+    let t = setup("incr_not_null").await;
+    let ids = t.ids(2).await;
+    // GIVEN a column the source has filled everywhere, which a DBA then
+    // made NOT NULL in the cache
+    t.dml(&["UPDATE TRANSFORMERS SET LOAD_PCT = 50 WHERE LOAD_PCT IS NULL".into()])
+        .await;
+    assert_success(&incremental(&t.config, &t.url, false).await);
+    t.client
+        .batch_execute(&format!(
+            "ALTER TABLE {TARGET} ALTER COLUMN load_pct SET NOT NULL"
+        ))
+        .await
+        .unwrap();
+    let before = fingerprint(&t.client, TARGET).await;
+    let watermark = t.watermark().await;
+
+    // WHEN the window updates a row to a NULL there
+    t.dml(&[format!(
+        "UPDATE TRANSFORMERS SET LOAD_PCT = NULL WHERE TRANSFORMER_ID = '{}'",
+        ids[1]
+    )])
+    .await;
+    let r = incremental(&t.config, &t.url, false).await;
+
+    // THEN the run fails naming table, column and key; nothing is applied
+    assert_eq!(r.status, "failed", "{r:?}");
+    let e = r.error.unwrap();
+    for name in [
+        "transformers_cache",
+        "column load_pct",
+        &format!("transformer_id={}", ids[1]),
+        "NOT NULL",
+    ] {
+        assert!(e.contains(name), "{name:?} is not named in: {e}");
+    }
+    assert_eq!(fingerprint(&t.client, TARGET).await, before);
+    assert_eq!(t.watermark().await, watermark);
+    assert_eq!(floe_sessions(&t.client).await, 0);
+
+    // AND once the source has a value there again, the next run applies
+    t.dml(&[format!(
+        "UPDATE TRANSFORMERS SET LOAD_PCT = 61.5 WHERE TRANSFORMER_ID = '{}'",
+        ids[1]
+    )])
+    .await;
+    let r = incremental(&t.config, &t.url, false).await;
+    assert_eq!(assert_incremental(&r), (0, 1, 0), "{r:?}");
+    t.assert_equals_source("incr_not_null_reference").await;
+    t.s.logout().await;
+}
+
+#[tokio::test]
 async fn incremental_and_full_runs_of_one_table_share_its_lock() {
     let t = setup("incr_lock").await;
     // Another holder of the table's lock: both kinds of run stand aside.

@@ -35,7 +35,8 @@ const DELETED: &str = "floe_deleted";
 ///   [`PipelineError::Busy`]), and reads the table's `floe.sync_state`.
 /// - [`InPlaceApply::stage`] checks the target has the transform's columns
 ///   and key (else a fallback reason) and creates the temporary tables;
-///   the `copy_*` methods fill them. None of this is visible to readers.
+///   the `copy_*` methods fill them, refusing a NULL upserted where the
+///   target is `NOT NULL` (naming the row). None of this is visible to readers.
 /// - [`InPlaceApply::commit`] applies in one transaction and commits only
 ///   if the target then holds exactly the source's count (else
 ///   [`Fallback::Verification`], nothing applied) and the shrink guard
@@ -50,6 +51,10 @@ pub struct InPlaceApply {
     target: String,
     /// Set by [`InPlaceApply::stage`].
     plan: Option<TablePlan>,
+    /// The target's `NOT NULL` columns beyond the key, read by
+    /// [`InPlaceApply::stage`]: the upserts' encoder refuses a NULL there,
+    /// naming the row, before the apply's statement would.
+    not_null: Vec<String>,
 }
 
 /// Why an apply did not commit.
@@ -96,6 +101,7 @@ impl InPlaceApply {
             schema: target.schema.clone(),
             target: target_table.to_string(),
             plan: None,
+            not_null: Vec::new(),
         };
         let state = state::read(&apply.session.client, &apply.qualified_target())
             .await
@@ -132,46 +138,62 @@ impl InPlaceApply {
             .await
             .map_err(|e| self.pg("creating the temporary tables", e))?;
         let target = quote_qualified(&self.schema, &self.target);
-        if let Some(reason) = self.target_differs(&client, &target, &plan).await? {
-            return Err(NotApplied::FallBack(reason));
-        }
+        let not_null = match self.read_target(&client, &target, &plan).await? {
+            Ok(not_null) => not_null,
+            Err(reason) => return Err(NotApplied::FallBack(reason)),
+        };
+        self.not_null = not_null
+            .into_iter()
+            .filter(|c| !plan.primary_key.contains(c))
+            .collect();
         self.plan = Some(plan);
         Ok(())
     }
 
-    /// `Some(reason)` when the target is missing, or its columns (name and
-    /// type) or its key are not what the transform writes.
-    async fn target_differs(
+    /// The target's `NOT NULL` columns when its columns (name and type) and
+    /// key are what the transform writes; else why not (missing, or other).
+    async fn read_target(
         &self,
         client: &Client,
         target: &str,
         plan: &TablePlan,
-    ) -> Result<Option<Fallback>, PipelineError> {
+    ) -> Result<Result<Vec<String>, Fallback>, PipelineError> {
         let columns = |table: String| async move {
             let rows = client
                 .query(
-                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+                    "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
                      WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped \
                      ORDER BY attname",
                     &[&table],
                 )
                 .await?;
-            Ok::<Vec<(String, String)>, tokio_postgres::Error>(
-                rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            Ok::<Vec<(String, String, bool)>, tokio_postgres::Error>(
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect(),
             )
         };
         let have = columns(target.to_string())
             .await
             .map_err(|e| self.pg("reading the target's columns", e))?;
         if have.is_empty() {
-            return Ok(Some(Fallback::TargetMissing));
+            return Ok(Err(Fallback::TargetMissing));
         }
         let want = columns(format!("pg_temp.{UPSERTS}"))
             .await
             .map_err(|e| self.pg("reading the target's columns", e))?;
+        let not_null = have
+            .iter()
+            .filter(|(_, _, not_null)| *not_null)
+            .map(|(name, _, _)| name.clone())
+            .collect();
+        let shape = |columns: Vec<(String, String, bool)>| -> Vec<(String, String)> {
+            columns.into_iter().map(|(n, t, _)| (n, t)).collect()
+        };
+        let (have, want) = (shape(have), shape(want));
         if have != want {
             tracing::info!(table = %self.table, ?have, ?want, "the target's columns are not the transform's");
-            return Ok(Some(Fallback::TargetShape));
+            return Ok(Err(Fallback::TargetShape));
         }
         let mut key = plan.primary_key.clone();
         key.sort();
@@ -186,7 +208,10 @@ impl InPlaceApply {
             .await
             .map_err(|e| self.pg("reading the target's key", e))?
             .get(0);
-        Ok((!keyed).then_some(Fallback::TargetShape))
+        Ok(match keyed {
+            true => Ok(not_null),
+            false => Err(Fallback::TargetShape),
+        })
     }
 
     fn staged(&self) -> &TablePlan {
@@ -200,11 +225,12 @@ impl InPlaceApply {
     pub async fn copy_upserts(
         &self,
         stream: SendableRecordBatchStream,
-        encoder: CopyEncoder,
+        mut encoder: CopyEncoder,
         load: &LoadConfig,
         progress: &AtomicU64,
     ) -> Result<u64, PipelineError> {
         let plan = self.staged();
+        encoder.refuse_nulls_in(&self.not_null);
         let temp = temp_plan(plan, plan.columns.clone());
         self.copy_into(&temp, UPSERTS, stream, encoder, load, progress)
             .await
