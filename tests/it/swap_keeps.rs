@@ -127,6 +127,7 @@ async fn everything_set_on_the_cache_survives_the_swap() {
              SELECT nextval(pg_get_serial_sequence('points_cache', 'id')); \
              ALTER TABLE points_cache ADD CONSTRAINT id_positive CHECK (id > 0); \
              COMMENT ON CONSTRAINT id_positive ON points_cache IS 'ids start at 1'; \
+             ALTER TABLE points_cache ADD CONSTRAINT short_location CHECK (length(location) < 200) NOT VALID; \
              CREATE TABLE zones (id bigint PRIMARY KEY); INSERT INTO zones SELECT generate_series(0, 5000); \
              ALTER TABLE points_cache ADD CONSTRAINT in_a_zone FOREIGN KEY (id) REFERENCES zones (id); \
              ALTER TABLE points_cache ADD CONSTRAINT one_location UNIQUE (location) DEFERRABLE; \
@@ -154,6 +155,7 @@ async fn everything_set_on_the_cache_survives_the_swap() {
         "rls=true/true",
         "policy edit",
         "constraint in_a_zone FOREIGN KEY",
+        "constraint short_location CHECK ((length(location) < 200)) NOT VALID",
         "constraint one_location UNIQUE (location) DEFERRABLE",
         "index CREATE INDEX points_lower",
         "clustered=true replident=true",
@@ -206,6 +208,8 @@ async fn new_rows_that_break_a_constraint_set_on_the_cache_fail_before_the_swap(
     let r = run(&config, "t", &url, None).await;
     let e = r.error.expect("the new rows break few_points");
     assert!(e.contains("few_points") && e.contains("constraint"), "{e}");
+    // Checked row by row as the rows are copied: the row is named.
+    assert!(e.contains("Failing row contains (1001,"), "{e}");
     assert_eq!(fingerprint(&client, "points_cache").await, before);
     assert!(staging_tables(&client).await.is_empty());
     // With the constraint dropped, the next run loads the rows.

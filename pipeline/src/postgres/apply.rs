@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 
 use super::copy::{copy_stream, Encoding};
 use super::encode::CopyEncoder;
-use super::refresh::{shrink_guard, TablePlan};
+use super::refresh::{shrink_guard, FromTarget, TablePlan};
 use super::state::{self, SourcePoint, SyncState};
 use super::{application_name, Session, Target};
 use crate::incremental::Fallback;
@@ -132,8 +132,8 @@ impl InPlaceApply {
         client
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS pg_temp.{UPSERTS}, pg_temp.{DELETED}; {}; {}",
-                temp.create_sql(UPSERTS, None, &[]),
-                keys.create_sql(DELETED, None, &[])
+                temp.create_sql(UPSERTS, &FromTarget::default()),
+                keys.create_sql(DELETED, &FromTarget::default())
             ))
             .await
             .map_err(|e| self.pg("creating the temporary tables", e))?;
@@ -538,11 +538,13 @@ mod tests {
             temp.copy_sql(DELETED, false),
             "COPY \"pg_temp\".\"floe_deleted\" (\"part\", \"id\") FROM STDIN (FORMAT binary)"
         );
-        assert!(!temp.create_sql(DELETED, None, &[]).contains("NOT NULL"));
+        assert!(!temp
+            .create_sql(DELETED, &FromTarget::default())
+            .contains("NOT NULL"));
         // The upserts' table declares its key as the target does.
         let upserts = temp_plan(&plan(), plan().columns);
         assert!(upserts
-            .create_sql(UPSERTS, None, &[])
+            .create_sql(UPSERTS, &FromTarget::default())
             .contains("\"id\" bigint NOT NULL"));
     }
 }

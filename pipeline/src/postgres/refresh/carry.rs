@@ -4,7 +4,10 @@
 //! - what takes a scan or an index build (NOT NULL, CHECK and foreign-key
 //!   constraints, unique constraints, indexes a DBA added) is built on the
 //!   staging table before the swap, under no lock readers wait for; new
-//!   rows that break a constraint fail the run there, target unchanged;
+//!   rows that break a constraint fail the run there, target unchanged
+//!   (`NOT NULL` and validated `CHECK`s the staging table declared from its
+//!   start, checked row by row by the COPY, are found there and not added
+//!   again: see `TablePlan::create_sql`);
 //! - everything else (owner, grants, row-level security and policies,
 //!   comments, defaults, identity, triggers, rules, statistics, storage
 //!   options, replica identity, publications, dependent views) is read and
@@ -49,8 +52,13 @@ WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a
               AND s.attnum > 0 AND NOT s.attisdropped AND NOT s.attnotnull) \
 HAVING count(*) > 0 \
 UNION ALL \
-SELECT 'constraint', k.conname, format('ALTER TABLE %s ADD CONSTRAINT %I %s', $2, k.conname, pg_get_constraintdef(k.oid)), '', '' \
-FROM pg_constraint k WHERE k.conrelid = to_regclass($1) AND k.conislocal \
+SELECT CASE WHEN d.def IS NOT DISTINCT FROM pg_get_constraintdef(k.oid) THEN 'declared' ELSE 'constraint' END, k.conname, \
+       format('ALTER TABLE %s %sADD CONSTRAINT %I %s', $2, CASE WHEN d.def IS NOT NULL THEN format('DROP CONSTRAINT %I, ', k.conname) END, \
+              k.conname, pg_get_constraintdef(k.oid)), '', '' \
+FROM pg_constraint k \
+     LEFT JOIN LATERAL (SELECT pg_get_constraintdef(s.oid) AS def FROM pg_constraint s \
+              WHERE s.conrelid = to_regclass($2) AND s.conname = k.conname AND s.contype = k.contype) d ON true \
+WHERE k.conrelid = to_regclass($1) AND k.conislocal \
   AND (k.contype = 'c' OR (k.contype = 'f' AND k.confrelid <> k.conrelid)) \
 UNION ALL \
 SELECT 'in swap', k.conname, '', '', '' FROM pg_constraint k WHERE k.conrelid = to_regclass($1) AND k.conislocal \
@@ -134,7 +142,9 @@ pub async fn read(
                 carried.constraints.push(sql);
                 carried.kept_constraints.push(name);
             }
-            "in swap" => carried.kept_constraints.push(name),
+            // Declared with the staging table (see `TablePlan::create_sql`),
+            // or built in the swap: kept by name.
+            "declared" | "in swap" => carried.kept_constraints.push(name),
             "unique" => {
                 carried.index_jobs.push(IndexJob {
                     sql: format!(

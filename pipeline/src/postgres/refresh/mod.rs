@@ -57,7 +57,7 @@ pub use carry::{read as read_carried, Carried};
 pub use precheck::refuse_what_cannot_be_carried;
 pub use steps::{
     build, current_count, discard, load_postgis, prepare, staged_columns, verify, BuildTimes,
-    Staging, TablePlan, STAGING_COMMENT, STAGING_MARK,
+    FromTarget, Staging, TablePlan, STAGING_COMMENT, STAGING_MARK,
 };
 pub use swap::swap;
 
@@ -204,8 +204,9 @@ impl<'a> StagedRefresh<'a> {
     ) -> Result<StagedRefresh<'a>, PipelineError> {
         let Staging {
             name: staging,
-            not_null,
+            from_target,
         } = prepare(&session.client, &plan, run_id).await?;
+        let not_null = from_target.not_null;
         // What the checksum hashes is read now, beside the transform's first batch.
         let hashed = match load.verify_checksum {
             true => hashed_columns(&session, &plan, &staging).await,

@@ -70,43 +70,43 @@ impl TablePlan {
     }
 
     /// `CREATE TABLE` for the staging table: columns, `NOT NULL` on the
-    /// primary key's and on those of `not_null` (the target's own `NOT NULL`
-    /// columns), and nothing else (the other constraints come after the
-    /// load); in `tablespace` when the target is in one.
+    /// primary key's, and what it takes `from` the target: `NOT NULL` on
+    /// the target's own such columns, its validated `CHECK` constraints, its
+    /// tablespace. Nothing else (the other constraints come after the load).
     ///
-    /// Why `NOT NULL` now: made after the load, on a column not yet `NOT
-    /// NULL` it scans the whole table to check, alone on one core, on the
-    /// way to the swap: the key's constraint (`ADD PRIMARY KEY USING INDEX`
-    /// marks its columns) 15 ms at 153,592 topology rows, 180 ms at 2
-    /// million; four columns a DBA made `NOT NULL` 25 ms at 153,592.
-    /// Declared here, COPY checks each row as it comes instead, and the
-    /// encoder has already refused such a NULL, naming the row
-    /// ([`crate::postgres::encode::CopyEncoder::refuse_nulls_in`]).
-    pub(crate) fn create_sql(
-        &self,
-        staging: &str,
-        tablespace: Option<&str>,
-        not_null: &[String],
-    ) -> String {
-        let cols: Vec<String> = self
+    /// Why these now: added after the load, each takes a scan of the whole
+    /// table to check, alone on one core, on the way to the swap: the key's
+    /// constraint (`ADD PRIMARY KEY USING INDEX` marks its columns `NOT
+    /// NULL`) 15 ms at 153,592 topology rows, 180 ms at 2 million; four
+    /// columns a DBA made `NOT NULL` 25 ms at 153,592, 297 ms at 2 million.
+    /// Declared here, COPY checks each row as it comes instead; the encoder
+    /// has already refused a NULL in such a column, naming the row
+    /// ([`crate::postgres::encode::CopyEncoder::refuse_nulls_in`]), and a
+    /// row failing a `CHECK` fails the COPY, Postgres naming the constraint
+    /// and the row.
+    pub(crate) fn create_sql(&self, staging: &str, from: &FromTarget) -> String {
+        let mut items: Vec<String> = self
             .columns
             .iter()
             .map(|c| {
                 let not_null =
-                    match self.primary_key.contains(&c.name) || not_null.contains(&c.name) {
+                    match self.primary_key.contains(&c.name) || from.not_null.contains(&c.name) {
                         true => " NOT NULL",
                         false => "",
                     };
                 format!("{} {}{not_null}", quote_ident(&c.name), c.ty.sql())
             })
             .collect();
-        let tablespace = tablespace
+        items.extend(from.checks.iter().cloned());
+        let tablespace = from
+            .tablespace
+            .as_ref()
             .map(|t| format!(" TABLESPACE {}", quote_ident(t)))
             .unwrap_or_default();
         format!(
             "CREATE TABLE {} ({}){tablespace}",
             self.qualified(staging),
-            cols.join(", ")
+            items.join(", ")
         )
     }
 
@@ -185,13 +185,59 @@ pub async fn load_postgis(
     Ok(())
 }
 
+/// What a staging table takes from its target when it is created (see
+/// [`TablePlan::create_sql`]); nothing for a target not there yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FromTarget {
+    /// The target's tablespace, when it is not the database's default.
+    pub tablespace: Option<String>,
+    /// The columns written, beyond the key, the target declares `NOT NULL`:
+    /// the encoder must refuse a NULL in them too.
+    pub not_null: Vec<String>,
+    /// The target's validated `CHECK` constraints over columns written, as
+    /// `CONSTRAINT name CHECK (...)` (by name and definition, the carried
+    /// work after the load finds them there and adds them no more).
+    pub checks: Vec<String>,
+}
+
+impl FromTarget {
+    /// One round trip: the target's tablespace, its `NOT NULL` columns and
+    /// its validated `CHECK` constraints over `plan`'s columns.
+    async fn read(client: &Client, plan: &TablePlan) -> Result<FromTarget, tokio_postgres::Error> {
+        let target = plan.qualified(&plan.target);
+        let written: Vec<String> = plan.columns.iter().map(|c| c.name.clone()).collect();
+        let row = client
+            .query_typed_one(
+                "SELECT (SELECT t.spcname::text FROM pg_class c \
+                 JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.oid = to_regclass($1)), \
+                 ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
+                 AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull), \
+                 ARRAY(SELECT format('CONSTRAINT %I %s', k.conname, pg_get_constraintdef(k.oid)) \
+                 FROM pg_constraint k WHERE k.conrelid = to_regclass($1) AND k.contype = 'c' \
+                 AND k.convalidated AND k.conislocal AND NOT EXISTS (SELECT 1 FROM pg_attribute a \
+                 WHERE a.attrelid = k.conrelid AND a.attnum = ANY (k.conkey) AND NOT a.attname = ANY ($2)) \
+                 ORDER BY k.conname)",
+                &[(&target, Type::TEXT), (&written, Type::TEXT_ARRAY)],
+            )
+            .await?;
+        let not_null: Vec<String> = row.get(1);
+        Ok(FromTarget {
+            tablespace: row.get(0),
+            not_null: written
+                .into_iter()
+                .filter(|c| not_null.contains(c) && !plan.primary_key.contains(c))
+                .collect(),
+            checks: row.get(2),
+        })
+    }
+}
+
 /// The staging table [`prepare`] made.
 #[derive(Debug, Clone)]
 pub struct Staging {
     pub name: String,
-    /// Its columns beyond the key declared `NOT NULL` because the target's
-    /// are: what the encoder must refuse a NULL in too.
-    pub not_null: Vec<String>,
+    /// What it took from the target.
+    pub from_target: FromTarget,
 }
 
 /// Prepares a load, the caller holding the table's lock
@@ -246,39 +292,19 @@ pub async fn prepare(
             )
             .await
     };
-    // The replacement lives where the table lives, and its columns are
-    // `NOT NULL` where the table's are (see `TablePlan::create_sql`).
-    let target = plan.qualified(&plan.target);
-    let tablespace = async {
-        client
-            .query_typed_one(
-                "SELECT (SELECT t.spcname::text FROM pg_class c \
-                 JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.oid = to_regclass($1)), \
-                 ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
-                 AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull)",
-                &[(&target, Type::TEXT)],
-            )
-            .await
-    };
-    let (postgis, schema, state, orphans, tablespace) =
-        tokio::join!(postgis, schema, state, orphans, tablespace);
+    // The replacement lives where the table lives, with the target's own
+    // `NOT NULL` columns and `CHECK`s from its start.
+    let from_target = FromTarget::read(client, plan);
+    let (postgis, schema, state, orphans, from_target) =
+        tokio::join!(postgis, schema, state, orphans, from_target);
     postgis.map_err(pg(plan, "creating the PostGIS extension"))?;
     schema.map_err(pg(plan, "creating the schema"))?;
     state.map_err(pg(plan, "creating floe.sync_state"))?;
     let orphans = orphans.map_err(pg(plan, "looking for orphaned staging tables"))?;
-    let tablespace = tablespace.map_err(pg(
+    let from_target = from_target.map_err(pg(
         plan,
-        "reading the target's tablespace and NOT NULL columns",
+        "reading the target's tablespace, NOT NULL columns and CHECK constraints",
     ))?;
-    let (tablespace, target_not_null): (Option<String>, Vec<String>) =
-        (tablespace.get(0), tablespace.get(1));
-    let not_null: Vec<String> = plan
-        .columns
-        .iter()
-        .map(|c| &c.name)
-        .filter(|c| target_not_null.contains(c) && !plan.primary_key.contains(c))
-        .cloned()
-        .collect();
     for row in orphans {
         let name: String = row.get(0);
         if !plan.is_staging_name(&name) {
@@ -294,7 +320,7 @@ pub async fn prepare(
     client
         .batch_execute(&format!(
             "{}; COMMENT ON TABLE {} IS '{STAGING_COMMENT}{}'",
-            plan.create_sql(&staging, tablespace.as_deref(), &not_null),
+            plan.create_sql(&staging, &from_target),
             plan.qualified(&staging),
             run_id.replace('\'', "''")
         ))
@@ -302,7 +328,7 @@ pub async fn prepare(
         .map_err(pg(plan, "creating the staging table"))?;
     Ok(Staging {
         name: staging,
-        not_null,
+        from_target,
     })
 }
 
@@ -675,7 +701,7 @@ mod tests {
     }
 
     #[test]
-    fn the_staging_table_declares_only_the_key_and_the_targets_not_null_columns_not_null() {
+    fn the_staging_table_declares_the_key_and_what_it_takes_from_the_target() {
         let mut p = plan(&["part", "id"], &[]);
         p.columns = ["id", "name", "part"]
             .iter()
@@ -686,14 +712,19 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            p.create_sql("s", None, &[]),
+            p.create_sql("s", &FromTarget::default()),
             r#"CREATE TABLE "public"."s" ("id" bigint NOT NULL, "name" bigint, "part" bigint NOT NULL)"#
         );
-        // The target's own NOT NULL columns are declared too; a name the
-        // plan does not write adds nothing.
+        // The target's own NOT NULL columns and CHECKs are declared too, in
+        // its tablespace.
+        let from = FromTarget {
+            tablespace: Some("fast".into()),
+            not_null: vec!["name".into()],
+            checks: vec!["CONSTRAINT few CHECK ((id < 10))".into()],
+        };
         assert_eq!(
-            p.create_sql("s", Some("fast"), &["name".into(), "gone".into()]),
-            r#"CREATE TABLE "public"."s" ("id" bigint NOT NULL, "name" bigint NOT NULL, "part" bigint NOT NULL) TABLESPACE "fast""#
+            p.create_sql("s", &from),
+            r#"CREATE TABLE "public"."s" ("id" bigint NOT NULL, "name" bigint NOT NULL, "part" bigint NOT NULL, CONSTRAINT few CHECK ((id < 10))) TABLESPACE "fast""#
         );
     }
 
