@@ -283,6 +283,80 @@ async fn a_null_where_the_cache_is_not_null_fails_naming_the_row_and_the_next_ru
 }
 
 #[tokio::test]
+async fn a_not_null_or_check_a_dba_drops_during_the_load_stays_dropped() {
+    // GIVEN transformers loaded through the emulator, a NOT NULL and a
+    // CHECK set on the cache, which the next load's staging table declares
+    let emulator = emulator::Emulator::start(emulator::EmulatorConfig {
+        chunk_rows: 2_000,
+        ..emulator::EmulatorConfig::new(grid_dir(), "floe", "pw")
+    })
+    .await
+    .expect("emulator starts");
+    let mut config = shipped_config();
+    config.snowflake = emulator_login(emulator.port(), "floe", "pw");
+    let url = fresh_db("swap_keeps_dropped_meanwhile").await;
+    assert_success(&run(&config, "transformers", &url, None).await);
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "ALTER TABLE transformers_cache ALTER COLUMN feeder_id SET NOT NULL; \
+             ALTER TABLE transformers_cache ADD CONSTRAINT kva_positive CHECK (kva_rating > 0); \
+             ALTER TABLE transformers_cache ADD CONSTRAINT phase_known CHECK (phase <> '')",
+        )
+        .await
+        .unwrap();
+
+    // WHEN a DBA drops the NOT NULL and one CHECK while the rows are copied
+    // (a chunk taking 3 s holds floe inside its COPY)
+    emulator.inject(|f| {
+        f.slow_chunk_ms = 3_000;
+        f.slow_chunks = 1;
+    });
+    let dba = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let client = connect(&url).await;
+            for _ in 0..100 {
+                let copying: i64 = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                         AND application_name LIKE 'floe/%' AND query LIKE 'COPY%'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if copying > 0 {
+                    client
+                        .batch_execute(
+                            "ALTER TABLE transformers_cache ALTER COLUMN feeder_id DROP NOT NULL; \
+                             ALTER TABLE transformers_cache DROP CONSTRAINT kva_positive",
+                        )
+                        .await
+                        .unwrap();
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            false
+        })
+    };
+    assert_success(&run(&config, "transformers", &url, None).await);
+    assert!(dba.await.unwrap(), "never saw floe's COPY");
+
+    // THEN the new table has what the cache had at the swap: the CHECK
+    // left, not the NOT NULL or the CHECK dropped meanwhile
+    let facts = catalog_of(&client, "transformers_cache").await.join("\n");
+    assert!(facts.contains("constraint phase_known CHECK"), "{facts}");
+    assert!(!facts.contains("kva_positive"), "{facts}");
+    assert!(
+        facts.contains("column feeder_id acl=- notnull=false"),
+        "{facts}"
+    );
+    assert!(staging_tables(&client).await.is_empty());
+}
+
+#[tokio::test]
 async fn views_on_the_cache_are_recreated_with_their_settings_and_answer_from_the_new_rows() {
     let (dir, config, url, client) = loaded_points("swap_keeps_views").await;
     client

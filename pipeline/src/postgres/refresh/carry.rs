@@ -43,7 +43,10 @@ pub(super) const STRUCTURE_SQL: &str = "SELECT md5(coalesce(string_agg(x, E'\\n'
      UNION ALL SELECT 'n ' || a.attname FROM pg_attribute a \
      WHERE a.attrelid = floe_target AND a.attnum > 0 AND a.attnotnull AND NOT a.attisdropped) s(x)";
 
-/// The target's constraints and DBA indexes, as work on the staging table.
+/// The target's constraints and DBA indexes, as work on the staging table;
+/// and what the staging table declared from the target when it was made
+/// (`NOT NULL`, `CHECK`s) that the target no longer has, as a DBA may have
+/// dropped it during the load: dropped from staging too (no scan).
 const STAGED_SQL: &str = "\
 SELECT 'not null', '', 'ALTER TABLE ' || $2 || ' ' || string_agg(format('ALTER COLUMN %I SET NOT NULL', a.attname), ', ' ORDER BY a.attnum), '', '' \
 FROM pg_attribute a \
@@ -60,6 +63,17 @@ FROM pg_constraint k \
               WHERE s.conrelid = to_regclass($2) AND s.conname = k.conname AND s.contype = k.contype) d ON true \
 WHERE k.conrelid = to_regclass($1) AND k.conislocal \
   AND (k.contype = 'c' OR (k.contype = 'f' AND k.confrelid <> k.conrelid)) \
+UNION ALL \
+SELECT 'undeclared', '', 'ALTER TABLE ' || $2 || ' ' || string_agg(format('ALTER COLUMN %I DROP NOT NULL', s.attname), ', ' ORDER BY s.attnum), '', '' \
+FROM pg_attribute s \
+WHERE s.attrelid = to_regclass($2) AND s.attnum > 0 AND NOT s.attisdropped AND s.attnotnull AND NOT (s.attname = ANY ($4)) \
+  AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attname = s.attname \
+                  AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull) \
+HAVING count(*) > 0 \
+UNION ALL \
+SELECT 'undeclared', k.conname, format('ALTER TABLE %s DROP CONSTRAINT %I', $2, k.conname), '', '' \
+FROM pg_constraint k WHERE k.conrelid = to_regclass($2) AND k.contype = 'c' \
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint t WHERE t.conrelid = to_regclass($1) AND t.conname = k.conname AND t.contype = 'c') \
 UNION ALL \
 SELECT 'in swap', k.conname, '', '', '' FROM pg_constraint k WHERE k.conrelid = to_regclass($1) AND k.conislocal \
   AND (k.contype = 'x' OR (k.contype = 'f' AND k.confrelid = k.conrelid)) \
@@ -128,7 +142,15 @@ pub async fn read(
     }
     let staging_q = plan.qualified(staging);
     let rows = client
-        .query(STAGED_SQL, &[&target, &staging_q, &carried.kept_indexes])
+        .query(
+            STAGED_SQL,
+            &[
+                &target,
+                &staging_q,
+                &carried.kept_indexes,
+                &plan.primary_key,
+            ],
+        )
         .await
         .map_err(pg(plan, "reading the target's constraints and indexes"))?;
     for (n, row) in rows.iter().enumerate() {
@@ -137,7 +159,7 @@ pub async fn read(
         let scratch = TablePlan::scratch_name(staging, &format!("c{n}"));
         let weight = super::steps::build_weight(&method);
         match kind.as_str() {
-            "not null" => carried.constraints.insert(0, sql),
+            "not null" | "undeclared" => carried.constraints.insert(0, sql),
             "constraint" => {
                 carried.constraints.push(sql);
                 carried.kept_constraints.push(name);
