@@ -75,10 +75,7 @@ async fn the_floe_backend_terminated_mid_copy() {
     let before = fingerprint(&client, "transformers_cache").await;
 
     // A chunk that takes 3 s: COPY is open, waiting for data, when the backend dies.
-    emulator.inject(|f| {
-        f.slow_chunk_ms = 3_000;
-        f.slow_chunks = 1;
-    });
+    hold_next_copy(&emulator);
     let killer = {
         let client = connect(&url).await;
         tokio::spawn(async move {
@@ -288,24 +285,13 @@ async fn postgres_restarts_in_the_middle_of_a_run() {
     };
 
     // A chunk that takes 3 s holds floe inside COPY; the server restarts then.
-    emulator.inject(|f| {
-        f.slow_chunk_ms = 3_000;
-        f.slow_chunks = 1;
-    });
+    hold_next_copy(&emulator);
     let restart = {
         let url = url.clone();
         tokio::spawn(async move {
             let client = connect(&url).await;
             for _ in 0..100 {
-                let copying: i64 = client
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'floe/%' AND query LIKE 'COPY%'",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if copying > 0 {
+                if floe_copying(&client).await {
                     drop(client);
                     // The cluster comes back out of the task: dropping it would stop it.
                     let cluster = tokio::task::spawn_blocking(move || {

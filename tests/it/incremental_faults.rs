@@ -145,10 +145,7 @@ async fn the_apply_s_backend_terminated_mid_copy_leaves_rows_and_watermark() {
     let watermark = t.watermark().await;
     t.dml(&changes()).await;
     // A chunk that takes 3 s: the COPY into the temporary table is open, waiting.
-    t.emulator.inject(|f| {
-        f.slow_chunk_ms = 3_000;
-        f.slow_chunks = 1;
-    });
+    hold_next_copy(&t.emulator);
     let killer = terminate_copy(&t.url);
     let r = incremental(&t.config, &t.url, false).await;
     assert!(killer.await.unwrap(), "never saw floe's COPY");
@@ -212,7 +209,7 @@ async fn floe_sigkilled_mid_window_leaves_rows_and_watermark_and_the_next_run_ca
         .unwrap();
     let mut killed = false;
     for _ in 0..400 {
-        if copying(&client).await {
+        if floe_copying(&client).await {
             child.kill().unwrap();
             killed = true;
             break;
@@ -275,16 +272,13 @@ async fn postgres_restarting_mid_window_leaves_rows_and_watermark() {
         s.execute(&sql).await.unwrap();
     }
     // A chunk that takes 3 s holds floe inside its COPY; the server restarts then.
-    emulator.inject(|f| {
-        f.slow_chunk_ms = 3_000;
-        f.slow_chunks = 1;
-    });
+    hold_next_copy(&emulator);
     let restart = {
         let url = url.clone();
         tokio::spawn(async move {
             let client = connect(&url).await;
             for _ in 0..200 {
-                if copying(&client).await {
+                if floe_copying(&client).await {
                     drop(client);
                     // The cluster comes back out of the task: dropping it would stop it.
                     return Some(
@@ -309,19 +303,6 @@ async fn postgres_restarting_mid_window_leaves_rows_and_watermark() {
     let r = crate::incremental::incremental(&config, &url, false).await;
     assert_eq!(assert_incremental(&r), (0, 600, 20), "{r:?}");
     s.logout().await;
-}
-
-async fn copying(client: &Client) -> bool {
-    let n: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name LIKE 'floe/transformers_cache/%' AND query LIKE 'COPY%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    n > 0
 }
 
 /// `POST /floe/faults` to an emulator process.

@@ -330,6 +330,29 @@ transform = "SELECT id, location, st_geomfromgeojson(location) AS geom FROM sour
 columns = { geom = "geometry(Point,4326)" }
 indexes = [{ columns = ["geom"], method = "gist" }]"#;
 
+/// Holds floe inside its next COPY through `emulator` for about 3 s: the
+/// next chunk it fetches takes that long (see [`floe_copying`]).
+pub fn hold_next_copy(emulator: &emulator::Emulator) {
+    emulator.inject(|f| {
+        f.slow_chunk_ms = 3_000;
+        f.slow_chunks = 1;
+    });
+}
+
+/// Whether a floe session of this database is in a COPY now.
+pub async fn floe_copying(client: &Client) -> bool {
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name LIKE 'floe/%' AND query LIKE 'COPY%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    n > 0
+}
+
 /// floe sessions of this database idle in transaction.
 pub async fn floe_idle_in_transaction(client: &Client) -> i64 {
     client

@@ -308,25 +308,13 @@ async fn a_not_null_or_check_a_dba_drops_during_the_load_stays_dropped() {
 
     // WHEN a DBA drops the NOT NULL and one CHECK while the rows are copied
     // (a chunk taking 3 s holds floe inside its COPY)
-    emulator.inject(|f| {
-        f.slow_chunk_ms = 3_000;
-        f.slow_chunks = 1;
-    });
+    hold_next_copy(&emulator);
     let dba = {
         let url = url.clone();
         tokio::spawn(async move {
             let client = connect(&url).await;
             for _ in 0..100 {
-                let copying: i64 = client
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                         AND application_name LIKE 'floe/%' AND query LIKE 'COPY%'",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if copying > 0 {
+                if floe_copying(&client).await {
                     client
                         .batch_execute(
                             "ALTER TABLE transformers_cache ALTER COLUMN feeder_id DROP NOT NULL; \

@@ -157,6 +157,22 @@ fn a_nul_byte_is_named_with_row_and_key() {
     );
 }
 
+/// Columns `id bigint, name text`.
+fn id_and_name() -> Vec<PgColumn> {
+    vec![
+        PgColumn {
+            name: "id".into(),
+            ty: PgType::Int8,
+            nullable: true,
+        },
+        PgColumn {
+            name: "name".into(),
+            ty: PgType::Text,
+            nullable: true,
+        },
+    ]
+}
+
 #[test]
 fn a_null_key_is_named_and_nothing_is_written() {
     let b = batch(vec![
@@ -170,20 +186,8 @@ fn a_null_key_is_named_and_nothing_is_written() {
         ),
     ]);
     let cols = |key: &[&str]| {
-        let columns = vec![
-            PgColumn {
-                name: "id".into(),
-                ty: PgType::Int8,
-                nullable: true,
-            },
-            PgColumn {
-                name: "name".into(),
-                ty: PgType::Text,
-                nullable: true,
-            },
-        ];
         let key: Vec<String> = key.iter().map(|k| k.to_string()).collect();
-        CopyEncoder::new("t", &b.schema(), columns, &key).unwrap()
+        CopyEncoder::new("t", &b.schema(), id_and_name(), &key).unwrap()
     };
     let mut out = BytesMut::from(&b"before"[..]);
     let e = cols(&["id"]).encode(&b, &mut out).unwrap_err();
@@ -215,19 +219,8 @@ fn a_null_in_a_column_the_target_declares_not_null_is_named_with_its_key() {
             Arc::new(StringArray::from(vec![Some("a"), Some("b"), None])) as ArrayRef,
         ),
     ]);
-    let columns = vec![
-        PgColumn {
-            name: "id".into(),
-            ty: PgType::Int8,
-            nullable: true,
-        },
-        PgColumn {
-            name: "name".into(),
-            ty: PgType::Text,
-            nullable: true,
-        },
-    ];
-    let mut encoder = CopyEncoder::new("t", &b.schema(), columns, &["id".to_string()]).unwrap();
+    let mut encoder =
+        CopyEncoder::new("t", &b.schema(), id_and_name(), &["id".to_string()]).unwrap();
     let mut out = BytesMut::new();
     // Until told, a NULL there is a value like any other.
     assert!(encoder.encode(&b, &mut out).is_ok());
