@@ -181,8 +181,6 @@ async fn a_failure_midway_leaves_the_old_table_intact() {
     assert_eq!(idle, 0, "no session is left idle in transaction");
 }
 
-/// The first batch is made while the staging table is created (beside
-/// it, not after): a bad row there must still leave nothing behind.
 /// Loads `file` through `transform` into `points_cache`: the run must fail
 /// with an error naming each of `names`, and leave the table as it was.
 async fn fails_naming(
@@ -207,6 +205,8 @@ async fn fails_naming(
     assert_eq!(fingerprint(client, "points_cache").await, before);
 }
 
+/// The first batch is made while the staging table is created (beside
+/// it, not after): a bad row there must still leave nothing behind.
 #[tokio::test]
 async fn a_bad_row_in_the_first_batch_keeps_the_old_table_and_leaves_no_staging() {
     let url = fresh_db("bad_first_batch").await;

@@ -51,9 +51,9 @@ pub struct InPlaceApply {
     target: String,
     /// Set by [`InPlaceApply::stage`].
     plan: Option<TablePlan>,
-    /// The target's `NOT NULL` columns beyond the key, read by
-    /// [`InPlaceApply::stage`]: the upserts' encoder refuses a NULL there,
-    /// naming the row, before the apply's statement would.
+    /// The target's `NOT NULL` columns, read by [`InPlaceApply::stage`]:
+    /// the upserts' encoder refuses a NULL there, naming the row, before
+    /// the apply's statement would.
     not_null: Vec<String>,
 }
 
@@ -138,14 +138,10 @@ impl InPlaceApply {
             .await
             .map_err(|e| self.pg("creating the temporary tables", e))?;
         let target = quote_qualified(&self.schema, &self.target);
-        let not_null = match self.read_target(&client, &target, &plan).await? {
+        self.not_null = match self.read_target(&client, &target, &plan).await? {
             Ok(not_null) => not_null,
             Err(reason) => return Err(NotApplied::FallBack(reason)),
         };
-        self.not_null = not_null
-            .into_iter()
-            .filter(|c| !plan.primary_key.contains(c))
-            .collect();
         self.plan = Some(plan);
         Ok(())
     }

@@ -33,6 +33,7 @@
 //! in `precheck`, what is carried over in `carry`, the swap in `swap`.
 
 mod carry;
+mod from_target;
 mod precheck;
 mod steps;
 mod swap;
@@ -54,10 +55,11 @@ use crate::run::Cancel;
 use crate::task::AbortOnDrop;
 use crate::PipelineError;
 pub use carry::{read as read_carried, Carried};
+pub use from_target::FromTarget;
 pub use precheck::refuse_what_cannot_be_carried;
 pub use steps::{
     build, current_count, discard, load_postgis, prepare, staged_columns, verify, BuildTimes,
-    FromTarget, Staging, TablePlan, STAGING_COMMENT, STAGING_MARK,
+    Staging, TablePlan, STAGING_COMMENT, STAGING_MARK,
 };
 pub use swap::swap;
 
