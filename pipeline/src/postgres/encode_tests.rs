@@ -7,6 +7,7 @@ use arrow::array::{
 use arrow::datatypes::{Field, Schema};
 use schemas::geometry::GeometryKind;
 
+use super::columns::{float_to_decimal, write_numeric, PG_EPOCH_MICROS};
 use super::*;
 
 fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
