@@ -338,6 +338,15 @@ async fn floe_bench_reports_every_configuration_against_the_ceiling() {
         assert!(m["stages"]["encode"].as_f64().unwrap() > 0.0, "{m}");
     }
     assert!(results[0]["copy_only_seconds"]["median"].as_f64().unwrap() <= ceiling);
+    // The ceiling's own sessions and staging table, made before its clock, are
+    // reported beside it (floe's runs have none: theirs are in their time).
+    assert!(
+        results[0]["setup_outside_clock_seconds"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(results[1].get("setup_outside_clock_seconds").is_none());
     assert!(
         results[2]["stages"]["source"].as_f64().unwrap() > 0.0,
         "the emulator's source time"
