@@ -220,6 +220,29 @@ struct Prepared<'a> {
     ends: Vec<usize>,
 }
 
+impl<'a> Prepared<'a> {
+    /// Postgres's binary numeric of each non-NULL row, from `value(i)`'s
+    /// unscaled digits and scale (checked there against the column's typmod).
+    fn numeric(
+        a: &'a dyn Array,
+        value: impl Fn(usize) -> Result<(i128, u32), RowError>,
+    ) -> Result<Self, RowError> {
+        let mut p = Prepared {
+            nulls: a.nulls(),
+            bytes: Vec::with_capacity(a.len() * 12),
+            ends: Vec::with_capacity(a.len()),
+        };
+        for i in 0..a.len() {
+            if !a.is_null(i) {
+                let (digits, scale) = value(i)?;
+                write_numeric(&mut p.bytes, digits, scale);
+            }
+            p.ends.push(p.bytes.len());
+        }
+        Ok(p)
+    }
+}
+
 impl ColumnWriter for Prepared<'_> {
     fn sizes(&mut self, sizes: &mut [usize]) -> Result<(), RowError> {
         let mut start = 0;
@@ -255,6 +278,14 @@ impl ColumnWriter for Prepared<'_> {
     }
 }
 
+/// A fixed-width writer of a primitive array's values as they are, big-endian.
+macro_rules! big_endian {
+    ($a:expr, $arrow:ty, $width:literal) => {{
+        let v = $a.as_primitive::<$arrow>();
+        fixed::<$width>($a, move |i| Ok(v.value(i).to_be_bytes()))
+    }};
+}
+
 /// Picks the writer for an (already prepared) array and its Postgres type.
 pub(super) fn writer<'a>(
     array: &'a ArrayRef,
@@ -267,18 +298,9 @@ pub(super) fn writer<'a>(
             let b: &BooleanArray = a.as_boolean();
             fixed::<1>(a, move |i| Ok([u8::from(b.value(i))]))
         }
-        (PgType::Int2, DataType::Int16) => {
-            let v = a.as_primitive::<Int16Type>();
-            fixed::<2>(a, move |i| Ok(v.value(i).to_be_bytes()))
-        }
-        (PgType::Int4, DataType::Int32) => {
-            let v = a.as_primitive::<Int32Type>();
-            fixed::<4>(a, move |i| Ok(v.value(i).to_be_bytes()))
-        }
-        (PgType::Int8, DataType::Int64) => {
-            let v = a.as_primitive::<Int64Type>();
-            fixed::<8>(a, move |i| Ok(v.value(i).to_be_bytes()))
-        }
+        (PgType::Int2, DataType::Int16) => big_endian!(a, Int16Type, 2),
+        (PgType::Int4, DataType::Int32) => big_endian!(a, Int32Type, 4),
+        (PgType::Int8, DataType::Int64) => big_endian!(a, Int64Type, 8),
         (PgType::Int2, DataType::Int64) => narrow(
             a,
             |v| i16::try_from(v).ok().map(i16::to_be_bytes),
@@ -289,14 +311,8 @@ pub(super) fn writer<'a>(
             |v| i32::try_from(v).ok().map(i32::to_be_bytes),
             "integer",
         ),
-        (PgType::Float4, DataType::Float32) => {
-            let v = a.as_primitive::<Float32Type>();
-            fixed::<4>(a, move |i| Ok(v.value(i).to_be_bytes()))
-        }
-        (PgType::Float8, DataType::Float64) => {
-            let v = a.as_primitive::<Float64Type>();
-            fixed::<8>(a, move |i| Ok(v.value(i).to_be_bytes()))
-        }
+        (PgType::Float4, DataType::Float32) => big_endian!(a, Float32Type, 4),
+        (PgType::Float8, DataType::Float64) => big_endian!(a, Float64Type, 8),
         (PgType::Date, DataType::Date32) => {
             let v = a.as_primitive::<Date32Type>();
             fixed::<4>(a, move |i| {
@@ -354,51 +370,34 @@ pub(super) fn writer<'a>(
         }
         (PgType::Numeric(typmod), DataType::Decimal128(_, scale)) => {
             let v: &Decimal128Array = a.as_primitive();
-            let mut p = Prepared {
-                nulls: a.nulls(),
-                bytes: Vec::with_capacity(v.len() * 12),
-                ends: Vec::with_capacity(v.len()),
-            };
-            for i in 0..v.len() {
-                if !v.is_null(i) {
-                    let value = v.value(i);
-                    check_numeric_fits(i, value, *scale as u32, typmod, || v.value_as_string(i))?;
-                    write_numeric(&mut p.bytes, value, *scale as u32);
-                }
-                p.ends.push(p.bytes.len());
-            }
-            Box::new(p)
+            let scale = *scale as u32;
+            Box::new(Prepared::numeric(a, |i| {
+                let value = v.value(i);
+                check_numeric_fits(i, value, scale, typmod, || v.value_as_string(i))?;
+                Ok((value, scale))
+            })?)
         }
         (PgType::Numeric(typmod), DataType::Float64) => {
             let v = a.as_primitive::<Float64Type>();
-            let mut p = Prepared {
-                nulls: a.nulls(),
-                bytes: Vec::with_capacity(v.len() * 12),
-                ends: Vec::with_capacity(v.len()),
-            };
-            for i in 0..v.len() {
-                if !v.is_null(i) {
-                    let f = v.value(i);
-                    if !f.is_finite() {
-                        return Err(RowError::new(
-                            i,
-                            f,
-                            "NaN and infinity cannot be stored in a numeric column",
-                        ));
-                    }
-                    let (digits, scale) = float_to_decimal(f, typmod.map(|(_, s)| s)).ok_or_else(|| {
-                        RowError::new(
-                            i,
-                            f,
-                            "needs more than 38 significant digits as an exact decimal; declare numeric(p,s) or cast in the transform",
-                        )
-                    })?;
-                    check_numeric_fits(i, digits, scale, typmod, || f.to_string())?;
-                    write_numeric(&mut p.bytes, digits, scale);
+            Box::new(Prepared::numeric(a, |i| {
+                let f = v.value(i);
+                if !f.is_finite() {
+                    return Err(RowError::new(
+                        i,
+                        f,
+                        "NaN and infinity cannot be stored in a numeric column",
+                    ));
                 }
-                p.ends.push(p.bytes.len());
-            }
-            Box::new(p)
+                let (digits, scale) = float_to_decimal(f, typmod.map(|(_, s)| s)).ok_or_else(|| {
+                    RowError::new(
+                        i,
+                        f,
+                        "needs more than 38 significant digits as an exact decimal; declare numeric(p,s) or cast in the transform",
+                    )
+                })?;
+                check_numeric_fits(i, digits, scale, typmod, || f.to_string())?;
+                Ok((digits, scale))
+            })?)
         }
         (PgType::Text, DataType::Utf8) => var(a.as_string::<i32>(), b"", check_text),
         (PgType::Text, DataType::LargeUtf8) => var(a.as_string::<i64>(), b"", check_text),
