@@ -339,31 +339,30 @@ pub fn hold_next_copy(emulator: &emulator::Emulator) {
     });
 }
 
-/// Whether a floe session of this database is in a COPY now.
-pub async fn floe_copying(client: &Client) -> bool {
-    let n: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name LIKE 'floe/%' AND query LIKE 'COPY%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    n > 0
-}
-
-/// floe sessions of this database idle in transaction.
-pub async fn floe_idle_in_transaction(client: &Client) -> i64 {
+/// floe sessions of this database for which `condition` (over
+/// `pg_stat_activity`) holds.
+async fn floe_sessions_where(client: &Client, condition: &str) -> i64 {
     client
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name LIKE 'floe/%' AND state LIKE 'idle in transaction%'",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name LIKE 'floe/%' AND {condition}"
+            ),
             &[],
         )
         .await
         .unwrap()
         .get(0)
+}
+
+/// Whether a floe session of this database is in a COPY now.
+pub async fn floe_copying(client: &Client) -> bool {
+    floe_sessions_where(client, "query LIKE 'COPY%'").await > 0
+}
+
+/// floe sessions of this database idle in transaction.
+pub async fn floe_idle_in_transaction(client: &Client) -> i64 {
+    floe_sessions_where(client, "state LIKE 'idle in transaction%'").await
 }
 
 /// The status of the newest run recorded in this database.
