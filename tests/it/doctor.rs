@@ -68,7 +68,19 @@ async fn doctor_finds_an_emptied_cache_and_idle_sessions_and_fixes_only_what_it_
         result(&report, "role.idle_in_transaction_session_timeout")["status"],
         "warning"
     );
-    assert_eq!(result(&report, "postgis")["status"], "ok");
+    let postgis = result(&report, "postgis");
+    assert_eq!(postgis["status"], "ok");
+    // The test cluster does not preload PostGIS: the doctor names the
+    // library its functions live in and the setting that would.
+    assert_eq!(postgis["details"]["library"], "postgis-3", "{postgis}");
+    assert_eq!(postgis["details"]["library_preloaded"], false, "{postgis}");
+    assert!(
+        postgis["message"]
+            .as_str()
+            .unwrap()
+            .contains("shared_preload_libraries = 'postgis-3'"),
+        "{postgis}"
+    );
 
     // The incumbent's failure: the cache emptied outside the job, and sessions idling.
     let client = connect(&url).await;

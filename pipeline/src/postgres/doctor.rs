@@ -1,8 +1,9 @@
 //! `floe doctor`: the checks an operator runs when the map looks wrong —
 //! in the target's database (sessions elsewhere on the server cannot block it) —
-//! timeouts that stop sessions from idling in transaction, PostGIS, sessions
-//! idle in transaction (floe's own marked), each cache table's row count
-//! against its last successful run, orphaned staging tables, lock waits.
+//! timeouts that stop sessions from idling in transaction, PostGIS (and
+//! whether the server preloads its library), sessions idle in transaction
+//! (floe's own marked), each cache table's row count against its last
+//! successful run, orphaned staging tables, lock waits.
 
 use std::time::Duration;
 
@@ -161,6 +162,11 @@ async fn role_timeouts(
     Ok(out)
 }
 
+/// PostGIS's presence, and whether the server preloads its library. Unless
+/// it does, each new session loads the library (and the ~50 it links) on
+/// its first geometry statement: floe's load and verification sessions in
+/// every run, and every new map client session (~7 ms each on the
+/// benchmarks' machine, BENCHMARKS.md).
 async fn postgis(client: &Client) -> Result<Finding, tokio_postgres::Error> {
     let installed: Option<String> = client
         .query_opt(
@@ -177,12 +183,43 @@ async fn postgis(client: &Client) -> Result<Finding, tokio_postgres::Error> {
         .await?
         .map(|r| r.get(0));
     Ok(match (installed, available) {
-        (Some(v), _) => finding(
-            "postgis",
-            Status::Ok,
-            format!("PostGIS {v}"),
-            serde_json::json!({ "version": v }),
-        ),
+        (Some(v), _) => {
+            // The library the extension's C functions live in, as its
+            // functions name it (`$libdir/postgis-3`).
+            let library: Option<String> = client
+                .query_opt(
+                    "SELECT p.probin FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass \
+                       AND d.objid = p.oid AND d.deptype = 'e' \
+                     JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'postgis' \
+                     WHERE p.proname = 'postgis_lib_version' LIMIT 1",
+                    &[],
+                )
+                .await?
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .map(|l| library_name(&l).to_string());
+            let preload: String = client
+                .query_one("SELECT current_setting('shared_preload_libraries')", &[])
+                .await?
+                .get(0);
+            let preloaded = library.as_deref().map(|l| preloads(&preload, l));
+            let message = match (&library, preloaded) {
+                (Some(l), Some(false)) => format!(
+                    "PostGIS {v}; its library ({l}) is loaded by each new session on its first geometry statement \
+                     (floe's load and verification sessions, every new map client's): \
+                     shared_preload_libraries = '{l}' loads it once at server start (takes a restart, and another after upgrading PostGIS)"
+                ),
+                (Some(l), Some(true)) => {
+                    format!("PostGIS {v}; its library ({l}) is preloaded at server start")
+                }
+                _ => format!("PostGIS {v}"),
+            };
+            finding(
+                "postgis",
+                Status::Ok,
+                message,
+                serde_json::json!({ "version": v, "library": library, "library_preloaded": preloaded }),
+            )
+        }
         (None, Some(v)) => finding(
             "postgis",
             Status::Ok,
@@ -196,6 +233,22 @@ async fn postgis(client: &Client) -> Result<Finding, tokio_postgres::Error> {
             serde_json::Value::Null,
         ),
     })
+}
+
+/// A library as `shared_preload_libraries` and `probin` may spell it
+/// (`$libdir/postgis-3.so`, `"postgis-3"`), reduced to its name.
+fn library_name(entry: &str) -> &str {
+    let entry = entry.trim().trim_matches('"');
+    let base = entry.rsplit('/').next().unwrap_or(entry);
+    base.strip_suffix(".so").unwrap_or(base)
+}
+
+/// Whether the comma-separated `setting` names `library`.
+fn preloads(setting: &str, library: &str) -> bool {
+    setting
+        .split(',')
+        .filter(|e| !e.trim().is_empty())
+        .any(|e| library_name(e) == library)
 }
 
 /// Sessions idle in transaction hold locks and block the swap; floe's own
@@ -430,4 +483,32 @@ async fn lock_waits(client: &Client) -> Result<Finding, tokio_postgres::Error> {
             serde_json::json!({ "waits": waits }),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_preloaded_library_is_found_however_the_setting_spells_it() {
+        for setting in [
+            "postgis-3",
+            "pg_stat_statements, postgis-3",
+            "$libdir/postgis-3",
+            "\"$libdir/postgis-3.so\" , auto_explain",
+            "/usr/lib/postgresql/15/lib/postgis-3.so",
+        ] {
+            assert!(preloads(setting, "postgis-3"), "{setting}");
+        }
+        for setting in [
+            "",
+            "pg_stat_statements",
+            "postgis_raster-3",
+            "postgis_topology-3, pg_stat_statements",
+            "postgis-2.5",
+        ] {
+            assert!(!preloads(setting, "postgis-3"), "{setting}");
+        }
+        assert_eq!(library_name("$libdir/postgis-3"), "postgis-3");
+    }
 }
